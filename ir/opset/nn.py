@@ -1,0 +1,124 @@
+"""Matmul family and transformer building blocks: matmul, linear, addmm, layer_norm, attention.
+
+These are kiln's fusion targets: the frontend maps ATen's linear/addmm/layer_norm/SDPA forms onto
+them so later passes and kernels see one op per concept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import Attr, AttrKind, InferenceError, declare
+from ..types import TensorType
+from ._infer import broadcast, same_dim, tensors
+
+
+def _check_float_same(name: str, ts: list[TensorType]) -> None:
+    if any(t.dtype is not ts[0].dtype for t in ts):
+        raise InferenceError(f"{name} inputs must share a dtype, got {', '.join(str(t) for t in ts)}")
+
+
+def _matmul_infer(types, a):  # noqa: ANN001, ANN202
+    x, w = tensors(types)
+    _check_float_same("matmul", [x, w])
+    if x.rank == 0 or w.rank == 0:
+        raise InferenceError("matmul inputs must have at least one dim")
+    xs, ws = x.shape, w.shape
+    k1 = xs[-1]
+    k2 = ws[0] if w.rank == 1 else ws[-2]
+    if not same_dim(k1, k2):
+        raise InferenceError(f"matmul contraction dims differ: {x} @ {w}")
+    if x.rank == 1 and w.rank == 1:
+        return (TensorType(x.dtype, ()),)
+    if w.rank == 1:
+        return (TensorType(x.dtype, xs[:-1]),)
+    if x.rank == 1:
+        return (TensorType(x.dtype, ws[:-2] + ws[-1:]),)
+    batch = broadcast(xs[:-2], ws[:-2])
+    return (TensorType(x.dtype, batch + (xs[-2], ws[-1])),)
+
+
+declare("matmul", ["a", "b"], infer=_matmul_infer, impl=torch.matmul, category="matmul", doc="torch.matmul semantics (batched, broadcasting)")
+
+
+def _linear_infer(types, a):  # noqa: ANN001, ANN202
+    ts = tensors(types)
+    if len(ts) not in (2, 3):
+        raise InferenceError("linear takes x, weight and an optional bias")
+    x, w = ts[0], ts[1]
+    _check_float_same("linear", ts)
+    if w.rank != 2 or x.rank < 1 or not same_dim(x.shape[-1], w.shape[1]):
+        raise InferenceError(f"linear needs x[..., K] and weight[N, K], got {x} and {w}")
+    if len(ts) == 3 and (ts[2].rank != 1 or not same_dim(ts[2].shape[0], w.shape[0])):
+        raise InferenceError(f"linear bias must be [N], got {ts[2]}")
+    return (TensorType(x.dtype, x.shape[:-1] + (w.shape[0],)),)
+
+
+declare(
+    "linear", ["x", "weight", "*bias"], infer=_linear_infer, impl=F.linear, category="matmul",
+    doc="x @ weight.T (+ bias); weight is [N, K]",
+)
+
+
+def _addmm_infer(types, a):  # noqa: ANN001, ANN202
+    bias, x, w = tensors(types)
+    out = _matmul_infer([x, w], {})[0]
+    broadcast(bias.shape, out.shape)
+    return (out,)
+
+
+def _addmm(bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor, beta: float, alpha: float) -> torch.Tensor:
+    return torch.addmm(bias, x, w, beta=beta, alpha=alpha)
+
+
+declare(
+    "addmm", ["bias", "a", "b"], [Attr("beta", AttrKind.SCALAR, 1), Attr("alpha", AttrKind.SCALAR, 1)],
+    infer=_addmm_infer, impl=_addmm, category="matmul", doc="beta * bias + alpha * (a @ b), 2-dim a and b",
+)
+
+
+def _layer_norm_infer(types, a):  # noqa: ANN001, ANN202
+    x, w, b = tensors(types)
+    n = len(a["shape"])
+    if x.rank < n or any(not same_dim(p, q) for p, q in zip(x.shape[x.rank - n:], a["shape"])):
+        raise InferenceError(f"layer_norm over {list(a['shape'])} does not fit {x}")
+    return (x,)
+
+
+def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shape: list, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, shape, w, b, eps)
+
+
+declare(
+    "layer_norm", ["x", "weight", "bias"], [Attr("shape", AttrKind.DIMS), Attr("eps", AttrKind.FLOAT, 1e-5)],
+    infer=_layer_norm_infer, impl=_layer_norm, category="norm", doc="LayerNorm over the trailing `shape` dims",
+)
+
+
+def _attention_infer(types, a):  # noqa: ANN001, ANN202
+    ts = tensors(types)
+    if len(ts) not in (3, 4):
+        raise InferenceError("attention takes q, k, v and an optional mask")
+    q, k, v = ts[:3]
+    if q.rank < 2 or k.rank != q.rank or v.rank != q.rank:
+        raise InferenceError(f"attention needs q, k, v of equal rank >= 2, got {q}, {k}, {v}")
+    if not same_dim(q.shape[-1], k.shape[-1]) or not same_dim(k.shape[-2], v.shape[-2]):
+        raise InferenceError(f"attention shapes disagree: q {q}, k {k}, v {v}")
+    return (TensorType(q.dtype, q.shape[:-1] + (v.shape[-1],)),)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: Any) -> torch.Tensor:
+    *mask, causal, scale, gqa = rest
+    kw: dict[str, Any] = {"enable_gqa": True} if gqa else {}
+    return F.scaled_dot_product_attention(q, k, v, mask[0] if mask else None, 0.0, causal, scale=scale, **kw)
+
+
+declare(
+    "attention", ["q", "k", "v", "*mask"],
+    [Attr("causal", AttrKind.BOOL, False), Attr("scale", AttrKind.FLOAT, None, True), Attr("gqa", AttrKind.BOOL, False)],
+    infer=_attention_infer, impl=_attention, category="attention",
+    doc="softmax(q @ k.T * scale + mask) @ v over (..., heads, seq, dim); gqa repeats kv heads",
+)

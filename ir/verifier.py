@@ -1,0 +1,73 @@
+"""The verifier: structural and type invariants every pass must keep.
+
+Checks: inputs defined before use and owned by this graph, no value defined twice, arity and
+attributes match the op's declaration, output types equal the op's own inference, every symbol
+in a node's type is bound by the graph inputs, graph outputs are defined.
+"""
+
+from __future__ import annotations
+
+from .graph import Graph, Node, Value
+from .ops import InferenceError
+from .opset._infer import same_dim
+from .printer import _Names, format_node
+from .types import TensorType
+
+
+class VerificationError(Exception):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("IR verification failed:\n  " + "\n  ".join(problems))
+
+
+def _types_equal(a: object, b: object) -> bool:
+    if isinstance(a, TensorType) and isinstance(b, TensorType):
+        return a.dtype is b.dtype and a.rank == b.rank and all(same_dim(x, y) for x, y in zip(a.shape, b.shape))
+    return a == b
+
+
+def verify(g: Graph) -> None:
+    """Raise VerificationError listing every broken invariant (with the offending IR lines)."""
+    problems: list[str] = []
+    names = _Names(g)
+    defined: set[Value] = set()
+    bound = g.symbols()
+    for v in list(g.inputs) + list(g.constants.values()):
+        if v in defined:
+            problems.append(f"{names(v)} is declared twice")
+        defined.add(v)
+    for n in g.nodes:
+        problems += _check_node(n, defined, bound, names)
+        for i, o in enumerate(n.outputs):
+            if o.node is not n or o.index != i or o in defined:
+                problems.append(f"output {i} of {format_node(n, names)} is not owned by its node")
+            defined.add(o)
+    for v in g.outputs:
+        if v not in defined:
+            problems.append(f"graph output {names(v)} is not defined in the graph")
+    if problems:
+        raise VerificationError(problems)
+
+
+def _check_node(n: Node, defined: set[Value], bound: set, names: _Names) -> list[str]:
+    line = format_node(n, names)
+    out = [f"{line}: input {names(v)} is used before it is defined (or is not in this graph)" for v in n.inputs if v not in defined]
+    try:
+        n.op.check_arity(len(n.inputs))
+        n.op.normalize_attrs(n.attrs)
+    except TypeError as e:
+        return out + [f"{line}: {e}"]
+    if n.op.num_outputs >= 0 and n.op.infer is not None and len(n.outputs) != n.op.num_outputs:
+        out.append(f"{line}: {n.op.name} has {n.op.num_outputs} outputs, node has {len(n.outputs)}")
+    for o in n.outputs:
+        free = o.type.symbols - bound
+        if free:
+            out.append(f"{line}: symbols {sorted(map(str, free))} are not bound by any graph input")
+    if n.op.infer is not None and not out:
+        try:
+            inferred = n.op.infer([v.type for v in n.inputs], n.attrs)
+        except InferenceError as e:
+            return out + [f"{line}: inference failed: {e}"]
+        if len(inferred) != len(n.outputs) or not all(_types_equal(a, b.type) for a, b in zip(inferred, n.outputs)):
+            out.append(f"{line}: types differ from inference {', '.join(map(str, inferred))}")
+    return out
