@@ -101,7 +101,7 @@ def opaque_op_by_name(name: str) -> Op:
 
 def _lower(overload: torch._ops.OpOverload, node: Any) -> Call:
     """Rebuild the overload's arguments: node inputs by `targs`, attributes by name."""
-    from .ops import runtime_attr
+    from .ops import is_symbolic, runtime_attr
 
     layout = _parse_targs(node.attrs["targs"])
     op = node.op
@@ -125,7 +125,7 @@ def _lower(overload: torch._ops.OpOverload, node: Any) -> Call:
         else:
             attr = op.attr_index[a.name]
             value = node.attrs[a.name]
-            item = ("dims", value) if attr.kind in (AttrKind.DIM, AttrKind.DIMS) else ("const", runtime_attr(attr.kind, value))
+            item = ("dims", value) if is_symbolic(value) else ("const", runtime_attr(attr.kind, value))
         (kwargs.append((a.name, item)) if a.kwarg_only else args.append(item))
     return Call(overload, tuple(args), tuple(kwargs))
 

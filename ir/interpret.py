@@ -12,7 +12,7 @@ import sympy
 import torch
 
 from .graph import Graph, Node, Value
-from .ops import AttrKind, Call, runtime_attr
+from .ops import Call, is_symbolic, runtime_attr
 from .symbolic import evaluate_dim
 from .types import SymIntType, TensorType
 
@@ -25,7 +25,7 @@ def node_call(node: Node) -> Call:
     args: list = [("in", i) for i in range(len(node.inputs))]
     for a in node.op.attrs:
         v = node.attrs[a.name]
-        args.append(("dims", v) if a.kind in (AttrKind.DIM, AttrKind.DIMS) else ("const", runtime_attr(a.kind, v)))
+        args.append(("dims", v) if is_symbolic(v) else ("const", runtime_attr(a.kind, v)))
     return Call(node.op.impl, tuple(args))
 
 
@@ -51,8 +51,8 @@ def eval_item(item: tuple, ins: Sequence[Any], env: dict) -> Any:
     if tag == "list":
         return [eval_item(x, ins, env) for x in val]
     if tag == "dims":
-        if isinstance(val, tuple):
-            return [evaluate_dim(d, env) for d in val]
+        if isinstance(val, (tuple, list)):
+            return [evaluate_dim(d, env) if isinstance(d, (int, sympy.Expr)) else d for d in val]
         return evaluate_dim(val, env)
     raise ValueError(f"bad call template item {item!r}")
 

@@ -82,7 +82,7 @@ _KIND_CHECKS: dict[AttrKind, Callable[[Any], bool]] = {
     AttrKind.FLOAT: lambda v: isinstance(v, (float, int)) and not isinstance(v, bool),
     AttrKind.BOOL: lambda v: isinstance(v, bool),
     AttrKind.STR: lambda v: isinstance(v, str),
-    AttrKind.SCALAR: lambda v: isinstance(v, (int, float, bool)),
+    AttrKind.SCALAR: lambda v: isinstance(v, (int, float, bool)) or _is_dim(v),
     AttrKind.DTYPE: lambda v: isinstance(v, DType),
     AttrKind.DEVICE: lambda v: isinstance(v, str),
     AttrKind.LAYOUT: lambda v: isinstance(v, str),
@@ -93,6 +93,15 @@ _KIND_CHECKS: dict[AttrKind, Callable[[Any], bool]] = {
     AttrKind.FLOATS: lambda v: isinstance(v, (tuple, list)),
     AttrKind.ANY: lambda v: True,
 }
+
+
+def is_symbolic(value: Any) -> bool:
+    """Whether an attribute value holds a dim expression that must be evaluated per call."""
+    if isinstance(value, sympy.Expr):
+        return not value.is_Integer
+    if isinstance(value, (tuple, list)):
+        return any(is_symbolic(v) for v in value)
+    return False
 
 
 def to_runtime(value: Any) -> Any:

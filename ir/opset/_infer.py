@@ -70,7 +70,7 @@ def _hashable(v: Any) -> Any:
 
 def meta_dtype(impl: Callable[..., Any], types: Sequence[TensorType], attr_values: Sequence[Any], kinds: Sequence[Any]) -> DType:
     """The dtype `impl` produces for these input dtypes and attributes."""
-    sig = tuple((t.dtype.name, t.rank == 0) for t in types)
+    sig = tuple((t.dtype.name, t.rank) for t in types)
     return _meta_dtype_cached(impl, sig, tuple(_hashable(v) for v in attr_values), tuple(kinds))
 
 
@@ -78,9 +78,12 @@ def meta_dtype(impl: Callable[..., Any], types: Sequence[TensorType], attr_value
 def _meta_dtype_cached(impl, sig, attr_values, kinds) -> DType:  # noqa: ANN001
     from ..dtypes import by_name
 
-    ins = [torch.empty(() if zero_d else (1,), dtype=by_name(name).torch, device="meta") for name, zero_d in sig]
+    ins = [torch.empty((1,) * rank, dtype=by_name(name).torch, device="meta") for name, rank in sig]
     attrs = [runtime_attr(k, v) for k, v in zip(kinds, attr_values)]
-    out = impl(*ins, *attrs)
+    try:
+        out = impl(*ins, *attrs)
+    except Exception as e:  # the reference rejects these dtypes/attributes
+        raise InferenceError(f"{type(e).__name__}: {e}") from None
     out = out[0] if isinstance(out, (tuple, list)) else out
     return from_torch(out.dtype)
 

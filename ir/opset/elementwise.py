@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..ops import Attr, AttrKind, Call, InferenceError, declare, runtime_attr
+from ..ops import Attr, AttrKind, Call, InferenceError, declare, is_symbolic, runtime_attr
 from ._infer import elementwise
 
 UNARY: dict[str, Callable[..., Any]] = {
@@ -98,9 +98,10 @@ def _binary(name: str, fn: Callable[..., Any], rfn: Callable[..., Any] | None):
     def lower(node: Any) -> Call:
         lhs, rhs = node.attrs["lhs"], node.attrs["rhs"]
         if lhs is not None:
-            return Call(rfn, (("in", 0), ("const", lhs)) if flip else (("const", lhs), ("in", 0)))
+            s = ("dims", lhs) if is_symbolic(lhs) else ("const", lhs)
+            return Call(rfn, (("in", 0), s) if flip else (s, ("in", 0)))
         if rhs is not None:
-            return Call(fn, (("in", 0), ("const", rhs)))
+            return Call(fn, (("in", 0), ("dims", rhs) if is_symbolic(rhs) else ("const", rhs)))
         return Call(fn, (("in", 0), ("in", 1)))
 
     declare(

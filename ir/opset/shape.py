@@ -154,8 +154,12 @@ def _cat_infer(types, a):  # noqa: ANN001, ANN202
         total = total + t.shape[d]
     from ._infer import meta_dtype
 
-    dtype = meta_dtype(lambda *xs, dim: torch.cat(xs, dim), ts, [d], [AttrKind.INT])
+    dtype = meta_dtype(_cat, ts, [d], [AttrKind.INT])
     return (TensorType(dtype, ts[0].shape[:d] + (simplify_dim(total),) + ts[0].shape[d + 1:]),)
+
+
+def _cat(*args: Any) -> torch.Tensor:
+    return torch.cat(args[:-1], args[-1])
 
 
 def _cat_lower(node: Any) -> Call:
@@ -164,7 +168,7 @@ def _cat_lower(node: Any) -> Call:
 
 declare(
     "cat", ["*xs"], [Attr("dim", AttrKind.INT)], infer=_cat_infer,
-    impl=lambda *a: torch.cat(a[:-1], a[-1]), lower=_cat_lower, category="data",
+    impl=_cat, lower=_cat_lower, category="data",
     doc="concatenate along dim",
 )
 

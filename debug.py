@@ -1,0 +1,18 @@
+"""Debug knobs: the only place kiln reads environment variables.
+
+KILN_DEBUG=1       log what kiln does (capture path, timings, opaque ops) to stderr
+KILN_DUMP_DIR=dir  dump IR text for every compilation into dir (like dump_dir=...)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+DEBUG = os.environ.get("KILN_DEBUG", "") not in ("", "0")
+DUMP_DIR = os.environ.get("KILN_DUMP_DIR") or None
+
+log = logging.getLogger("kiln")
+if DEBUG:
+    logging.basicConfig(level=logging.INFO, format="kiln: %(message)s")
+    log.setLevel(logging.DEBUG)

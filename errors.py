@@ -1,0 +1,37 @@
+"""kiln's typed errors: each names the input, op or node at fault and says what to do."""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base class of every error kiln raises on purpose."""
+
+
+class UnsupportedOpsError(KilnError):
+    """strict=True and the model uses ATen ops kiln has no declaration for."""
+
+    def __init__(self, entries: list[tuple[str, str, str]]):
+        self.entries = entries  # (aten op, node name, source)
+        lines = [f"  {op}  (node {node}{', at ' + src if src else ''})" for op, node, src in entries]
+        super().__init__(
+            f"strict mode: {len(entries)} node(s) use ATen ops without a kiln declaration:\n"
+            + "\n".join(lines)
+            + "\nDeclare them in kiln/ir/opset and add converters in kiln/frontend/converters.py,"
+            " or compile with strict=False to run them through PyTorch."
+        )
+
+
+class TraceError(KilnError):
+    """The model could not be captured as a graph."""
+
+    def __init__(self, reason: str, source: str = ""):
+        self.reason, self.source = reason, source
+        super().__init__(f"kiln could not trace the model: {reason}" + (f"\n  at {source}" if source else ""))
+
+
+class InputError(KilnError, TypeError):
+    """A call's inputs do not match what the compiled function was built for."""
+
+
+class ConversionError(KilnError):
+    """An FX node could not be converted into kiln IR (an internal limitation; names the node)."""

@@ -1,0 +1,78 @@
+"""The torch.compile backend: `torch.compile(model, backend="kiln")`.
+
+Dynamo captures each graph-break-free region, AOTAutograd lowers it to functional ATen with
+PyTorch's core decompositions (input mutations kept as copy_ nodes), and kiln converts and plans
+it. Graph breaks stay in Python exactly as with any torch.compile backend. Registered both on
+`import kiln` and through the `torch_dynamo_backends` entry point.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from typing import Any
+
+import torch
+
+from ..options import CompileOptions
+
+
+def make_backend(options: CompileOptions | None = None, strict: bool = False, stats: Any = None) -> Any:
+    """A torch.compile backend compiling every captured region with kiln."""
+    from torch._decomp import core_aten_decompositions
+    from torch._dynamo.backends.common import aot_autograd
+
+    opts = options or CompileOptions()
+
+    def fw_compiler(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        return _compile_region(gm, example_inputs, opts, strict, stats)
+
+    return aot_autograd(fw_compiler=fw_compiler, decompositions=core_aten_decompositions(), keep_inference_input_mutations=True)
+
+
+def _compile_region(gm: torch.fx.GraphModule, example_inputs: list, opts: CompileOptions, strict: bool, stats: Any) -> Any:
+    from ..errors import UnsupportedOpsError
+    from ..ir import verify
+    from ..runtime.plan import build_plan
+    from .fx_import import InputSpec, OutputSpec, import_fx
+
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    inputs = [InputSpec("sym" if isinstance(n.meta.get("val"), torch.SymInt) else "input", f"arg{i}") for i, n in enumerate(phs)]
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    results = out_node.args[0]
+    n_out = len(results) if isinstance(results, (tuple, list)) else 1
+    imported = import_fx(gm, inputs, [OutputSpec("output")] * n_out)
+    counts = Counter(op for op, _, _ in imported.opaque)
+    if counts and strict:
+        raise UnsupportedOpsError(imported.opaque)
+    if counts:
+        listing = ", ".join(f"{op} x{n}" for op, n in counts.most_common())
+        warnings.warn(f"kiln: {sum(counts.values())} node(s) run through PyTorch without kiln support: {listing}", stacklevel=2)
+    if opts.verify:
+        verify(imported.graph)
+    device = next((x.device for x in example_inputs if isinstance(x, torch.Tensor)), None)
+    plan = build_plan(imported.graph, device)
+    if stats is not None:
+        stats.traces += 1
+        for op, n in counts.items():
+            stats.opaque_ops[op] = stats.opaque_ops.get(op, 0) + n
+    fn = plan.fn
+
+    def run(args: list) -> Any:
+        return fn(*args)
+
+    run._boxed_call = True  # type: ignore[attr-defined]  # AOTAutograd passes one list
+    run.kiln_graph = imported.graph  # type: ignore[attr-defined]
+    return run
+
+
+def kiln_backend(gm: torch.fx.GraphModule, example_inputs: list, **kwargs: Any) -> Any:
+    """The backend registered as "kiln" (default options)."""
+    return make_backend()(gm, example_inputs, **kwargs)
+
+
+def register() -> None:
+    from torch._dynamo import list_backends, register_backend
+
+    if "kiln" not in list_backends(exclude_tags=()):
+        register_backend(name="kiln")(kiln_backend)

@@ -1,0 +1,21 @@
+"""CompileOptions: the one frozen object that configures a compilation (passed down, never global)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    backend: str = "auto"  # "auto" | "reference" (auto: reference on CPU; generated kernels come later)
+    dynamic: bool = True  # trace with symbolic dims so other batch sizes / lengths reuse the plan
+    fullgraph: bool = False  # raise TraceError instead of falling back to torch.compile graph breaks
+    decompose: bool = False  # also run PyTorch core decompositions on ops kiln does not convert
+    verify: bool = True  # run the IR verifier after capture
+    max_recompiles: int = 8  # beyond this many shape specialisations, new shapes run eagerly
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "reference"):
+            raise ValueError(f"unknown backend {self.backend!r}; choose 'auto' or 'reference'")
+        if self.max_recompiles < 0:
+            raise ValueError("max_recompiles must be >= 0")
