@@ -16,7 +16,7 @@ import torch
 from ..ir import Value
 from ..ir.dtypes import from_torch
 from ..ir.opset.elementwise import UNARY
-from .fx_import import Ctx, Decline, converter
+from .fx_import import Ctx, Decline, converter, write_back
 
 aten = torch.ops.aten
 
@@ -484,5 +484,7 @@ def _copy(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
     dst, src = args[0], args[1]
     if dst.type.shape != src.type.shape:
         raise Decline("broadcasting copy_")
-    _plain(ctx, "copy_to", [dst, src])
-    return dst
+    if src.type.dtype is not dst.type.dtype:
+        src = _plain(ctx, "cast", [src], dtype=dst.type.dtype)
+    write_back(ctx, dst, src)
+    return src

@@ -235,6 +235,10 @@ def _convert_call(ctx: Ctx, node: torch.fx.Node) -> None:
     if not isinstance(target, torch._ops.OpOverload):
         raise ConversionError(f"node {node.name} calls {target}, which is not an ATen op")
     args, kwargs = ctx.value(node.args), {k: ctx.value(v) for k, v in node.kwargs.items()}
+    functional = _functional_variant(target)
+    if functional is not None and isinstance(args[0], Value):
+        _convert_inplace(ctx, node, functional, args, kwargs)
+        return
     fn = CONVERTERS.get(target)
     if fn is not None:
         mark = len(ctx.g.nodes)
@@ -244,6 +248,48 @@ def _convert_call(ctx: Ctx, node: torch.fx.Node) -> None:
         except Decline:
             del ctx.g.nodes[mark:]
     ctx.env[node] = _opaque(ctx, node, args, kwargs)
+
+
+def _functional_variant(target: torch._ops.OpOverload) -> torch._ops.OpOverload | None:
+    """`aten.x_.o` -> `aten.x.o` for in-place ops writing their first argument (not copy_)."""
+    schema = target._schema
+    name = schema.name.split("::")[1]
+    if not name.endswith("_") or name == "copy_" or not schema.arguments:
+        return None
+    alias = schema.arguments[0].alias_info
+    if alias is None or not alias.is_write:
+        return None
+    packet = getattr(torch.ops.aten, name[:-1], None)
+    return getattr(packet, target._overloadname, None) if packet is not None else None
+
+
+def _convert_inplace(ctx: Ctx, node: torch.fx.Node, functional: torch._ops.OpOverload, args: tuple, kwargs: dict) -> None:
+    """Functionalise `dst.op_(...)`: new = op(dst, ...); copy_to(dst, new); later reads see new."""
+    dst = args[0]
+    inplace, node.target = node.target, functional
+    try:
+        fn = CONVERTERS.get(functional)
+        new = None
+        if fn is not None:
+            mark = len(ctx.g.nodes)
+            try:
+                new = fn(ctx, node, args, kwargs)
+            except Decline:
+                del ctx.g.nodes[mark:]
+        if new is None:
+            new = _opaque(ctx, node, args, kwargs)
+    finally:
+        node.target = inplace
+    write_back(ctx, dst, new)
+    ctx.env[node] = new
+
+
+def write_back(ctx: Ctx, dst: Value, new: Value) -> None:
+    """Persist `new` into buffer/input `dst` and make every later read of dst read `new`."""
+    ctx.g.add_node("copy_to", [dst, new], source=source_info(ctx.fx_node))
+    for k, v in list(ctx.env.items()):
+        if v is dst:
+            ctx.env[k] = new
 
 
 def _opaque(ctx: Ctx, node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:

@@ -66,6 +66,8 @@ class Attr:
         ok = _KIND_CHECKS[self.kind](value)
         if not ok:
             raise TypeError(f"attribute {self.name!r} expects {self.kind.value}, got {value!r}")
+        if self.kind is AttrKind.FLOAT and _is_int(value):
+            return float(value)  # one stored form: eps=1 and eps=1.0 print (and round-trip) alike
         return tuple(value) if isinstance(value, list) else value
 
 

@@ -39,8 +39,10 @@ def verify(g: Graph) -> None:
     for n in g.nodes:
         problems += _check_node(n, defined, bound, names)
         for i, o in enumerate(n.outputs):
-            if o.node is not n or o.index != i or o in defined:
+            if o.node is not n or o.index != i:
                 problems.append(f"output {i} of {format_node(n, names)} is not owned by its node")
+            elif o in defined:
+                problems.append(f"output {i} of {format_node(n, names)} is defined twice (its node is listed more than once)")
             defined.add(o)
     for v in g.outputs:
         if v not in defined:

@@ -71,11 +71,18 @@ def _hashable(v: Any) -> Any:
 def meta_dtype(impl: Callable[..., Any], types: Sequence[TensorType], attr_values: Sequence[Any], kinds: Sequence[Any]) -> DType:
     """The dtype `impl` produces for these input dtypes and attributes."""
     sig = tuple((t.dtype.name, t.rank) for t in types)
-    return _meta_dtype_cached(impl, sig, tuple(_hashable(v) for v in attr_values), tuple(kinds))
+    values = tuple(_hashable(v) for v in attr_values)
+    # 1 == 1.0 == True and they hash alike, so the cache key also records each value's type:
+    # without it add(i64){rhs=1} got the f32 result cached for add(i64){rhs=1.0}.
+    return _meta_dtype_cached(impl, sig, values, tuple(kinds), _type_key(values))
+
+
+def _type_key(v: Any) -> Any:
+    return tuple(_type_key(x) for x in v) if isinstance(v, tuple) else type(v)
 
 
 @functools.lru_cache(maxsize=8192)
-def _meta_dtype_cached(impl, sig, attr_values, kinds) -> DType:  # noqa: ANN001
+def _meta_dtype_cached(impl, sig, attr_values, kinds, type_key) -> DType:  # noqa: ANN001, ARG001
     from ..dtypes import by_name
 
     ins = [torch.empty((1,) * rank, dtype=by_name(name).torch, device="meta") for name, rank in sig]

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random-weight transformers models saved and reloaded through a temp dir."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", message=".*bos_token_id.*|.*eos_token_id.*")
+
+
+def tiny_config(kind: str):  # noqa: ANN201
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    if kind == "gpt2":
+        return GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=500, n_positions=128, use_cache=False, bos_token_id=0, eos_token_id=0)
+    if kind == "llama":
+        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=500, use_cache=False)
+    if kind == "bert":
+        return BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=500)
+    raise KeyError(kind)
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each tiny model saved with save_pretrained (safetensors) and loaded back: nothing downloaded."""
+    from transformers import AutoModel, AutoModelForCausalLM, BertModel, GPT2LMHeadModel, LlamaForCausalLM
+
+    out = {}
+    for kind, cls, auto in [("gpt2", GPT2LMHeadModel, AutoModelForCausalLM), ("llama", LlamaForCausalLM, AutoModelForCausalLM), ("bert", BertModel, AutoModel)]:
+        torch.manual_seed(0)
+        path = tmp_path_factory.mktemp(kind)
+        cls(tiny_config(kind)).eval().save_pretrained(path, safe_serialization=True)
+        out[kind] = auto.from_pretrained(path, use_safetensors=True).eval()
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
