@@ -488,3 +488,39 @@ def _copy(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
         src = _plain(ctx, "cast", [src], dtype=dst.type.dtype)
     write_back(ctx, dst, src)
     return src
+
+
+@converter(aten.index.Tensor)
+def _index(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
+    x, indices = args[0], list(args[1])
+    positions = tuple(i for i, t in enumerate(indices) if t is not None)
+    if not positions or any(not _is_value(indices[i]) for i in positions):
+        raise Decline("index without tensor indices")
+    return ctx.emit("index", [x] + [indices[i] for i in positions], positions=positions)
+
+
+@converter(aten.tril.default, aten.triu.default)
+def _tri(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
+    name = "tril" if "tril" in node.target._schema.name else "triu"
+    return ctx.emit(name, [args[0]], diagonal=args[1] if len(args) > 1 else kwargs.get("diagonal", 0))
+
+
+@converter(aten.diff.default)
+def _diff(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
+    """diff(x) along dim = y[1:] - y[:-1] with y = cat(prepend, x, append): declared ops only."""
+    names = ["n", "dim", "prepend", "append"]
+    opts = {"n": 1, "dim": -1, "prepend": None, "append": None, **dict(zip(names, args[1:])), **kwargs}
+    x = args[0]
+    if opts["n"] != 1:
+        raise Decline("diff with n != 1")
+    dim = opts["dim"] % x.type.rank
+    parts = [p for p in (opts["prepend"], x, opts["append"]) if p is not None]
+    if any(not _is_value(p) or p.type.rank != x.type.rank for p in parts):
+        raise Decline("diff with scalar prepend/append")
+    y = _plain(ctx, "cat", parts, dim=dim) if len(parts) > 1 else x
+    n = y.type.shape[dim]
+    hi = _plain(ctx, "slice", [y], dim=dim, start=1, end=n, step=1)
+    lo = _plain(ctx, "slice", [y], dim=dim, start=0, end=n - 1, step=1)
+    if y.type.dtype.kind == "bool":
+        return ctx.emit("bitwise_xor", [hi, lo])
+    return ctx.emit("sub", [hi, lo])

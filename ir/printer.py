@@ -73,7 +73,12 @@ class _Names:
 
 
 def format_node(n: Node, names: Any, source: bool = False) -> str:
-    attrs = [f"{a.name}={format_attr(n.attrs[a.name])}" for a in n.op.attrs if a.required or not _same(n.attrs[a.name], a.default)]
+    # `a.name in n.attrs`: a malformed node (missing attribute) still prints, so the verifier can report it
+    attrs = [
+        f"{a.name}={format_attr(n.attrs[a.name])}"
+        for a in n.op.attrs
+        if a.name in n.attrs and (a.required or not _same(n.attrs[a.name], a.default))
+    ]
     text = f"{n.op.name}({', '.join(names(v) for v in n.inputs)})"
     if attrs:
         text += " {" + ", ".join(attrs) + "}"

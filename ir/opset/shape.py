@@ -242,3 +242,64 @@ declare(
     "embedding", ["weight", "indices"], infer=_embedding_infer, impl=_embedding,
     category="data", doc="rows of weight picked by integer indices",
 )
+
+
+def _index_infer(types, a):  # noqa: ANN001, ANN202
+    x, *idx = tensors(types)
+    pos = a["positions"]
+    if len(pos) != len(idx) or not idx or len(set(pos)) != len(pos) or any(not 0 <= p < x.rank for p in pos):
+        raise InferenceError(f"index positions {list(pos)} do not match {len(idx)} index tensors on {x}")
+    if any(t.dtype.kind not in ("int", "uint") or t.dtype.name == "u8" for t in idx):
+        raise InferenceError("index takes integer index tensors (boolean masks make data-dependent shapes)")
+    bshape = broadcast(*(t.shape for t in idx))
+    rest = [d for i, d in enumerate(x.shape) if i not in pos]
+    ordered = sorted(pos)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)):  # adjacent: result dims go in place
+        before = [d for i, d in enumerate(x.shape) if i < ordered[0]]
+        after = [d for i, d in enumerate(x.shape) if i > ordered[-1]]
+        return (TensorType(x.dtype, tuple(before) + bshape + tuple(after)),)
+    return (TensorType(x.dtype, bshape + tuple(rest)),)
+
+
+def _index_list(positions: Any, n_inputs: int) -> list:
+    slots: list = [("const", None)] * (max(positions) + 1)
+    for k, p in enumerate(positions):
+        slots[p] = ("in", k + 1)
+    return slots
+
+
+def _index(x: torch.Tensor, *rest: Any) -> torch.Tensor:
+    *idx, positions = rest
+    slots: list = [None] * (max(positions) + 1)
+    for t, p in zip(idx, positions):
+        slots[p] = t
+    return torch.ops.aten.index.Tensor(x, slots)
+
+
+def _index_lower(node: Any) -> Call:
+    return Call(torch.ops.aten.index.Tensor, (("in", 0), ("list", _index_list(node.attrs["positions"], len(node.inputs)))))
+
+
+declare(
+    "index", ["x", "*indices"], [Attr("positions", AttrKind.INTS)], infer=_index_infer, impl=_index,
+    lower=_index_lower, category="data",
+    doc="advanced indexing x[..., i0, ..., i1, ...]: integer tensors at dims `positions`, broadcast together",
+)
+
+
+def _tri(name: str, fn: Any) -> None:
+    def impl(x: torch.Tensor, diagonal: int) -> torch.Tensor:
+        return fn(x, diagonal)
+
+    def infer(types, a):  # noqa: ANN001, ANN202
+        (t,) = tensors(types)
+        if t.rank < 2:
+            raise InferenceError(f"{name} needs at least 2 dims, got {t}")
+        return (t,)
+
+    declare(name, ["x"], [Attr("diagonal", AttrKind.INT, 0)], infer=infer, impl=impl, category="elementwise",
+            doc=f"{name}: zero the elements {'above' if name == 'tril' else 'below'} the diagonal")
+
+
+_tri("tril", torch.tril)
+_tri("triu", torch.triu)
