@@ -17,6 +17,7 @@ demo: setup
 	$(BIN)/kiln demo
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -9,6 +9,7 @@ downloaded), run in eval mode on a batch of 2 x 32 random token ids. Per model i
   output (logits or last_hidden_state);
 - inductor (`torch.compile`, default backend): first-call seconds, steady-state median and the
   ratio eager/inductor; a failure is reported in the table instead of stopping the run.
+  Inductor's on-disk caches are disabled, so its first call is a cold compile.
 
 Timed runs are interleaved round-robin (eager, kiln, inductor; --rounds rounds of --iters calls
 each) so machine drift affects every runner alike; latencies are medians over all timed calls.
@@ -29,23 +30,26 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch._inductor.config
 import transformers
 
 import kiln
 
-BATCH, SEQ, VOCAB, WARMUP = 2, 32, 1000, 3
+BATCH, SEQ, VOCAB = 2, 32, 1000
+WARMUP_CALLS, WARMUP_S = 3, 0.25  # after the first call, warm up for at least this many calls and seconds
+NOISY = 2.0  # p90/p10 of a runner's timings above which the table gets a note
 
 
 def build_zoo(seed: int = 0) -> dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]]]:
     """{name: (model, example_kwargs)}: tiny random-weight HF models in eval mode, no downloads."""
     from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+    common = dict(vocab_size=VOCAB, num_hidden_layers=2, num_attention_heads=4, hidden_size=128, intermediate_size=256)
     configs: dict[str, tuple[Callable[[Any], torch.nn.Module], Any]] = {
-        "gpt2": (GPT2LMHeadModel, GPT2Config(n_embd=128, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=128, use_cache=False)),
-        "llama": (LlamaForCausalLM, LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                                                num_key_value_heads=2, vocab_size=VOCAB, use_cache=False)),
-        "bert": (BertModel, BertConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                                       vocab_size=VOCAB)),
+        "gpt2": (GPT2LMHeadModel, GPT2Config(n_embd=128, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=128,
+                                             use_cache=False, bos_token_id=1, eos_token_id=2)),
+        "llama": (LlamaForCausalLM, LlamaConfig(**common, num_key_value_heads=2, use_cache=False)),
+        "bert": (BertModel, BertConfig(**common)),
     }
     zoo = {}
     for name, (cls, config) in configs.items():
@@ -89,8 +93,10 @@ class Runner:
             self.first_s = time.perf_counter() - t0
             self.output = main_output(out).detach()
             with torch.no_grad():
-                for _ in range(WARMUP):
+                t1, n = time.perf_counter(), 0
+                while n < WARMUP_CALLS or time.perf_counter() - t1 < WARMUP_S:
                     fn(**kwargs)
+                    n += 1
             self.fn = fn
         except Exception as e:  # a benchmark reports failures, it does not stop on them
             self.error = short(e)
@@ -111,9 +117,17 @@ class Runner:
     def median_ms(self) -> float | None:
         return statistics.median(self.samples) * 1e3 if self.samples and self.error is None else None
 
+    @property
+    def spread(self) -> float:
+        """p90 / p10 of the timed calls: near 1 on a quiet machine."""
+        if len(self.samples) < 10 or self.error is not None:
+            return 1.0
+        q = statistics.quantiles(self.samples, n=10)
+        return q[-1] / q[0]
 
-def bench_model(model: torch.nn.Module, kwargs: dict[str, torch.Tensor], args: argparse.Namespace) -> list[str]:
-    """One table row for a model."""
+
+def bench_model(model: torch.nn.Module, kwargs: dict[str, torch.Tensor], args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
+    """One table row for a model, and the spread (p90/p10) of each runner's timings."""
     torch._dynamo.reset()
     compiled: dict[str, Any] = {}
 
@@ -131,13 +145,14 @@ def bench_model(model: torch.nn.Module, kwargs: dict[str, torch.Tensor], args: a
         for _ in range(args.rounds):
             for r in runners:
                 r.time(kwargs, args.iters)
+    spreads = {r.name: r.spread for r in runners}
     eager, kl = runners[0], runners[1]
     if eager.error:
-        return [f"eager failed: {eager.error}"]
+        return [f"eager failed: {eager.error}"], spreads
     row = [f"{eager.median_ms:.2f}"]
     row += cells(kl, eager)
-    path = getattr(compiled.get("kiln"), "stats", None)
-    row.append(path.path if path is not None and path.path else "-")
+    stats = getattr(compiled.get("kiln"), "stats", None)
+    row.append(stats.path if stats is not None and stats.path else "-")
     if kl.output is not None and eager.output is not None and kl.output.shape == eager.output.shape:
         row.append(f"{(kl.output.float() - eager.output.float()).abs().max().item():.1e}")
     else:
@@ -145,7 +160,7 @@ def bench_model(model: torch.nn.Module, kwargs: dict[str, torch.Tensor], args: a
     if not args.no_inductor:
         row += cells(runners[2], eager)
     torch._dynamo.reset()
-    return row
+    return row, spreads
 
 
 def cells(r: Runner, eager: Runner) -> list[str]:
@@ -165,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    torch._inductor.config.force_disable_caches = True  # first-call seconds are cold compiles, not cache hits
 
     zoo = build_zoo()
     names = args.models or list(zoo)
@@ -176,15 +192,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"kiln cpu zoo | {now} | torch {torch.__version__} | transformers {transformers.__version__} | "
           f"cpus {os.cpu_count()} | threads {torch.get_num_threads()} | batch {BATCH}x{SEQ} | "
           f"{args.rounds} rounds x {args.iters} iters, medians\n")
-    header = ["model", "eager ms", "kiln first s", "kiln ms", "eager/kiln", "kiln path", "kiln max|Δ|"]
+    header = ["model", "eager ms", "kiln first s", "kiln ms", "eager/kiln", "kiln path", "kiln max abs diff"]
     if not args.no_inductor:
         header += ["inductor first s", "inductor ms", "eager/inductor"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
+    noisy = []
     for name in names:
         model, kwargs = zoo[name]
-        row = bench_model(model, kwargs, args)
+        row, spreads = bench_model(model, kwargs, args)
+        row += ["-"] * (len(header) - 1 - len(row))
         print("| " + " | ".join([name] + row) + " |", flush=True)
+        noisy += [f"{name}/{r} {s:.1f}x" for r, s in spreads.items() if s > NOISY]
+    if noisy:
+        print(f"\nnote: noisy timings (p90/p10 > {NOISY}): {', '.join(noisy)}; the machine was busy, rerun to confirm.")
 
 
 if __name__ == "__main__":

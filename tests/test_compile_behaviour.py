@@ -7,10 +7,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import rel_err
 
 import kiln
 from kiln.frontend.dynamo import make_backend
+
+from conftest import rel_err
 
 
 def _x(*shape: int, seed: int = 0) -> torch.Tensor:

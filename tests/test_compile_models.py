@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err
 
 import kiln
+
+from conftest import rel_err
 
 
 def _ids(batch: int, seq: int, seed: int) -> torch.Tensor:
