@@ -18,7 +18,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest tests -q
 
 lint: setup
 	$(BIN)/ruff check .
