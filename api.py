@@ -149,7 +149,9 @@ class CompiledModule:
         t0 = time.perf_counter()
         try:
             traced = trace_export(self.target, args, kwargs, dynamic=self.options.dynamic, decompose=self.options.decompose)
-        except Exception as e:  # torch.export raises many types; each means "cannot capture"
+        except UnsupportedOpsError:
+            raise
+        except Exception as e:  # export or conversion failed: each means "cannot capture whole"
             self._use_fallback(e)
             return None
         self._check_opaque(traced)

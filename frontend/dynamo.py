@@ -31,7 +31,9 @@ def make_backend(options: CompileOptions | None = None, strict: bool = False, st
 
 
 def _compile_region(gm: torch.fx.GraphModule, example_inputs: list, opts: CompileOptions, strict: bool, stats: Any) -> Any:
-    from ..errors import UnsupportedOpsError
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    from ..errors import ConversionError, UnsupportedOpsError
     from ..ir import verify
     from ..runtime.plan import build_plan
     from .fx_import import InputSpec, OutputSpec, import_fx
@@ -41,7 +43,13 @@ def _compile_region(gm: torch.fx.GraphModule, example_inputs: list, opts: Compil
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     results = out_node.args[0]
     n_out = len(results) if isinstance(results, (tuple, list)) else 1
-    imported = import_fx(gm, inputs, [OutputSpec("output")] * n_out)
+    try:
+        imported = import_fx(gm, inputs, [OutputSpec("output")] * n_out)
+    except ConversionError as e:
+        if strict:
+            raise
+        warnings.warn(f"kiln: a captured region runs eagerly in PyTorch: {e}", stacklevel=2)
+        return make_boxed_func(gm.forward)
     counts = Counter(op for op, _, _ in imported.opaque)
     if counts and strict:
         raise UnsupportedOpsError(imported.opaque)

@@ -247,7 +247,10 @@ def _convert_call(ctx: Ctx, node: torch.fx.Node) -> None:
             return
         except Decline:
             del ctx.g.nodes[mark:]
-    ctx.env[node] = _opaque(ctx, node, args, kwargs)
+    try:
+        ctx.env[node] = _opaque(ctx, node, args, kwargs)
+    except Decline as e:
+        raise ConversionError(f"node {node.name} ({target}) cannot be represented: {e}") from None
 
 
 def _functional_variant(target: torch._ops.OpOverload) -> torch._ops.OpOverload | None:

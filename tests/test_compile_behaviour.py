@@ -164,3 +164,25 @@ def test_plan_is_one_flat_call_per_node() -> None:
     assert fn.plan.num_calls == len(fn.graph.nodes)
     assert "for " not in src and "while " not in src
     assert sum(1 for ln in src.splitlines() if "= f" in ln) == len(fn.graph.nodes)
+
+
+class DataDependentShape(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx = torch.nonzero(x > 0)  # output length depends on the data
+        return x.sum() + idx.shape[0]
+
+
+def test_data_dependent_shapes_fall_back_and_stay_correct() -> None:
+    m = DataDependentShape()
+    fn = kiln.compile(m)
+    x = _x(5, 3, seed=8)
+    with pytest.warns(UserWarning, match="kiln"):
+        out = fn(x)
+    assert rel_err(out, m(x)) <= 1e-5
+    assert fn.stats.path == "dynamo"
+
+
+def test_data_dependent_shapes_with_fullgraph_name_the_node() -> None:
+    fn = kiln.compile(DataDependentShape(), options=kiln.CompileOptions(fullgraph=True))
+    with pytest.raises(kiln.TraceError, match="nonzero"):
+        fn(_x(5, 3, seed=8))

@@ -407,7 +407,6 @@ def test_tril_triu_inference_matches_reference(op: str, data: st.DataObject) -> 
     c.check(op, [x], {"diagonal": c.draw(st.integers(-3, 3))})
 
 
-@pytest.mark.xfail(strict=True, reason="meta kernels accept these; the CPU reference does not (torch divergence)")
 @pytest.mark.parametrize("op, x, attrs", [
     ("silu", torch.tensor([1, 2, 3]), {}),
     ("sub", torch.tensor([1.5, 2.5]), {"rhs": True}),

@@ -85,10 +85,14 @@ def _type_key(v: Any) -> Any:
 def _meta_dtype_cached(impl, sig, attr_values, kinds, type_key) -> DType:  # noqa: ANN001, ARG001
     from ..dtypes import by_name
 
-    ins = [torch.empty((1,) * rank, dtype=by_name(name).torch, device="meta") for name, rank in sig]
     attrs = [runtime_attr(k, v) for k, v in zip(kinds, attr_values)]
+    dtypes = [by_name(name).torch for name, _ in sig]
     try:
-        out = impl(*ins, *attrs)
+        out = impl(*[torch.empty((1,) * rank, dtype=dt, device="meta") for dt, (_, rank) in zip(dtypes, sig)], *attrs)
+        if all(d.is_floating_point and d.itemsize >= 2 or not d.is_floating_point for d in dtypes):
+            # Meta kernels are laxer than real ones (silu on int64, bool scalar minus float);
+            # one 1-element CPU call makes inference accept exactly what the reference runs.
+            impl(*[torch.ones((1,) * rank, dtype=dt) for dt, (_, rank) in zip(dtypes, sig)], *attrs)
     except Exception as e:  # the reference rejects these dtypes/attributes
         raise InferenceError(f"{type(e).__name__}: {e}") from None
     out = out[0] if isinstance(out, (tuple, list)) else out

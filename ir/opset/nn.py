@@ -107,6 +107,11 @@ def _attention_infer(types, a):  # noqa: ANN001, ANN202
         raise InferenceError(f"attention needs q, k, v of equal rank >= 2, got {q}, {k}, {v}")
     if not same_dim(q.shape[-1], k.shape[-1]) or not same_dim(k.shape[-2], v.shape[-2]):
         raise InferenceError(f"attention shapes disagree: q {q}, k {k}, v {v}")
+    if len(ts) == 4:
+        mask = ts[3]
+        if mask.rank < 2 or mask.rank > q.rank:
+            raise InferenceError(f"attention mask must have rank 2..{q.rank}, got {mask}")
+        broadcast(mask.shape, q.shape[:-1] + (k.shape[-2],))
     return (TensorType(q.dtype, q.shape[:-1] + (v.shape[-1],)),)
 
 
