@@ -34,6 +34,7 @@ class CompileStats:
     recompile_reasons: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # of the latest trace
     opaque_ops: dict[str, int] = field(default_factory=dict)
+    graphs: list = field(default_factory=list, repr=False)  # every kiln graph captured, in order
 
     @property
     def recompiles(self) -> int:
@@ -163,6 +164,7 @@ class CompiledModule:
         t2 = time.perf_counter()
         self.stats.path = "export"
         self.stats.traces += 1
+        self.stats.graphs.append(traced.graph)
         self.stats.seconds = {**traced.seconds, "verify": t1 - t0 - sum(traced.seconds.values()), "plan": t2 - t1, "total": t2 - t0}
         simple = all(kind == "input" for kind, _ in traced.leaf_roles) and _top_level_tensors(args, kwargs)
         entry = _Entry(traced, plan, (len(args), tuple(kwargs)) if simple else None)

@@ -8,6 +8,7 @@ it. Graph breaks stay in Python exactly as with any torch.compile backend. Regis
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from typing import Any
@@ -24,13 +25,42 @@ def make_backend(options: CompileOptions | None = None, strict: bool = False, st
 
     opts = options or CompileOptions()
 
-    def fw_compiler(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
-        return _compile_region(gm, example_inputs, opts, strict, stats)
+    def backend(gm: torch.fx.GraphModule, example_inputs: list, **kwargs: Any) -> Any:
+        consts = _module_state(gm, example_inputs)
 
-    return aot_autograd(fw_compiler=fw_compiler, decompositions=core_aten_decompositions(), keep_inference_input_mutations=True)
+        def fw_compiler(fw_gm: torch.fx.GraphModule, fw_inputs: list) -> Any:
+            return _compile_region(fw_gm, fw_inputs, opts, strict, stats, consts)
+
+        lowered = aot_autograd(fw_compiler=fw_compiler, decompositions=core_aten_decompositions(), keep_inference_input_mutations=True)
+        return lowered(gm, example_inputs, **kwargs)
+
+    return backend
 
 
-def _compile_region(gm: torch.fx.GraphModule, example_inputs: list, opts: CompileOptions, strict: bool, stats: Any) -> Any:
+_STATE_KEY = re.compile(r"_(?:modules|parameters|buffers)\['([^']+)'\]")
+
+
+def _module_state(gm: torch.fx.GraphModule, example_inputs: list) -> list[tuple[str, torch.Tensor] | None]:
+    """Per Dynamo graph input: (fully qualified name, tensor) for parameters and buffers, else None.
+
+    Dynamo passes module state as graph inputs; kiln makes them named constants (the same
+    tensors, so in-place updates stay visible) so passes can fold, quantize and shard them.
+    """
+    out: list[tuple[str, torch.Tensor] | None] = []
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for ph, ex in zip(phs, example_inputs):
+        source = getattr(ph.meta.get("grapharg"), "source", None)
+        name = source.name if source is not None else ""
+        name = name() if callable(name) else name
+        keys = _STATE_KEY.findall(name)
+        if isinstance(ex, torch.Tensor) and keys and ("_parameters[" in name or "_buffers[" in name):
+            out.append((".".join(keys), ex))
+        else:
+            out.append(None)
+    return out
+
+
+def _compile_region(gm: torch.fx.GraphModule, example_inputs: list, opts: CompileOptions, strict: bool, stats: Any, consts: list | None = None) -> Any:
     from torch._functorch.aot_autograd import make_boxed_func
 
     from ..errors import ConversionError, UnsupportedOpsError
@@ -39,7 +69,14 @@ def _compile_region(gm: torch.fx.GraphModule, example_inputs: list, opts: Compil
     from .fx_import import InputSpec, OutputSpec, import_fx
 
     phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    inputs = [InputSpec("sym" if isinstance(n.meta.get("val"), torch.SymInt) else "input", f"arg{i}") for i, n in enumerate(phs)]
+    if consts is None or len(consts) != len(phs):  # e.g. a backward graph: no state mapping
+        consts = [None] * len(phs)
+    inputs = [
+        InputSpec("const", c[0], c[1]) if c is not None
+        else InputSpec("sym" if isinstance(n.meta.get("val"), torch.SymInt) else "input", f"arg{i}")
+        for i, (n, c) in enumerate(zip(phs, consts))
+    ]
+    keep = [i for i, c in enumerate(consts) if c is None]
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     results = out_node.args[0]
     n_out = len(results) if isinstance(results, (tuple, list)) else 1
@@ -62,12 +99,18 @@ def _compile_region(gm: torch.fx.GraphModule, example_inputs: list, opts: Compil
     plan = build_plan(imported.graph, device)
     if stats is not None:
         stats.traces += 1
+        stats.graphs.append(imported.graph)
         for op, n in counts.items():
             stats.opaque_ops[op] = stats.opaque_ops.get(op, 0) + n
     fn = plan.fn
+    if len(keep) == len(phs):
 
-    def run(args: list) -> Any:
-        return fn(*args)
+        def run(args: list) -> Any:
+            return fn(*args)
+    else:
+
+        def run(args: list) -> Any:
+            return fn(*[args[i] for i in keep])
 
     run._boxed_call = True  # type: ignore[attr-defined]  # AOTAutograd passes one list
     run.kiln_graph = imported.graph  # type: ignore[attr-defined]

@@ -73,3 +73,28 @@ def test_torch_compile_backend_string_runs_kiln(saved_models: dict) -> None:
         out = compiled(input_ids=x)
         ref = model(input_ids=x)
     assert rel_err(out.logits, ref.logits) <= 1e-5
+
+
+def test_torch_compile_backend_makes_parameters_named_constants() -> None:
+    from kiln.frontend.dynamo import make_backend
+
+    class M(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+            self.register_buffer("shift", torch.randn(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) + self.shift
+
+    stats = kiln.CompileStats()
+    torch._dynamo.reset()
+    m = M().eval()
+    compiled = torch.compile(m, backend=make_backend(stats=stats))
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        out = compiled(x)
+    assert rel_err(out, m(x)) <= 1e-5
+    assert stats.traces == 1
+    assert set(stats.graphs[0].constants) == {"lin.weight", "lin.bias", "shift"}
+    assert stats.graphs[0].constant_data["lin.weight"] is m.lin.weight
