@@ -253,8 +253,7 @@ def compile(
     fn = CompiledModule(model_or_fn, options or CompileOptions(), strict, dump_dir)
     if example_inputs is not None:
         args, kwargs = _split_inputs(example_inputs)
-        entry = fn._capture(args, kwargs)
-        del entry
+        fn._capture(args, kwargs)
     return fn
 
 

@@ -45,7 +45,7 @@ class _FnModule(torch.nn.Module):
         return self.fn(*args, **kwargs)
 
 
-def _dynamic_shapes(mod: torch.nn.Module, args: tuple, kwargs: dict, dynamic: bool, static: dict | None) -> Any:
+def _dynamic_shapes(mod: torch.nn.Module, args: tuple, kwargs: dict, dynamic: bool) -> Any:
     """Dim.AUTO for every tensor dim (export keeps a dim symbolic unless the code pins it)."""
     if not dynamic:
         return None
@@ -64,7 +64,7 @@ def trace_export(target: Any, args: tuple, kwargs: dict, *, dynamic: bool = True
     mod = target if isinstance(target, torch.nn.Module) else _FnModule(target)
     t0 = time.perf_counter()
     with torch.no_grad():
-        ep = torch.export.export(mod, tuple(args), dict(kwargs), dynamic_shapes=_dynamic_shapes(mod, args, kwargs, dynamic, None))
+        ep = torch.export.export(mod, tuple(args), dict(kwargs), dynamic_shapes=_dynamic_shapes(mod, args, kwargs, dynamic))
         if decompose:
             table = torch.export.default_decompositions()
             for op in list(CONVERTERS):
@@ -154,4 +154,4 @@ def _ranges(ep: Any, imported: Any) -> dict:
     return out
 
 
-__all__ = ["Traced", "trace_export", "sympy"]
+__all__ = ["Traced", "trace_export"]

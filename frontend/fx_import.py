@@ -325,7 +325,10 @@ def _opaque(ctx: Ctx, node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
     if any(not isinstance(x, torch.Tensor) for x in vals):
         raise ConversionError(f"node {node.name} ({overload}) returns non-tensor values; kiln cannot represent it")
     types = [ctx.ttype(x) for x in vals]
-    n = ctx.g.add_node(op, inputs, attrs, out_types=types, source=source_info(node))
+    try:
+        n = ctx.g.add_node(op, inputs, attrs, out_types=types, source=source_info(node))
+    except TypeError as e:
+        raise Decline(str(e)) from None
     info = n.source
     ctx.opaque.append((op.name, node.name, f"{info.file}:{info.line}" if info and info.file else ""))
     if isinstance(val, (tuple, list)):

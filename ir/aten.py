@@ -17,24 +17,25 @@ import torch
 
 from .ops import Attr, AttrKind, Call, Effect, Op
 
-_TENSOR_TYPES = ("Tensor", "Tensor?", "Tensor[]", "Tensor?[]", "List[Tensor]", "List[Optional[Tensor]]")
+_KINDS = {
+    # SymInt reads as "int" in schema types, so integer arguments may hold symbolic dims.
+    "int": AttrKind.DIM, "float": AttrKind.FLOAT, "bool": AttrKind.BOOL, "str": AttrKind.STR,
+    "number": AttrKind.SCALAR, "Scalar": AttrKind.SCALAR, "ScalarType": AttrKind.DTYPE,
+    "Device": AttrKind.DEVICE, "Layout": AttrKind.LAYOUT, "MemoryFormat": AttrKind.MEMORY_FORMAT,
+    "int[]": AttrKind.DIMS, "float[]": AttrKind.FLOATS,
+}
 
 
-def _arg_kind(type_str: str) -> AttrKind | None:
-    """The attribute kind of a schema argument type, or None for tensor-like arguments."""
-    t = type_str.replace("Optional[", "").rstrip("]?") if "Tensor" not in type_str else type_str
-    if "Tensor" in type_str:
-        return None
-    table = {
-        "int": AttrKind.INT, "SymInt": AttrKind.DIM, "float": AttrKind.FLOAT, "bool": AttrKind.BOOL,
-        "str": AttrKind.STR, "Scalar": AttrKind.SCALAR, "number": AttrKind.SCALAR,
-        "ScalarType": AttrKind.DTYPE, "Device": AttrKind.DEVICE, "Layout": AttrKind.LAYOUT,
-        "MemoryFormat": AttrKind.MEMORY_FORMAT, "int[]": AttrKind.INTS, "SymInt[]": AttrKind.DIMS,
-        "List[int]": AttrKind.INTS, "List[SymInt]": AttrKind.DIMS, "float[]": AttrKind.FLOATS,
-        "List[float]": AttrKind.FLOATS,
-    }
-    base = re.sub(r"\[\d+\]", "[]", t)
-    return table.get(base, AttrKind.ANY)
+def _arg_kind(arg: Any) -> tuple[AttrKind, bool]:
+    """(attribute kind, optional) of a non-tensor schema argument."""
+    t = str(getattr(arg, "real_type", arg.type))
+    optional = t.startswith("Optional[")
+    if optional:
+        t = t[len("Optional["):-1]
+    list_of = re.fullmatch(r"List\[(.*)\]", t)
+    if list_of:
+        t = list_of.group(1) + "[]"
+    return _KINDS.get(t, AttrKind.ANY), optional
 
 
 def is_tensor_arg(arg: Any) -> bool:
@@ -49,8 +50,7 @@ def opaque_op(overload: torch._ops.OpOverload) -> Op:
     for a in schema.arguments:
         if is_tensor_arg(a):
             continue
-        kind = _arg_kind(str(a.type))
-        optional = str(a.type).startswith("Optional") or str(a.type).endswith("?")
+        kind, optional = _arg_kind(a)
         attrs.append(Attr(a.name, kind, None if optional else _default(a), optional=optional or a.has_default_value()))
     writes = any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
     random = torch.Tag.nondeterministic_seeded in overload.tags

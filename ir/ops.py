@@ -16,8 +16,7 @@ import sympy
 import torch
 
 from .dtypes import DType
-from .symbolic import Dim
-from .types import TensorType, ValueType
+from .types import ValueType
 
 
 class Effect(enum.Enum):
@@ -241,15 +240,3 @@ def get_op(name: str) -> Op:
 
         return opaque_op_by_name(name)
     raise KeyError(f"unknown op {name!r}")
-
-
-def tensor(t: ValueType, what: str) -> TensorType:
-    if not isinstance(t, TensorType):
-        raise InferenceError(f"{what} must be a tensor, got {t}")
-    return t
-
-
-def dims_equal(a: Dim, b: Dim) -> bool:
-    if isinstance(a, int) and isinstance(b, int):
-        return a == b
-    return sympy.simplify(sympy.sympify(a) - sympy.sympify(b)) == 0

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..ops import Attr, AttrKind, Call, InferenceError, declare, is_symbolic, runtime_attr
+from ..ops import Attr, AttrKind, Call, InferenceError, declare, is_symbolic
 from ._infer import elementwise
 
 UNARY: dict[str, Callable[..., Any]] = {
@@ -137,4 +137,4 @@ declare(
     impl=_masked_fill, category="elementwise", doc="x with `value` where mask is true",
 )
 
-__all__ = ["UNARY", "BINARY", "runtime_attr"]
+__all__ = ["BINARY", "UNARY"]
