@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.set_defaults(func=cmd_demo)
     c = sub.add_parser("compile", help="compile a built-in model name or a transformers checkpoint dir")
     c.add_argument("model", nargs="?", default="tiny-gpt")
-    c.add_argument("--batch", type=int, default=1)
+    c.add_argument("--batch", type=int, default=2)  # >= 2: size-1 dims are specialised
     c.add_argument("--seq", type=int, default=16)
     c.add_argument("--strict", action="store_true")
     c.add_argument("--print-ir", action="store_true")
