@@ -20,7 +20,7 @@ import torch.fx
 
 from ..errors import ConversionError
 from ..ir import Graph, SourceInfo, TensorType, Value
-from ..ir.aten import format_targs, is_tensor_arg, opaque_op
+from ..ir.aten import attr_from_torch, format_targs, is_tensor_arg, opaque_op
 from ..ir.dtypes import from_torch
 from ..ir.ops import InferenceError, Op, get_op
 from ..ir.symbolic import symbol
@@ -349,19 +349,9 @@ def _bind(schema: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
 
 
 def _attr_value(ctx: Ctx, v: Any) -> Any:
-    if isinstance(v, torch.dtype):
-        return from_torch(v)
-    if isinstance(v, (torch.layout, torch.memory_format)):
-        return str(v).removeprefix("torch.")
-    if isinstance(v, torch.device):
-        return str(v)
-    if isinstance(v, (list, tuple)):
-        return tuple(_attr_value(ctx, x) for x in v)
-    if isinstance(v, torch.SymInt):
-        return ctx.dim(v)
     if isinstance(v, (torch.SymFloat, torch.SymBool)):
         raise Decline("symbolic float/bool arguments are not supported")
-    return v
+    return attr_from_torch(v, ctx.dim)
 
 
 def _convert_outputs(ctx: Ctx, node: torch.fx.Node, outputs: Sequence[OutputSpec], by_name: dict[str, Value]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .dtypes import from_torch
 from .ops import Attr, AttrKind, Call, Effect, Op
 
 _KINDS = {
@@ -69,21 +70,30 @@ def opaque_op(overload: torch._ops.OpOverload) -> Op:
     )
 
 
-def _default(a: Any) -> Any:
-    if not a.has_default_value():
-        from .ops import _REQUIRED
+def attr_from_torch(v: Any, dim: Any = None) -> Any:
+    """A torch argument value as a kiln attribute value (dtype -> DType, device -> str, ...).
 
-        return _REQUIRED
-    v = a.default_value
+    `dim` converts SymInts (the frontend passes its symbol mapping); lists become tuples.
+    """
     if isinstance(v, torch.dtype):
-        from .dtypes import from_torch
-
         return from_torch(v)
     if isinstance(v, (torch.layout, torch.memory_format)):
         return str(v).removeprefix("torch.")
     if isinstance(v, torch.device):
         return str(v)
-    return tuple(v) if isinstance(v, list) else v
+    if isinstance(v, (list, tuple)):
+        return tuple(attr_from_torch(x, dim) for x in v)
+    if isinstance(v, torch.SymInt) and dim is not None:
+        return dim(v)
+    return v
+
+
+def _default(a: Any) -> Any:
+    if not a.has_default_value():
+        from .ops import _REQUIRED
+
+        return _REQUIRED
+    return attr_from_torch(a.default_value)
 
 
 def opaque_name(overload: torch._ops.OpOverload) -> str:
