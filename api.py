@@ -35,6 +35,7 @@ class CompileStats:
     seconds: dict[str, float] = field(default_factory=dict)  # of the latest trace
     opaque_ops: dict[str, int] = field(default_factory=dict)
     graphs: list = field(default_factory=list, repr=False)  # every kiln graph captured, in order
+    passes: list = field(default_factory=list)  # PassRecords of the latest capture
 
     @property
     def recompiles(self) -> int:
@@ -158,6 +159,10 @@ class CompiledModule:
         self._check_opaque(traced)
         if self.options.verify:
             verify(traced.graph)
+        from .passes import PIPELINE, run_pipeline
+
+        n = self.stats.traces + 1
+        traced.graph, self.stats.passes = run_pipeline(traced.graph, PIPELINE, self.options, self.dump_dir, prefix=f"trace{n}_")
         t1 = time.perf_counter()
         device = _device_of(args, kwargs)
         plan = build_plan(traced.graph, device, traced.symbol_ranges)
@@ -165,7 +170,7 @@ class CompiledModule:
         self.stats.path = "export"
         self.stats.traces += 1
         self.stats.graphs.append(traced.graph)
-        self.stats.seconds = {**traced.seconds, "verify": t1 - t0 - sum(traced.seconds.values()), "plan": t2 - t1, "total": t2 - t0}
+        self.stats.seconds = {**traced.seconds, "passes": sum(r.seconds for r in self.stats.passes), "plan": t2 - t1, "total": t2 - t0}
         simple = all(kind == "input" for kind, _ in traced.leaf_roles) and _top_level_tensors(args, kwargs)
         entry = _Entry(traced, plan, (len(args), tuple(kwargs)) if simple else None)
         self._entries.append(entry)
@@ -204,7 +209,7 @@ class CompiledModule:
 
         os.makedirs(self.dump_dir, mode=0o700, exist_ok=True)
         n = self.stats.traces
-        with open(os.path.join(self.dump_dir, f"trace{n}_000_captured.txt"), "w") as f:
+        with open(os.path.join(self.dump_dir, f"trace{n}_final.txt"), "w") as f:
             f.write(format_graph(entry.traced.graph, source=True))
         with open(os.path.join(self.dump_dir, f"trace{n}_plan.py"), "w") as f:
             f.write(entry.plan.source)

@@ -13,8 +13,12 @@ class CompileOptions:
     decompose: bool = False  # also run PyTorch core decompositions on ops kiln does not convert
     verify: bool = True  # run the IR verifier after capture
     max_recompiles: int = 8  # beyond this many shape specialisations, new shapes run eagerly
+    disable_passes: frozenset[str] = frozenset()  # pass names to skip (see kiln.passes.PIPELINE)
+    dump_all_passes: bool = False  # with a dump dir: dump IR after every pass, not only after change
+    fold_max_elements: int = 1 << 16  # constant folding never creates constants larger than this
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "disable_passes", frozenset(self.disable_passes))
         if self.backend not in ("auto", "reference"):
             raise ValueError(f"unknown backend {self.backend!r}; choose 'auto' or 'reference'")
         if self.max_recompiles < 0:

@@ -1,5 +1,18 @@
-"""Passes: named pure functions Graph -> Graph (folding, fusion, quantization, partitioning).
+"""Passes: named pure functions Graph -> Graph, run by the pass manager.
 
-Takes a verified kiln Graph and gives a verified kiln Graph. The pass manager and the pipeline
-arrive with the pass-pipeline issue; until then `kiln.compile` plans the captured graph as is.
+Takes a verified kiln Graph and gives a verified kiln Graph (the same object when a pass changes
+nothing). The pipeline is the list in `pipeline.py`; `CompileOptions(disable_passes={...})`
+turns passes off by name.
 """
+
+from .cse import eliminate_common_subexpressions
+from .dce import eliminate_dead_nodes
+from .fold import fold_constants
+from .manager import Pass, PassContext, PassError, PassRecord, graph_pass, run_pipeline
+from .pipeline import PIPELINE
+from .simplify import simplify
+
+__all__ = [
+    "PIPELINE", "Pass", "PassContext", "PassError", "PassRecord", "eliminate_common_subexpressions",
+    "eliminate_dead_nodes", "fold_constants", "graph_pass", "run_pipeline", "simplify",
+]

@@ -1,0 +1,16 @@
+"""The pipeline: the passes kiln runs, in order, in one place."""
+
+from __future__ import annotations
+
+from .cse import eliminate_common_subexpressions
+from .dce import eliminate_dead_nodes
+from .fold import fold_constants
+from .manager import Pass
+from .simplify import simplify
+
+PIPELINE: list[Pass] = [
+    eliminate_dead_nodes,
+    simplify,
+    eliminate_common_subexpressions,
+    fold_constants,
+]
