@@ -39,6 +39,7 @@ class Plan:
     num_calls: int
     symbol_ranges: dict = field(default_factory=dict)
     device: torch.device | None = None
+    cached_nodes: int = 0  # nodes computed once per symbol binding (see build_plan)
 
     def __call__(self, *inputs: Any) -> tuple:
         return self.fn(*inputs)
@@ -70,10 +71,15 @@ class _Emitter:
         return repr(v) if _is_literal(v) else self.bind(v, "k")
 
 
-def build_plan(g: Graph, device: torch.device | None = None, symbol_ranges: dict | None = None) -> Plan:
-    """Generate the plan function for `g`; `device` is what tensor inputs must live on."""
-    from ..ir.interpret import node_call
+def build_plan(g: Graph, device: torch.device | None = None, symbol_ranges: dict | None = None, cache_size: int = 8) -> Plan:
+    """Generate the plan function for `g`; `device` is what tensor inputs must live on.
 
+    Nodes that depend only on constants and shape symbols (an HF causal mask built from
+    arange/expand/cumsum, say) move into a second generated function whose results are cached
+    per symbol binding (at most `cache_size` bindings, oldest dropped first): the hot path does
+    one dict lookup instead of re-running them. Values that are graph outputs or are read by
+    in-place writes are never cached, so no caller can mutate a cached tensor.
+    """
     em = _Emitter()
     names: dict[Value, str] = {}
     sym_names: dict[sympy.Symbol, str] = {}
@@ -85,46 +91,36 @@ def build_plan(g: Graph, device: torch.device | None = None, symbol_ranges: dict
         body += _guard(i, v, params[i], em, sym_names, device, ranges)
     for name, v in g.constants.items():
         names[v] = em.bind(g.constant_data[name], "c")
-
-    def dim_code(d: Any) -> str:
-        return format_dim(d, lambda s: sym_names[s]) if isinstance(d, sympy.Expr) else str(d)
-
-    def render(item: tuple, n_inputs: list[str]) -> str:
-        tag, val = item
-        if tag == "in":
-            return n_inputs[val]
-        if tag == "const":
-            return em.const(val)
-        if tag == "list":
-            return "[" + ", ".join(render(x, n_inputs) for x in val) + "]"
-        if isinstance(val, (tuple, list)):
-            return "[" + ", ".join(dim_code(d) if isinstance(d, (int, sympy.Expr)) else em.const(d) for d in val) + "]"
-        return dim_code(val)
-
+    emit = _NodeEmitter(em, names, sym_names)
+    cached = _shape_only(g)
     last_use = _last_uses(g)
     used = {v for vs in last_use.values() for v in vs}
     keep = set(g.outputs)
-    k = 0
-    for idx, n in enumerate(g.nodes):
-        call = node_call(n)
-        ins = [names[v] for v in n.inputs]
-        args = [render(a, ins) for a in call.args]
-        for key, a in call.kwargs:
-            if not key.isidentifier():
-                raise ValueError(f"keyword {key!r} of {n.op.name} is not an identifier")
-            args.append(f"{key}={render(a, ins)}")
-        expr = f"{em.bind(call.fn, 'f')}({', '.join(args)})"
-        outs = []
+    for n in g.nodes:  # name every result up front, cached or not
         for o in n.outputs:
-            names[o] = f"v{k}"
-            outs.append(names[o])
-            k += 1
-        if not outs:
-            body.append(expr)
-        elif len(outs) == 1:
-            body.append(f"{outs[0]} = {expr}")
-        else:
-            body.append(f"{', '.join(outs)} = {expr}")
+            names[o] = f"v{len(names)}"
+    read_by_main = {v for i, n in enumerate(g.nodes) if i not in cached for v in n.inputs}
+    shared = [o for i, n in enumerate(g.nodes) if i in cached for o in n.outputs if o in read_by_main]
+    if shared:
+        key = "(" + "".join(f"{sname}, " for sname in sym_names.values()) + ")"
+        fill = [ln for i, n in enumerate(g.nodes) if i in cached for ln in emit.node(n)]
+        fill.append(f"_r = ({''.join(names[o] + ', ' for o in shared)})")
+        fill.append(f"if len(_cache) >= {int(cache_size)}: del _cache[next(iter(_cache))]")
+        fill.append(f"_cache[{key}] = _r")
+        fill.append("return _r")
+        em.ns["_cache"] = {}
+        sym_params = ", ".join(sym_names.values())
+        fill_src = f"def kiln_shapes({sym_params}):\n" + "\n".join("    " + ln for ln in fill) + "\n"
+        exec(compile(fill_src, "<kiln-plan-shapes>", "exec"), em.ns)  # noqa: S102 - kiln-made source
+        body.append(f"_c = _cache.get({key})")
+        body.append(f"if _c is None: _c = kiln_shapes({sym_params})")
+        body.append(f"{''.join(names[o] + ', ' for o in shared)}= _c")
+    else:
+        fill_src = ""
+    for idx, n in enumerate(g.nodes):
+        if idx in cached:
+            continue
+        body += emit.node(n)
         dead = [names[v] for v in last_use.get(idx, ()) if v.kind == "node" and v not in keep]
         dead += [names[o] for o in n.outputs if o not in keep and o not in used]
         if dead:
@@ -132,9 +128,65 @@ def build_plan(g: Graph, device: torch.device | None = None, symbol_ranges: dict
     rets = ", ".join(names[v] for v in g.outputs)
     body.append(f"return ({rets}{',' if len(g.outputs) == 1 else ''})")
     src = f"def kiln_plan({', '.join(params)}):\n" + "\n".join("    " + ln for ln in body) + "\n"
-    code = compile(src, "<kiln-plan>", "exec")
-    exec(code, em.ns)  # noqa: S102 - kiln-made source; objects bound via the namespace only
-    return Plan(em.ns["kiln_plan"], src, g, len(g.nodes), dict(ranges), device)
+    exec(compile(src, "<kiln-plan>", "exec"), em.ns)  # noqa: S102 - kiln-made source; objects via the namespace
+    plan = Plan(em.ns["kiln_plan"], fill_src + src, g, len(g.nodes), dict(ranges), device)
+    plan.cached_nodes = len(cached)
+    return plan
+
+
+class _NodeEmitter:
+    """Renders one node as a line of Python over kiln-made names."""
+
+    def __init__(self, em: _Emitter, names: dict[Value, str], sym_names: dict):
+        self.em, self.names, self.sym_names = em, names, sym_names
+
+    def dim(self, d: Any) -> str:
+        return format_dim(d, lambda s: self.sym_names[s]) if isinstance(d, sympy.Expr) else str(d)
+
+    def render(self, item: tuple, ins: list[str]) -> str:
+        tag, val = item
+        if tag == "in":
+            return ins[val]
+        if tag == "const":
+            return self.em.const(val)
+        if tag == "list":
+            return "[" + ", ".join(self.render(x, ins) for x in val) + "]"
+        if isinstance(val, (tuple, list)):
+            return "[" + ", ".join(self.dim(d) if isinstance(d, (int, sympy.Expr)) else self.em.const(d) for d in val) + "]"
+        return self.dim(val)
+
+    def node(self, n: Any) -> list[str]:
+        from ..ir.interpret import node_call
+
+        call = node_call(n)
+        ins = [self.names[v] for v in n.inputs]
+        args = [self.render(a, ins) for a in call.args]
+        for key, a in call.kwargs:
+            if not key.isidentifier():
+                raise ValueError(f"keyword {key!r} of {n.op.name} is not an identifier")
+            args.append(f"{key}={self.render(a, ins)}")
+        expr = f"{self.em.bind(call.fn, 'f')}({', '.join(args)})"
+        outs = [self.names[o] for o in n.outputs]
+        return [expr if not outs else f"{', '.join(outs)} = {expr}"]
+
+
+def _shape_only(g: Graph) -> set[int]:
+    """Indices of pure nodes computed from constants and shape symbols alone, excluding any
+    whose results are graph outputs or feed a write (and everything downstream of those)."""
+    from ..ir.ops import Effect
+
+    banned: set[Value] = set(g.outputs)
+    for n in g.nodes:
+        if n.op.effect is Effect.WRITE:
+            banned.update(n.inputs)
+    dynamic: set[Value] = set(g.inputs)  # a banned node's results count as dynamic downstream
+    picked: set[int] = set()
+    for i, n in enumerate(g.nodes):
+        if n.op.effect is not Effect.PURE or not n.outputs or any(v in dynamic for v in n.inputs) or any(o in banned for o in n.outputs):
+            dynamic.update(n.outputs)
+        else:
+            picked.add(i)
+    return picked
 
 
 def _last_uses(g: Graph) -> dict[int, list[Value]]:

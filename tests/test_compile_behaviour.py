@@ -186,3 +186,34 @@ def test_data_dependent_shapes_with_fullgraph_name_the_node() -> None:
     fn = kiln.compile(DataDependentShape(), options=kiln.CompileOptions(fullgraph=True))
     with pytest.raises(kiln.TraceError, match="nonzero"):
         fn(_x(5, 3, seed=8))
+
+
+class ShapeMask(torch.nn.Module):
+    """Builds a causal mask from the input's shape only: the plan computes it once per shape."""
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        t = x.shape[1]
+        pos = torch.arange(t)
+        causal = pos[None, :] <= pos[:, None]  # (T, T)
+        scores = x @ x.transpose(1, 2)
+        return scores.masked_fill(~causal, -1e4).softmax(-1), pos * 2
+
+
+def test_shape_only_subgraph_is_cached_per_shape_and_stays_correct() -> None:
+    m = ShapeMask()
+    fn = kiln.compile(m)
+    for t in (5, 9, 5):
+        x = _x(2, t, 3, seed=t)
+        out = fn(x)
+        ref = m(x)
+        assert rel_err(out[0], ref[0]) <= 1e-5 and torch.equal(out[1], ref[1])
+    assert fn.plan.cached_nodes > 0 and "_cache.get" in fn.plan.source
+    assert fn.stats.traces == 1
+
+
+def test_cached_values_are_never_returned_to_the_caller() -> None:
+    fn = kiln.compile(ShapeMask())
+    x = _x(2, 6, 3, seed=1)
+    first = fn(x)[1]
+    first.add_(100)  # a caller mutating an output must not corrupt later calls
+    assert torch.equal(fn(x)[1], torch.arange(6) * 2)
