@@ -8,11 +8,13 @@ turns passes off by name.
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_nodes
 from .fold import fold_constants
+from .fuse_patterns import fuse_patterns
+from .fuse_projections import fuse_projections
 from .manager import Pass, PassContext, PassError, PassRecord, graph_pass, run_pipeline
 from .pipeline import PIPELINE
 from .simplify import simplify
 
 __all__ = [
     "PIPELINE", "Pass", "PassContext", "PassError", "PassRecord", "eliminate_common_subexpressions",
-    "eliminate_dead_nodes", "fold_constants", "graph_pass", "run_pipeline", "simplify",
+    "eliminate_dead_nodes", "fold_constants", "fuse_patterns", "fuse_projections", "graph_pass", "run_pipeline", "simplify",
 ]

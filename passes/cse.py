@@ -11,9 +11,9 @@ from .rewrite import Rebuilder
 
 
 def attr_key(v: Any) -> Any:
-    """A hashable key that tells apart values Python calls equal (1, 1.0, True; nan)."""
+    """A hashable key that tells apart values Python calls equal (1, 1.0, True; 0.0, -0.0; nan)."""
     if isinstance(v, float):
-        return ("f", "nan" if math.isnan(v) else v)
+        return ("f", "nan" if math.isnan(v) else v, math.copysign(1.0, v))  # 1 / -0.0 is -inf
     if isinstance(v, (tuple, list)):
         return ("t", tuple(attr_key(x) for x in v))
     return (type(v).__name__, v)

@@ -19,15 +19,18 @@ def fold_constants(g: Graph, ctx: PassContext) -> Graph:
     """Replace constant subcomputations by new constants `_folded<k>`.
 
     Guarantees: only `pure` ops of the allow-listed categories fold (random ops and writes
-    never); results with symbolic shapes or more than `options.fold_max_elements` elements are
-    left alone; folded results are contiguous copies (never views of parameters).
+    never); buffers the graph writes (`copy_to` destinations) are not constant, so reads of
+    them never fold (the next call sees the written data); results with symbolic shapes or more
+    than `options.fold_max_elements` elements are left alone; folded results are contiguous
+    copies (never views of parameters).
 
         const %w : f32[4, 8]
         %0 = permute(%w) {dims=[1, 0]} : f32[8, 4]   ->  const %_folded0 : f32[8, 4]
         %1 = matmul(%x, %0) : f32[B, 4]                   %0 = matmul(%x, %_folded0) : f32[B, 4]
     Shape arithmetic needs no folding here: dims are sympy expressions, simplified on creation.
     """
-    const_data = {v: g.constant_data[name] for name, v in g.constants.items()}
+    written = {v for n in g.nodes if n.op.effect is Effect.WRITE for v in (n.inputs[:1] if n.op.name == "copy_to" else n.inputs)}
+    const_data = {v: g.constant_data[name] for name, v in g.constants.items() if v not in written}
     rb = Rebuilder(g)
     folded = 0
     cap = ctx.options.fold_max_elements

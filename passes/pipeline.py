@@ -5,6 +5,8 @@ from __future__ import annotations
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_nodes
 from .fold import fold_constants
+from .fuse_patterns import fuse_patterns
+from .fuse_projections import fuse_projections
 from .manager import Pass
 from .simplify import simplify
 
@@ -13,4 +15,6 @@ PIPELINE: list[Pass] = [
     simplify,
     eliminate_common_subexpressions,
     fold_constants,
+    fuse_patterns,
+    fuse_projections,
 ]

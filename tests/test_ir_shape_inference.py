@@ -474,6 +474,15 @@ def test_layer_norm_inference_matches_reference(data: st.DataObject) -> None:
 
 @SETTINGS
 @given(data=cases())
+def test_rms_norm_inference_matches_reference(data: st.DataObject) -> None:
+    c = Case(data.draw)
+    shape = c.shape(min_rank=1, max_rank=4)
+    xs = [c.tensor(shape, c.dtype([f32, f64])), c.tensor(shape[-1:], c.dtype([f32, f64]))]
+    c.check("rms_norm", xs, {"eps": c.draw(st.sampled_from([1e-5, 1e-6]))})
+
+
+@SETTINGS
+@given(data=cases())
 def test_attention_inference_matches_reference(data: st.DataObject) -> None:
     c = Case(data.draw)
     dt = c.dtype([f32, f64])
@@ -520,7 +529,7 @@ def test_every_declared_op_is_covered_here() -> None:
         "gelu", "clamp", "cast", "where", "masked_fill", "sum", "mean", "amax", "amin", "any", "var",
         "max_dim", "argmax", "cumsum", "softmax", "log_softmax", "reshape", "permute", "expand",
         "unsqueeze", "squeeze", "slice", "select", "cat", "split", "clone", "index_select", "gather",
-        "embedding", "index", "tril", "triu", "matmul", "linear", "addmm", "layer_norm", "attention", "full", "arange",
+        "embedding", "index", "tril", "triu", "matmul", "linear", "addmm", "layer_norm", "rms_norm", "attention", "full", "arange",
     }
     not_generated = {"copy_to"}  # in-place write with no outputs: nothing to infer
     assert set(ir.REGISTRY) - covered - not_generated == set()

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..dtypes import from_torch
 from ..ops import Attr, AttrKind, InferenceError, declare
 from ..types import TensorType
 from ._infer import broadcast, same_dim, tensors
@@ -126,4 +127,24 @@ declare(
     [Attr("causal", AttrKind.BOOL, False), Attr("scale", AttrKind.FLOAT, None, True), Attr("gqa", AttrKind.BOOL, False)],
     infer=_attention_infer, impl=_attention, category="attention",
     doc="softmax(q @ k.T * scale + mask) @ v over (..., heads, seq, dim); gqa repeats kv heads",
+)
+
+
+def _rms_norm_infer(types, a):  # noqa: ANN001, ANN202
+    x, w = tensors(types)
+    if w.rank != 1 or x.rank < 1 or not same_dim(x.shape[-1], w.shape[0]):
+        raise InferenceError(f"rms_norm needs x[..., D] and weight[D], got {x} and {w}")
+    if not x.dtype.is_float:
+        raise InferenceError(f"rms_norm needs a floating-point input, got {x}")
+    return (TensorType(from_torch(torch.promote_types(x.dtype.torch, w.dtype.torch)), x.shape),)
+
+
+def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    # Normalised in fp32 like HF's Llama RMSNorm, then scaled in the promoted dtype of x and w.
+    return w * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+
+
+declare(
+    "rms_norm", ["x", "weight"], [Attr("eps", AttrKind.FLOAT, 1e-6)], infer=_rms_norm_infer, impl=_rms_norm,
+    category="norm", doc="x / sqrt(mean(x^2, -1) + eps) * weight over the last dim, accumulated in fp32",
 )
