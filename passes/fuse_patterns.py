@@ -98,8 +98,9 @@ def _rms_norm(n: Node, rb: Rebuilder) -> Value | None:
 
 
 # --- attention written out: softmax(q @ k^T * scale + mask) @ v ----------------------------------
-def _scores(s: Value) -> tuple[Value, Value, float] | None:
-    """(q, k, scale) when s = (q @ permute(k, swap last two)) [* scale | / d]."""
+def _scores(s: Value, rb: Rebuilder) -> tuple[Value, Value, float] | None:
+    """(q, k, scale) when s = (q @ k^T) [* scale | / d], k^T a permute swapping k's last two dims
+    (possibly composed with an earlier head permute, which is then rebuilt for k)."""
     scale = 1.0
     sc = _prod(s, "mul", "div")
     if sc is not None and len(sc.inputs) == 1 and _scalar(sc):
@@ -109,28 +110,34 @@ def _scores(s: Value) -> tuple[Value, Value, float] | None:
     kt = mm and _prod(mm.inputs[1], "permute")
     if not kt:
         return None
-    r = kt.inputs[0].type.rank
-    if tuple(kt.attrs["dims"]) != tuple(range(r - 2)) + (r - 1, r - 2):
-        return None
-    return mm.inputs[0], kt.inputs[0], scale
+    dims = tuple(kt.attrs["dims"])
+    k_dims = dims[:-2] + (dims[-1], dims[-2])  # k = permute(base, k_dims); k^T swaps its last two
+    base = kt.inputs[0]
+    if k_dims == tuple(range(len(k_dims))):
+        k = base
+    else:
+        k = rb.out.add_node("permute", [base], {"dims": k_dims}, source=kt.source).output
+    return mm.inputs[0], k, scale
 
 
-def _logits_and_mask(s: Value) -> tuple[tuple[Value, Value, float], Value | None] | None:
+def _logits_and_mask(s: Value, rb: Rebuilder) -> tuple[tuple[Value, Value, float], Value | None] | None:
     """Split softmax's input into scores and an additive float or boolean keep-mask."""
-    plain = _scores(s)
+    plain = _scores(s, rb)
     if plain is not None:
         return plain, None
     add = _prod(s, "add")
     if add is not None and len(add.inputs) == 2:
         for a, m in (add.inputs, reversed(add.inputs)):
-            sc = _scores(a)
-            if sc is not None and m.type.dtype.is_float:
+            if not m.type.dtype.is_float:
+                continue
+            sc = _scores(a, rb)
+            if sc is not None:
                 return sc, m
     fill = _prod(s, "masked_fill")
     if fill is not None and fill.attrs["value"] == float("-inf"):
         inv = _prod(fill.inputs[1], "logical_not", "bitwise_not")
-        sc = _scores(fill.inputs[0])
-        if sc is not None and inv is not None and inv.inputs[0].type.dtype.kind == "bool":
+        sc = _scores(fill.inputs[0], rb) if inv is not None and inv.inputs[0].type.dtype.kind == "bool" else None
+        if sc is not None:
             return sc, inv.inputs[0]  # masked_fill(s, ~keep, -inf): keep is SDPA's boolean mask
     return None
 
@@ -140,7 +147,7 @@ def _softmax_attention(n: Node, rb: Rebuilder) -> Value | None:
     sm = _prod(_skip_cast(probs), "softmax")
     if sm is None or sm.attrs["dim"] != sm.outputs[0].type.rank - 1 or probs.type.rank < 3:
         return None
-    found = _logits_and_mask(_skip_cast(sm.inputs[0]))
+    found = _logits_and_mask(_skip_cast(sm.inputs[0]), rb)
     if found is None:
         return None
     (q, k, scale), mask = found
@@ -172,11 +179,28 @@ def _gqa(n: Node, rb: Rebuilder) -> Value | None:
     return _fused(rb, n, "attention", [q, kr[0], vr[0], *mask], causal=n.attrs["causal"], scale=n.attrs["scale"], gqa=True)
 
 
+# --- x @ W + b on flattened tokens (GPT-2's Conv1D): reshape -> addmm -> reshape ---------------
+def _addmm_linear(n: Node, rb: Rebuilder) -> Value | None:
+    mm = _prod(n.inputs[0], "addmm")
+    if mm is None or mm.attrs["beta"] != 1 or mm.attrs["alpha"] != 1:
+        return None
+    bias, x2, w = mm.inputs
+    flat = _prod(x2, "reshape")
+    if flat is None or bias.type.rank != 1 or w.type.rank != 2:
+        return None
+    x = flat.inputs[0]
+    if x.type.rank < 2 or tuple(n.attrs["shape"][:-1]) != tuple(x.type.shape[:-1]):
+        return None
+    wt = rb.out.add_node("permute", [w], {"dims": (1, 0)}, source=mm.source).output  # a view
+    return _fused(rb, n, "linear", [x, wt, bias])
+
+
 RULES = [
     Rule("gelu_tanh", "mul", _gelu_tanh),
     Rule("rms_norm", "mul", _rms_norm),
     Rule("softmax_attention", "matmul", _softmax_attention),
     Rule("gqa_attention", "attention", _gqa),
+    Rule("addmm_linear", "reshape", _addmm_linear),
 ]
 
 
