@@ -524,3 +524,18 @@ def _diff(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
     if y.type.dtype.kind == "bool":
         return ctx.emit("bitwise_xor", [hi, lo])
     return ctx.emit("sub", [hi, lo])
+
+
+@converter(aten.roll.default)
+def _roll(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
+    x = args[0]
+    shifts = args[1] if len(args) > 1 else kwargs["shifts"]
+    dims = args[2] if len(args) > 2 else kwargs.get("dims", [])
+    if not dims:
+        raise Decline("roll over the flattened tensor")
+    return ctx.emit("roll", [x], shifts=tuple(shifts), dims=tuple(d % x.type.rank for d in dims))
+
+
+@converter(aten.addcmul.default)
+def _addcmul(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
+    return ctx.emit("addcmul", list(args[:3]), value=_scalar(kwargs.get("value", 1)))

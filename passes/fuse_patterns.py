@@ -195,12 +195,55 @@ def _addmm_linear(n: Node, rb: Rebuilder) -> Value | None:
     return _fused(rb, n, "linear", [x, wt, bias])
 
 
+# --- rotary embedding: x*cos + cat(-x2, x1)*sin  ->  addcmul(x*cos, roll(x, D/2), sin_signed) ------
+def _rotate_half_of(v: Value) -> Value | None:
+    """x when v = cat(neg(x[..., h:]), x[..., :h]) along the last dim with h = D/2."""
+    cat = _prod(v, "cat")
+    if cat is None or len(cat.inputs) != 2 or cat.attrs["dim"] != v.type.rank - 1:
+        return None
+    neg, lo = _prod(cat.inputs[0], "neg"), _prod(cat.inputs[1], "slice")
+    hi = neg and _prod(neg.inputs[0], "slice")
+    if not hi or not lo or hi.inputs[0] is not lo.inputs[0]:
+        return None
+    x = lo.inputs[0]
+    d, last = x.type.shape[-1], x.type.rank - 1
+    if not isinstance(d, int) or d % 2 or {hi.attrs["dim"], lo.attrs["dim"]} != {last}:
+        return None
+    h = d // 2
+    ok = (lo.attrs["start"], lo.attrs["end"], hi.attrs["start"], hi.attrs["end"]) == (0, h, h, d)
+    return x if ok and lo.attrs["step"] == 1 and hi.attrs["step"] == 1 else None
+
+
+def _rotary(n: Node, rb: Rebuilder) -> Value | None:
+    if len(n.inputs) != 2:
+        return None
+    for a, b in (n.inputs, reversed(n.inputs)):
+        xc, rs = _prod(a, "mul"), _prod(b, "mul")
+        if not xc or not rs or len(xc.inputs) != 2 or len(rs.inputs) != 2:
+            continue
+        for rot, sin in (rs.inputs, reversed(rs.inputs)):
+            x = _rotate_half_of(rot)
+            if x is None or x not in xc.inputs or sin.type.shape[-1] != x.type.shape[-1]:
+                continue
+            h, last = x.type.shape[-1] // 2, x.type.rank - 1
+            s_last = sin.type.rank - 1
+            out = rb.out
+            s_lo = out.add_node("slice", [sin], {"dim": s_last, "start": 0, "end": h}).output
+            s_hi = out.add_node("slice", [sin], {"dim": s_last, "start": h, "end": 2 * h}).output
+            neg = out.add_node("neg", [s_lo]).output
+            signed = out.add_node("cat", [neg, s_hi], {"dim": s_last}).output  # shape-only: cached
+            rolled = out.add_node("roll", [x], {"shifts": (h,), "dims": (last,)}, source=n.source).output
+            return _fused(rb, n, "addcmul", [a, rolled, signed])
+    return None
+
+
 RULES = [
     Rule("gelu_tanh", "mul", _gelu_tanh),
     Rule("rms_norm", "mul", _rms_norm),
     Rule("softmax_attention", "matmul", _softmax_attention),
     Rule("gqa_attention", "attention", _gqa),
     Rule("addmm_linear", "reshape", _addmm_linear),
+    Rule("rotary", "add", _rotary),
 ]
 
 

@@ -529,7 +529,7 @@ def test_every_declared_op_is_covered_here() -> None:
         "gelu", "clamp", "cast", "where", "masked_fill", "sum", "mean", "amax", "amin", "any", "var",
         "max_dim", "argmax", "cumsum", "softmax", "log_softmax", "reshape", "permute", "expand",
         "unsqueeze", "squeeze", "slice", "select", "cat", "split", "clone", "index_select", "gather",
-        "embedding", "index", "tril", "triu", "matmul", "linear", "addmm", "layer_norm", "rms_norm", "attention", "full", "arange",
+        "embedding", "index", "tril", "triu", "matmul", "linear", "addmm", "layer_norm", "rms_norm", "attention", "roll", "addcmul", "full", "arange",
     }
     not_generated = {"copy_to"}  # in-place write with no outputs: nothing to infer
     assert set(ir.REGISTRY) - covered - not_generated == set()

@@ -138,3 +138,14 @@ declare(
 )
 
 __all__ = ["BINARY", "UNARY"]
+
+
+def _addcmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, value: Any) -> torch.Tensor:
+    return torch.addcmul(x, a, b, value=value)
+
+
+declare(
+    "addcmul", ["x", "a", "b"], [Attr("value", AttrKind.SCALAR, 1)],
+    infer=elementwise(_addcmul, [AttrKind.SCALAR]), impl=_addcmul, category="elementwise",
+    doc="x + value * a * b, broadcasting all three",
+)

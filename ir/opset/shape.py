@@ -303,3 +303,22 @@ def _tri(name: str, fn: Any) -> None:
 
 _tri("tril", torch.tril)
 _tri("triu", torch.triu)
+
+
+def _roll_infer(types, a):  # noqa: ANN001, ANN202
+    (t,) = tensors(types)
+    if len(a["shifts"]) != len(a["dims"]) or not a["dims"]:
+        raise InferenceError("roll needs one shift per dim")
+    for d in a["dims"]:
+        norm_dim(d, t.rank)
+    return (t,)
+
+
+def _roll(x: torch.Tensor, shifts: list, dims: list) -> torch.Tensor:
+    return torch.roll(x, shifts, dims)
+
+
+declare(
+    "roll", ["x"], [Attr("shifts", AttrKind.DIMS), Attr("dims", AttrKind.INTS)], infer=_roll_infer, impl=_roll,
+    category="data", doc="rotate elements along dims by shifts (wrapping around)",
+)
