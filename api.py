@@ -162,7 +162,11 @@ class CompiledModule:
         from .passes import PIPELINE, run_pipeline
 
         n = self.stats.traces + 1
-        traced.graph, self.stats.passes = run_pipeline(traced.graph, PIPELINE, self.options, self.dump_dir, prefix=f"trace{n}_")
+        from .ir.interpret import bind_symbols
+
+        example = [leaf for leaf, (kind, _) in zip(pytree.tree_leaves((args, kwargs)), traced.leaf_roles) if kind == "input"]
+        symbols = bind_symbols(traced.graph, example)
+        traced.graph, self.stats.passes = run_pipeline(traced.graph, PIPELINE, self.options, self.dump_dir, prefix=f"trace{n}_", symbol_values=symbols)
         t1 = time.perf_counter()
         device = _device_of(args, kwargs)
         plan = build_plan(traced.graph, device, traced.symbol_ranges)

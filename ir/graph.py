@@ -76,6 +76,7 @@ class Graph:
         self.constant_data: dict[str, torch.Tensor | None] = {}
         self.nodes: list[Node] = []
         self.outputs: list[Value] = []
+        self.memory_plan = None  # set by passes.plan_memory (a passes.memory.MemoryPlan)
 
     # --- building -------------------------------------------------------------------------
     def add_input(self, name: str, type: ValueType) -> Value:

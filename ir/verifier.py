@@ -2,7 +2,9 @@
 
 Checks: inputs defined before use and owned by this graph, no value defined twice, arity and
 attributes match the op's declaration, output types equal the op's own inference, every symbol
-in a node's type is bound by the graph inputs, graph outputs are defined.
+in a node's type is bound by the graph inputs, graph outputs are defined, and no node reads a
+buffer after a `copy_to` into it (later reads must use the written value: that keeps dataflow
+SSA, so CSE and DCE need no memory model).
 """
 
 from __future__ import annotations
@@ -36,8 +38,15 @@ def verify(g: Graph) -> None:
         if v in defined:
             problems.append(f"{names(v)} is declared twice")
         defined.add(v)
+    written: set[Value] = set()
     for n in g.nodes:
         problems += _check_node(n, defined, bound, names)
+        reads = n.inputs[1:] if n.op.name == "copy_to" else n.inputs
+        stale = [v for v in reads if v in written]
+        if stale:
+            problems.append(f"{format_node(n, names)}: reads {', '.join(names(v) for v in stale)} after copy_to wrote it; read the written value instead")
+        if n.op.name == "copy_to":
+            written.add(n.inputs[0])
         for i, o in enumerate(n.outputs):
             if o.node is not n or o.index != i:
                 problems.append(f"output {i} of {format_node(n, names)} is not owned by its node")

@@ -11,10 +11,11 @@ from .fold import fold_constants
 from .fuse_patterns import fuse_patterns
 from .fuse_projections import fuse_projections
 from .manager import Pass, PassContext, PassError, PassRecord, graph_pass, run_pipeline
+from .memory import MemoryPlan, plan_memory
 from .pipeline import PIPELINE
 from .simplify import simplify
 
 __all__ = [
-    "PIPELINE", "Pass", "PassContext", "PassError", "PassRecord", "eliminate_common_subexpressions",
-    "eliminate_dead_nodes", "fold_constants", "fuse_patterns", "fuse_projections", "graph_pass", "run_pipeline", "simplify",
+    "PIPELINE", "MemoryPlan", "Pass", "PassContext", "PassError", "PassRecord", "eliminate_common_subexpressions",
+    "eliminate_dead_nodes", "fold_constants", "fuse_patterns", "fuse_projections", "graph_pass", "plan_memory", "run_pipeline", "simplify",
 ]

@@ -26,6 +26,7 @@ class PassContext:
 
     options: CompileOptions
     stats: dict[str, int] = field(default_factory=dict)
+    symbol_values: dict = field(default_factory=dict)  # shape symbols at the traced example
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -73,7 +74,9 @@ class PassError(KilnError):
         )
 
 
-def run_pipeline(g: Graph, passes: list[Pass], options: CompileOptions, dump_dir: str | None = None, prefix: str = "") -> tuple[Graph, list[PassRecord]]:
+def run_pipeline(
+    g: Graph, passes: list[Pass], options: CompileOptions, dump_dir: str | None = None, prefix: str = "", symbol_values: dict | None = None
+) -> tuple[Graph, list[PassRecord]]:
     """Run enabled passes in order; returns the final graph and one record per pass run."""
     records: list[PassRecord] = []
     enabled = [p for p in passes if p.name not in options.disable_passes]
@@ -83,7 +86,7 @@ def run_pipeline(g: Graph, passes: list[Pass], options: CompileOptions, dump_dir
     if dump_dir:
         _dump(dump_dir, f"{prefix}000_captured.txt", g)
     for i, p in enumerate(enabled, start=1):
-        ctx = PassContext(options)
+        ctx = PassContext(options, symbol_values=dict(symbol_values or {}))
         t0 = time.perf_counter()
         try:
             out = p(g, ctx)

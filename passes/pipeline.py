@@ -8,6 +8,7 @@ from .fold import fold_constants
 from .fuse_patterns import fuse_patterns
 from .fuse_projections import fuse_projections
 from .manager import Pass
+from .memory import plan_memory
 from .simplify import simplify
 
 PIPELINE: list[Pass] = [
@@ -17,4 +18,5 @@ PIPELINE: list[Pass] = [
     fold_constants,
     fuse_patterns,
     fuse_projections,
+    plan_memory,
 ]

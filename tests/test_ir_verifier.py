@@ -181,3 +181,13 @@ def test_verifier_does_not_run_inference_for_opaque_ops() -> None:
     node = g.add_node("aten.topk.default", [x], {"targs": "t", "k": 3}, out_types=[TensorType(f32, (B, S, 3)), TensorType(i64, (B, S, 3))])
     g.outputs = list(node.outputs)
     ir.verify(g)
+
+
+def test_verifier_rejects_a_read_of_a_buffer_after_it_was_written() -> None:
+    g = ir.Graph()
+    x = g.add_input("x", ir.TensorType(ir.by_name("f32"), (4,)))
+    buf = g.add_constant("buf", type=ir.TensorType(ir.by_name("f32"), (4,)))
+    g.add_node("copy_to", [buf, x])
+    g.outputs = [g.call("neg", buf)]
+    with pytest.raises(ir.VerificationError, match="after copy_to wrote it"):
+        ir.verify(g)
