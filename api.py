@@ -35,7 +35,8 @@ class CompileStats:
     seconds: dict[str, float] = field(default_factory=dict)  # of the latest trace
     opaque_ops: dict[str, int] = field(default_factory=dict)
     graphs: list = field(default_factory=list, repr=False)  # every kiln graph captured, in order
-    passes: list = field(default_factory=list)  # PassRecords of the latest capture
+    passes: list = field(default_factory=list)  # PassRecords of the latest capture (each keeps its graph)
+    captured: Any = field(default=None, repr=False)  # the latest capture's graph before any pass
 
     @property
     def recompiles(self) -> int:
@@ -166,6 +167,7 @@ class CompiledModule:
 
         example = [leaf for leaf, (kind, _) in zip(pytree.tree_leaves((args, kwargs)), traced.leaf_roles) if kind == "input"]
         symbols = bind_symbols(traced.graph, example)
+        self.stats.captured = traced.graph
         traced.graph, self.stats.passes = run_pipeline(traced.graph, PIPELINE, self.options, self.dump_dir, prefix=f"trace{n}_", symbol_values=symbols)
         t1 = time.perf_counter()
         device = _device_of(args, kwargs)

@@ -62,6 +62,7 @@ class PassRecord:
     nodes_before: int
     nodes_after: int
     stats: dict[str, int]
+    graph: Graph | None = field(default=None, repr=False)  # the graph after this pass
 
 
 class PassError(KilnError):
@@ -95,7 +96,7 @@ def run_pipeline(
         except Exception as e:
             raise PassError(p.name, [r.name for r in records], e, _reproducer(g, p.name, dump_dir)) from e
         changed = out is not g
-        records.append(PassRecord(p.name, changed, time.perf_counter() - t0, len(g.nodes), len(out.nodes), ctx.stats))
+        records.append(PassRecord(p.name, changed, time.perf_counter() - t0, len(g.nodes), len(out.nodes), ctx.stats, out))
         if dump_dir and (changed or options.dump_all_passes):
             _dump(dump_dir, f"{prefix}{i:03d}_{p.name}.txt", out)
         g = out
