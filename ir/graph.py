@@ -50,14 +50,18 @@ class Value:
 
 
 class Node:
-    __slots__ = ("op", "inputs", "attrs", "outputs", "source")
+    __slots__ = ("op", "inputs", "attrs", "outputs", "source", "subgraph")
 
-    def __init__(self, op: Op, inputs: Sequence[Value], attrs: dict[str, Any], out_types: Sequence[ValueType], source: SourceInfo | None = None):
+    def __init__(
+        self, op: Op, inputs: Sequence[Value], attrs: dict[str, Any], out_types: Sequence[ValueType],
+        source: SourceInfo | None = None, subgraph: "Graph | None" = None,
+    ):
         self.op = op
         self.inputs = tuple(inputs)
         self.attrs = attrs
         self.outputs = tuple(Value(t, "node", self, i) for i, t in enumerate(out_types))
         self.source = source
+        self.subgraph = subgraph  # the body of a fusion group (inputs/outputs match the node's)
 
     @property
     def output(self) -> Value:
@@ -104,16 +108,20 @@ class Graph:
         attrs: dict[str, Any] | None = None,
         out_types: Sequence[ValueType] | None = None,
         source: SourceInfo | None = None,
+        subgraph: "Graph | None" = None,
     ) -> Node:
-        """Append a node; output types are inferred unless the op is opaque."""
+        """Append a node; output types are inferred unless the op is opaque. A fusion group's
+        types are its subgraph's output types."""
         op = get_op(op) if isinstance(op, str) else op
         op.check_arity(len(inputs))
         attrs = op.normalize_attrs(attrs or {})
+        if out_types is None and subgraph is not None:
+            out_types = [v.type for v in subgraph.outputs]
         if out_types is None:
             if op.infer is None:
                 raise TypeError(f"opaque op {op.name} needs explicit output types")
             out_types = op.infer([v.type for v in inputs], attrs)
-        node = Node(op, inputs, attrs, out_types, source)
+        node = Node(op, inputs, attrs, out_types, source, subgraph)
         self.nodes.append(node)
         return node
 

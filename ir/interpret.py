@@ -58,6 +58,8 @@ def eval_item(item: tuple, ins: Sequence[Any], env: dict) -> Any:
 
 
 def run_node(node: Node, ins: Sequence[Any], env: dict) -> tuple:
+    if node.subgraph is not None:
+        return tuple(_run_body(node.subgraph, ins, env))
     call = node_call(node)
     args = [eval_item(a, ins, env) for a in call.args]
     kwargs = {k: eval_item(a, ins, env) for k, a in call.kwargs}
@@ -84,3 +86,12 @@ def run_graph(g: Graph, inputs: Sequence[Any], constants: dict[str, torch.Tensor
         outs = run_node(n, [values[v] for v in n.inputs], env)
         values.update(zip(n.outputs, outs))
     return [values[v] for v in g.outputs]
+
+
+def _run_body(body: Graph, inputs: Sequence[Any], env: dict) -> list[Any]:
+    """Run a fusion group's body with the enclosing graph's symbol values."""
+    values: dict[Value, Any] = dict(zip(body.inputs, inputs))
+    values.update({v: body.constant_data[name] for name, v in body.constants.items()})
+    for n in body.nodes:
+        values.update(zip(n.outputs, run_node(n, [values[v] for v in n.inputs], env)))
+    return [values[v] for v in body.outputs]

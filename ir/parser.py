@@ -152,12 +152,21 @@ def _literal(toks: list[str], line: _Line) -> Any:
 
 
 def parse_graph(text: str, constants: dict[str, torch.Tensor] | None = None) -> Graph:
-    g = Graph()
-    env: dict[str, Value] = {}
     lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if _strip_comment(ln).strip()]
     if not lines:
         raise ParseError("empty IR text")
-    header = _Line(_tokenize(lines[0][1], lines[0][0]), lines[0][0], lines[0][1])
+    g, end = _parse_block(lines, 0, constants)
+    if end != len(lines):
+        lineno, raw = lines[end]
+        raise ParseError(f"line {lineno}: text after the graph's closing brace: {raw.strip()!r}")
+    return g
+
+
+def _parse_block(lines: list[tuple[int, str]], i: int, constants: dict | None) -> tuple[Graph, int]:
+    """Parse `graph(...) { ... }` starting at lines[i]; returns the graph and the next index."""
+    g = Graph()
+    env: dict[str, Value] = {}
+    header = _Line(_tokenize(lines[i][1], lines[i][0]), lines[i][0], lines[i][1])
     header.take("graph")
     header.take("(")
     while header.peek() != ")":
@@ -168,11 +177,14 @@ def parse_graph(text: str, constants: dict[str, torch.Tensor] | None = None) -> 
             header.take(",")
     header.take(")")
     header.take("{")
-    for lineno, raw in lines[1:]:
+    i += 1
+    while i < len(lines):
+        lineno, raw = lines[i]
         ln = _Line(_tokenize(raw, lineno), lineno, raw)
         first = ln.peek()
+        i += 1
         if first == "}":
-            break
+            return g, i
         if first == "const":
             ln.take()
             ref = ln.take()
@@ -187,8 +199,8 @@ def parse_graph(text: str, constants: dict[str, torch.Tensor] | None = None) -> 
                 if ln.peek() == ",":
                     ln.take(",")
         else:
-            _parse_node(g, env, ln)
-    return g
+            i = _parse_node(g, env, ln, lines, i, constants)
+    raise ParseError(f"line {lines[-1][0]}: graph is missing its closing brace")
 
 
 def _ref(env: dict[str, Value], tok: str, ln: _Line) -> Value:
@@ -197,7 +209,8 @@ def _ref(env: dict[str, Value], tok: str, ln: _Line) -> Value:
     return env[tok]
 
 
-def _parse_node(g: Graph, env: dict[str, Value], ln: _Line) -> None:
+def _parse_node(g: Graph, env: dict[str, Value], ln: _Line, lines: list, i: int, constants: dict | None) -> int:
+    """Parse one node line (and a fusion group's nested body); returns the next line index."""
     results: list[str] = []
     if ln.kind() == "ref":
         while ln.peek() != "=":
@@ -229,20 +242,30 @@ def _parse_node(g: Graph, env: dict[str, Value], ln: _Line) -> None:
     types: list[ValueType] = []
     if results:
         ln.take(":")
-        while not ln.done():
+        while not ln.done() and ln.peek() != "{":
             types.append(ln.type())
             if ln.peek() == ",":
                 ln.take(",")
+    body = None
+    if not ln.done():
+        ln.take("{")
+        if not ln.done() or i >= len(lines):
+            raise ln.error("a nested graph must start on the next line")
+        body, i = _parse_block(lines, i, constants)
+        if i >= len(lines) or _strip_comment(lines[i][1]).strip() != "}":
+            raise ln.error("a fusion group's body must be closed by a line with `}`")
+        i += 1
     if len(types) != len(results):
         raise ln.error(f"{len(results)} results but {len(types)} types")
     try:
-        node = g.add_node(op, inputs, attrs, out_types=types)
+        node = g.add_node(op, inputs, attrs, out_types=types, subgraph=body)
     except TypeError as e:
         raise ln.error(str(e)) from None
     for ref, v in zip(results, node.outputs):
         if ref in env:
             raise ln.error(f"{ref} is defined twice")
         env[ref] = v
+    return i
 
 
 def _coerce(op: Any, key: str, value: Any) -> Any:

@@ -84,17 +84,28 @@ def format_node(n: Node, names: Any, source: bool = False) -> str:
         text += " {" + ", ".join(attrs) + "}"
     if n.outputs:
         text = f"{', '.join(names(o) for o in n.outputs)} = {text} : {', '.join(str(o.type) for o in n.outputs)}"
+    if n.subgraph is not None:
+        text += " {"
     if source and n.source is not None and str(n.source):
         text += f"  # {n.source}"
     return text
 
 
 def format_graph(g: Graph, source: bool = False) -> str:
+    return "\n".join(_graph_lines(g, source)) + "\n"
+
+
+def _graph_lines(g: Graph, source: bool) -> list[str]:
+    """A fusion group's body follows its node line, indented, closed by `}`."""
     names = _Names(g)
     params = ", ".join(f"{names(v)}: {v.type}" for v in g.inputs)
     lines = [f"graph({params}) {{"]
     lines += [f"  const {names(v)} : {v.type}" for v in g.constants.values()]
-    lines += ["  " + format_node(n, names, source) for n in g.nodes]
+    for n in g.nodes:
+        lines.append("  " + format_node(n, names, source))
+        if n.subgraph is not None:
+            lines += ["    " + ln for ln in _graph_lines(n.subgraph, source)]
+            lines.append("  }")
     lines.append("  return " + ", ".join(names(v) for v in g.outputs))
     lines.append("}")
-    return "\n".join(lines) + "\n"
+    return lines

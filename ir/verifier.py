@@ -28,12 +28,20 @@ def _types_equal(a: object, b: object) -> bool:
     return a == b
 
 
-def verify(g: Graph) -> None:
-    """Raise VerificationError listing every broken invariant (with the offending IR lines)."""
+def verify(g: Graph, bound: set | None = None) -> None:
+    """Raise VerificationError listing every broken invariant (with the offending IR lines).
+
+    `bound`: symbols bound outside `g` (a fusion group's body sees its enclosing graph's)."""
+    problems = _problems(g, bound or set())
+    if problems:
+        raise VerificationError(problems)
+
+
+def _problems(g: Graph, outer: set) -> list[str]:
     problems: list[str] = []
     names = _Names(g)
     defined: set[Value] = set()
-    bound = g.symbols()
+    bound = g.symbols() | outer
     for v in list(g.inputs) + list(g.constants.values()):
         if v in defined:
             problems.append(f"{names(v)} is declared twice")
@@ -56,8 +64,20 @@ def verify(g: Graph) -> None:
     for v in g.outputs:
         if v not in defined:
             problems.append(f"graph output {names(v)} is not defined in the graph")
-    if problems:
-        raise VerificationError(problems)
+    return problems
+
+
+def _check_group(n: Node, bound: set, line: str) -> list[str]:
+    """A fusion group: a pure body whose inputs/outputs match the node's, verified recursively."""
+    body = n.subgraph
+    out = [f"{line}: body {p}" for p in _problems(body, bound)]
+    if len(body.inputs) != len(n.inputs) or not all(_types_equal(a.type, b.type) for a, b in zip(body.inputs, n.inputs)):
+        out.append(f"{line}: body inputs {[str(v.type) for v in body.inputs]} differ from the node's")
+    if len(body.outputs) != len(n.outputs) or not all(_types_equal(a.type, b.type) for a, b in zip(body.outputs, n.outputs)):
+        out.append(f"{line}: body outputs {[str(v.type) for v in body.outputs]} differ from the node's")
+    if any(m.op.effect.value != "pure" or m.subgraph is not None for m in body.nodes):
+        out.append(f"{line}: a fusion group's body must hold only pure, ungrouped nodes")
+    return out
 
 
 def _check_node(n: Node, defined: set[Value], bound: set, names: _Names) -> list[str]:
@@ -74,6 +94,10 @@ def _check_node(n: Node, defined: set[Value], bound: set, names: _Names) -> list
         free = o.type.symbols - bound
         if free:
             out.append(f"{line}: symbols {sorted(map(str, free))} are not bound by any graph input")
+    if n.subgraph is not None or n.op.name == "fusion_group":
+        if n.subgraph is None:
+            return out + [f"{line}: fusion_group has no body"]
+        return out + _check_group(n, bound, line)
     if n.op.infer is not None and not out:
         try:
             inferred = n.op.infer([v.type for v in n.inputs], n.attrs)

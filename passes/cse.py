@@ -36,7 +36,7 @@ def eliminate_common_subexpressions(g: Graph, ctx: PassContext) -> Graph:
     for n in g.nodes:
         ins = tuple(rb.get(v) for v in n.inputs)
         if n.op.effect is Effect.PURE and n.outputs:
-            key = (n.op.name, tuple(id(v) for v in ins), tuple((k, attr_key(v)) for k, v in n.attrs.items()))
+            key = (n.op.name, tuple(id(v) for v in ins), tuple((k, attr_key(v)) for k, v in n.attrs.items()), id(n.subgraph))
             hit = seen.get(key)
             if hit is not None and all(a.type == b.type for a, b in zip(hit, n.outputs)):
                 rb.map.update(zip(n.outputs, hit))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_nodes
 from .fold import fold_constants
+from .fuse_elementwise import fuse_elementwise
 from .fuse_patterns import fuse_patterns
 from .fuse_projections import fuse_projections
 from .manager import Pass
@@ -18,5 +19,6 @@ PIPELINE: list[Pass] = [
     fold_constants,
     fuse_patterns,
     fuse_projections,
+    fuse_elementwise,
     plan_memory,
 ]

@@ -31,7 +31,7 @@ class Rebuilder:
         return self.map[v]
 
     def copy(self, n: Node) -> Node:
-        new = self.out.add_node(n.op, [self.map[v] for v in n.inputs], dict(n.attrs), [o.type for o in n.outputs], n.source)
+        new = self.out.add_node(n.op, [self.map[v] for v in n.inputs], dict(n.attrs), [o.type for o in n.outputs], n.source, n.subgraph)
         self.map.update(zip(n.outputs, new.outputs))
         return new
 
@@ -93,7 +93,8 @@ class _Probe:
 
 
 class _MappedNode:
-    __slots__ = ("op", "inputs", "attrs", "outputs", "source")
+    __slots__ = ("op", "inputs", "attrs", "outputs", "source", "subgraph")
 
     def __init__(self, n: Node, inputs: list[Value]):
         self.op, self.inputs, self.attrs, self.outputs, self.source = n.op, tuple(inputs), n.attrs, n.outputs, n.source
+        self.subgraph = n.subgraph

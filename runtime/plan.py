@@ -36,7 +36,7 @@ class Plan:
     fn: Callable[..., tuple]
     source: str
     graph: Graph
-    num_calls: int
+    num_calls: int  # PyTorch calls one run makes (fusion-group bodies counted op by op)
     symbol_ranges: dict = field(default_factory=dict)
     device: torch.device | None = None
     cached_nodes: int = 0  # nodes computed once per symbol binding (see build_plan)
@@ -129,7 +129,8 @@ def build_plan(g: Graph, device: torch.device | None = None, symbol_ranges: dict
     body.append(f"return ({rets}{',' if len(g.outputs) == 1 else ''})")
     src = f"def kiln_plan({', '.join(params)}):\n" + "\n".join("    " + ln for ln in body) + "\n"
     exec(compile(src, "<kiln-plan>", "exec"), em.ns)  # noqa: S102 - kiln-made source; objects via the namespace
-    plan = Plan(em.ns["kiln_plan"], fill_src + src, g, len(g.nodes), dict(ranges), device)
+    calls = sum(len(n.subgraph.nodes) if n.subgraph is not None else 1 for n in g.nodes)
+    plan = Plan(em.ns["kiln_plan"], fill_src + src, g, calls, dict(ranges), device)
     plan.cached_nodes = len(cached)
     return plan
 
@@ -158,6 +159,8 @@ class _NodeEmitter:
     def node(self, n: Any) -> list[str]:
         from ..ir.interpret import node_call
 
+        if n.subgraph is not None:
+            return self.inline(n)
         call = node_call(n)
         ins = [self.names[v] for v in n.inputs]
         args = [self.render(a, ins) for a in call.args]
@@ -168,6 +171,37 @@ class _NodeEmitter:
         expr = f"{self.em.bind(call.fn, 'f')}({', '.join(args)})"
         outs = [self.names[o] for o in n.outputs]
         return [expr if not outs else f"{', '.join(outs)} = {expr}"]
+
+
+    def inline(self, n: Any) -> list[str]:
+        """A fusion group's body, inlined: its values get names `<outer>_<k>` of their own."""
+        body = n.subgraph
+        inner: dict[Value, str] = dict(zip(body.inputs, (self.names[v] for v in n.inputs)))
+        for name, v in body.constants.items():
+            inner[v] = self.em.bind(body.constant_data[name], "c")
+        prefix = self.names[n.outputs[0]] if n.outputs else f"g{len(self.names)}"
+        k = 0
+        for m in body.nodes:
+            for o in m.outputs:
+                inner[o] = f"{prefix}_{k}"
+                k += 1
+        sub = _NodeEmitter(self.em, inner, self.sym_names)
+        last = _last_uses(body)
+        keep = set(body.outputs)
+        lines: list[str] = []
+        for i, m in enumerate(body.nodes):
+            lines += sub.node(m)
+            dead = [inner[v] for v in last.get(i, ()) if v.kind == "node" and v not in keep]
+            if dead:
+                lines.append("del " + ", ".join(dict.fromkeys(dead)))
+        outs = [self.names[o] for o in n.outputs]
+        if outs:
+            results = [inner[v] for v in body.outputs]
+            lines.append(f"{', '.join(outs)} = {', '.join(results)}")
+            temps = [r for r, v in zip(results, body.outputs) if v.kind == "node"]
+            if temps:
+                lines.append("del " + ", ".join(dict.fromkeys(temps)))
+        return lines
 
 
 def _shape_only(g: Graph) -> set[int]:

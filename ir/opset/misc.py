@@ -69,3 +69,18 @@ declare(
     category="effect", num_outputs=0,
     doc="write src into dst in place (a buffer or input update such as a KV-cache write)",
 )
+
+
+def _group_infer(types, a):  # noqa: ANN001, ANN202
+    raise InferenceError("a fusion group's types come from its subgraph")
+
+
+def _group_impl(*args: Any) -> Any:
+    raise RuntimeError("fusion groups run through their subgraph (ir.interpret / runtime.plan)")
+
+
+declare(
+    "fusion_group", ["*xs"], [Attr("kind", AttrKind.STR, "elementwise")], infer=_group_infer, impl=_group_impl,
+    category="fusion", num_outputs=-1,
+    doc="a node owning a subgraph (node.subgraph) run as one kernel; kind: elementwise | reduction",
+)
