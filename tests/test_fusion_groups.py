@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from conftest import rel_err
 
 import kiln
 from kiln import ir, passes
 from kiln.options import CompileOptions
+
+from conftest import rel_err
 
 CHAIN = """graph(%x: f32[B, 8], %w: f32[8]) {
   %0 = mul(%x, %w) : f32[B, 8]
