@@ -9,6 +9,7 @@ from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_nodes
 from .fold import fold_constants
 from .fuse_elementwise import fuse_elementwise
+from .fuse_epilogues import fuse_epilogues
 from .fuse_patterns import fuse_patterns
 from .fuse_projections import fuse_projections
 from .manager import Pass, PassContext, PassError, PassRecord, graph_pass, run_pipeline
@@ -18,5 +19,5 @@ from .simplify import simplify
 
 __all__ = [
     "PIPELINE", "MemoryPlan", "Pass", "PassContext", "PassError", "PassRecord", "eliminate_common_subexpressions",
-    "eliminate_dead_nodes", "fold_constants", "fuse_elementwise", "fuse_patterns", "fuse_projections", "graph_pass", "plan_memory", "run_pipeline", "simplify",
+    "eliminate_dead_nodes", "fold_constants", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "graph_pass", "plan_memory", "run_pipeline", "simplify",
 ]

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from ..ir import Graph, Node
+from ..ir import Effect, Graph, Node
 from .manager import PassContext, graph_pass
 from .rewrite import Rebuilder
 
 
-def _key(n: Node, g: Graph) -> tuple | None:
+def _key(n: Node, g: Graph, written: set) -> tuple | None:
     """Linears can share one matmul when they read the same x and have constant weights
-    (and biases) of one dtype and layout."""
-    if n.op.name != "linear" or any(v.kind != "const" or g.constant_data.get(v.name) is None for v in n.inputs[1:]):
+    (and biases) of one dtype and layout. Buffers the graph writes (copy_to) are state, not
+    constants: a concatenated copy would miss the next call's update."""
+    if n.op.name != "linear" or n.attrs["activation"] != "none" or any(v.kind != "const" or v in written or g.constant_data.get(v.name) is None for v in n.inputs[1:]):
         return None
     w = n.inputs[1]
     return (id(n.inputs[0]), len(n.inputs), w.type.dtype.name, w.type.shape[1])
@@ -22,7 +23,8 @@ def _key(n: Node, g: Graph) -> tuple | None:
 def fuse_projections(g: Graph, ctx: PassContext) -> Graph:
     """Horizontal fusion of projections.
 
-    Guarantees: only linears with constant weights (and all-or-none biases) of one dtype merge;
+    Guarantees: only linears with constant weights (and all-or-none biases) of one dtype merge
+    (never a buffer the graph writes);
     the concatenated weight is a new constant `_fused_weight<k>` (the originals stay with the
     model), and each original result is the matching piece of one split.
 
@@ -31,8 +33,9 @@ def fuse_projections(g: Graph, ctx: PassContext) -> Graph:
         %v = linear(%x, %wv) : f32[B, S, 64]
     """
     groups: dict[tuple, list[int]] = {}
+    written = {v for n in g.nodes if n.op.effect is Effect.WRITE for v in (n.inputs[:1] if n.op.name == "copy_to" else n.inputs)}
     for i, n in enumerate(g.nodes):
-        key = _key(n, g)
+        key = _key(n, g, written)
         if key is not None:
             groups.setdefault(key, []).append(i)
     groups = {k: v for k, v in groups.items() if len(v) > 1}

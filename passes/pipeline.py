@@ -6,6 +6,7 @@ from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_nodes
 from .fold import fold_constants
 from .fuse_elementwise import fuse_elementwise
+from .fuse_epilogues import fuse_epilogues
 from .fuse_patterns import fuse_patterns
 from .fuse_projections import fuse_projections
 from .manager import Pass
@@ -19,6 +20,7 @@ PIPELINE: list[Pass] = [
     fold_constants,
     fuse_patterns,
     fuse_projections,
+    fuse_epilogues,
     fuse_elementwise,
     plan_memory,
 ]

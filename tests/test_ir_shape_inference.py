@@ -483,6 +483,29 @@ def test_rms_norm_inference_matches_reference(data: st.DataObject) -> None:
 
 @SETTINGS
 @given(data=cases())
+def test_add_norm_inference_matches_reference(data: st.DataObject) -> None:
+    c = Case(data.draw)
+    dt = c.dtype([f32, f64])
+    shape = c.shape(min_rank=1, max_rank=4)
+    a, b, w = c.tensor(shape, dt), c.tensor(shape, dt), c.tensor(shape[-1:], dt)
+    if c.draw(st.booleans()):
+        c.check("add_layer_norm", [a, b, w, c.tensor(shape[-1:], dt)], {"shape": [c.dim(shape[-1])], "eps": 1e-5})
+    else:
+        c.check("add_rms_norm", [a, b, w], {"eps": 1e-6})
+
+
+@SETTINGS
+@given(data=cases(), act=st.sampled_from(["none", "relu", "silu", "gelu", "gelu_tanh"]))
+def test_linear_with_activation_inference_matches_reference(data: st.DataObject, act: str) -> None:
+    c = Case(data.draw)
+    dt = c.dtype([f32, f64])
+    k, n = c.draw(st.integers(1, 5)), c.draw(st.integers(1, 5))
+    batch = c.shape(max_rank=2)
+    c.check("linear", [c.tensor(batch + (k,), dt), c.tensor((n, k), dt), c.tensor((n,), dt)], {"activation": act})
+
+
+@SETTINGS
+@given(data=cases())
 def test_attention_inference_matches_reference(data: st.DataObject) -> None:
     c = Case(data.draw)
     dt = c.dtype([f32, f64])
@@ -529,7 +552,7 @@ def test_every_declared_op_is_covered_here() -> None:
         "gelu", "clamp", "cast", "where", "masked_fill", "sum", "mean", "amax", "amin", "any", "var",
         "max_dim", "argmax", "cumsum", "softmax", "log_softmax", "reshape", "permute", "expand",
         "unsqueeze", "squeeze", "slice", "select", "cat", "split", "clone", "index_select", "gather",
-        "embedding", "index", "tril", "triu", "matmul", "linear", "addmm", "layer_norm", "rms_norm", "attention", "roll", "addcmul", "full", "arange",
+        "embedding", "index", "tril", "triu", "matmul", "linear", "addmm", "layer_norm", "rms_norm", "attention", "roll", "addcmul", "add_layer_norm", "add_rms_norm", "full", "arange",
     }
     # copy_to: an in-place write with no outputs; fusion_group: types come from its body (tests/test_fusion_groups.py)
     not_generated = {"copy_to", "fusion_group"}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dtypes import from_torch
-from ..ops import Attr, AttrKind, InferenceError, declare
+from ..ops import Attr, AttrKind, Call, InferenceError, declare
 from ..types import TensorType
 from ._infer import broadcast, same_dim, tensors
 
@@ -58,9 +58,34 @@ def _linear_infer(types, a):  # noqa: ANN001, ANN202
     return (TensorType(x.dtype, x.shape[:-1] + (w.shape[0],)),)
 
 
+ACTIVATIONS: dict[str, Any] = {
+    "relu": torch.relu, "silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
+}
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, *rest: Any) -> torch.Tensor:
+    *bias, activation = rest
+    y = F.linear(x, w, bias[0] if bias else None)
+    return y if activation == "none" else ACTIVATIONS[activation](y)
+
+
+def _linear_lower(node: Any) -> Call:
+    ins = tuple(("in", i) for i in range(len(node.inputs)))
+    if node.attrs["activation"] == "none":
+        return Call(F.linear, ins)  # the common case calls PyTorch directly
+    return Call(_linear, ins + (("const", node.attrs["activation"]),))
+
+
+def _linear_act_infer(types, a):  # noqa: ANN001, ANN202
+    if a["activation"] not in ("none", *ACTIVATIONS):
+        raise InferenceError(f"linear activation must be one of none, {', '.join(ACTIVATIONS)}; got {a['activation']!r}")
+    return _linear_infer(types, a)
+
+
 declare(
-    "linear", ["x", "weight", "*bias"], infer=_linear_infer, impl=F.linear, category="matmul",
-    doc="x @ weight.T (+ bias); weight is [N, K]",
+    "linear", ["x", "weight", "*bias"], [Attr("activation", AttrKind.STR, "none")], infer=_linear_act_infer,
+    impl=_linear, lower=_linear_lower, category="matmul",
+    doc="act(x @ weight.T (+ bias)); weight is [N, K]; activation: none | relu | silu | gelu | gelu_tanh",
 )
 
 
@@ -147,4 +172,39 @@ def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 declare(
     "rms_norm", ["x", "weight"], [Attr("eps", AttrKind.FLOAT, 1e-6)], infer=_rms_norm_infer, impl=_rms_norm,
     category="norm", doc="x / sqrt(mean(x^2, -1) + eps) * weight over the last dim, accumulated in fp32",
+)
+
+
+
+def _add_norm_infer(norm: str):  # noqa: ANN202
+    def infer(types, a):  # noqa: ANN001, ANN202
+        ts = tensors(types)
+        a_, b_ = ts[0], ts[1]
+        if a_.dtype is not b_.dtype or not all(same_dim(x, y) for x, y in zip(a_.shape, b_.shape)) or a_.rank != b_.rank:
+            raise InferenceError(f"add_{norm} needs two same-typed operands, got {a_} and {b_}")
+        inner = _layer_norm_infer([a_, *ts[2:]], a) if norm == "layer_norm" else _rms_norm_infer([a_, *ts[2:]], a)
+        return (a_, inner[0])
+
+    return infer
+
+
+def _add_layer_norm(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, shape: list, eps: float) -> tuple:
+    s = a + b
+    return s, F.layer_norm(s, shape, w, bias, eps)
+
+
+def _add_rms_norm(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, eps: float) -> tuple:
+    s = a + b
+    return s, _rms_norm(s, w, eps)
+
+
+declare(
+    "add_layer_norm", ["a", "b", "weight", "bias"], [Attr("shape", AttrKind.DIMS), Attr("eps", AttrKind.FLOAT, 1e-5)],
+    infer=_add_norm_infer("layer_norm"), impl=_add_layer_norm, category="norm", num_outputs=2,
+    doc="residual add fused with LayerNorm: (a + b, layer_norm(a + b))",
+)
+declare(
+    "add_rms_norm", ["a", "b", "weight"], [Attr("eps", AttrKind.FLOAT, 1e-6)],
+    infer=_add_norm_infer("rms_norm"), impl=_add_rms_norm, category="norm", num_outputs=2,
+    doc="residual add fused with RMSNorm: (a + b, rms_norm(a + b))",
 )
