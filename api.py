@@ -219,6 +219,9 @@ class CompiledModule:
             f.write(format_graph(entry.traced.graph, source=True))
         with open(os.path.join(self.dump_dir, f"trace{n}_plan.py"), "w") as f:
             f.write(entry.plan.source)
+        from .viz import write_passes_html
+
+        write_passes_html(self.dump_dir, f"trace{n}_", self.stats.captured, self.stats.passes)
 
 
 def _top_level_tensors(args: tuple, kwargs: dict) -> bool:

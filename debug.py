@@ -1,7 +1,7 @@
 """Debug knobs: the only place kiln reads environment variables.
 
 KILN_DEBUG=1       log what kiln does (capture path, timings, opaque ops) to stderr
-KILN_DUMP_DIR=dir  dump IR text for every compilation into dir (like dump_dir=...)
+KILN_DUMP_DIR=dir  dump IR text, DOT and an HTML pass viewer for every compilation into dir (like dump_dir=...)
 """
 
 from __future__ import annotations

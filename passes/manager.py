@@ -1,8 +1,8 @@
 """The pass manager: runs the pipeline with instruments and shows its work.
 
 Instruments (all driven by CompileOptions): verify after each pass, dump numbered IR files
-(`003_fold_constants.txt`) after every pass or only after change, per-pass wall time and the
-pass's own statistics. A pass that raises (or breaks the verifier) becomes a PassError naming it
+(`003_fold_constants.txt`, with the same graph as `.dot` beside it) after every pass or only after
+change, per-pass wall time and the pass's own statistics. A pass that raises (or breaks the verifier) becomes a PassError naming it
 and the passes before it, with its input IR written as a reproducer.
 """
 
@@ -18,6 +18,7 @@ from ..errors import KilnError
 from ..ir import Graph, verify
 from ..ir.printer import format_graph
 from ..options import CompileOptions
+from ..viz import write_dot
 
 
 @dataclass
@@ -107,6 +108,7 @@ def _dump(dump_dir: str, name: str, g: Graph) -> None:
     os.makedirs(dump_dir, mode=0o700, exist_ok=True)
     with open(os.path.join(dump_dir, name), "w") as f:
         f.write(format_graph(g, source=True))
+    write_dot(dump_dir, name.removesuffix(".txt"), g)  # the same graph as DOT (and SVG with Graphviz)
 
 
 def _reproducer(g: Graph, name: str, dump_dir: str | None) -> str:
