@@ -1,4 +1,4 @@
-"""The `kiln` command line: `kiln demo`, `kiln compile`."""
+"""The `kiln` command line: `kiln demo`, `kiln compile`, `kiln report`."""
 
 from __future__ import annotations
 
@@ -78,6 +78,23 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Pass-by-pass report of a model: one measured stage per pass, written to --out."""
+    from kiln.report import load_target, pass_report, write_report
+
+    model, inputs, kwargs = load_target(args.model, args.batch, args.seq)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = pass_report(model, inputs, kwargs, name=args.model, iters=args.iters, rounds=args.rounds, leave_one_out=not args.no_leave_one_out)
+    paths = write_report(report, args.out)
+    from kiln.report.render import markdown_table, verdict
+
+    print(markdown_table(report))
+    print(verdict(report))
+    print("wrote " + ", ".join(paths.values()))
+    return 0
+
+
 def _load(name: str) -> Any:
     import os
 
@@ -109,6 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--print-ir", action="store_true")
     c.add_argument("--dump-dir", default=None)
     c.set_defaults(func=cmd_compile)
+    r = sub.add_parser("report", help="pass-by-pass benchmark report: MODEL is a built-in name, a checkpoint dir or module:function")
+    r.add_argument("model")
+    r.add_argument("--out", required=True, help="directory for report.json/.md/.html and the PNG plots")
+    r.add_argument("--batch", type=int, default=2)
+    r.add_argument("--seq", type=int, default=32)
+    r.add_argument("--iters", type=int, default=20, help="timed calls per stage per round")
+    r.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    r.add_argument("--no-leave-one-out", action="store_true", help="skip the full-pipeline-minus-one-pass timings")
+    r.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
     return args.func(args)
 

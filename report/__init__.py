@@ -1,0 +1,14 @@
+"""Pass-by-pass report: what each pass of the pipeline buys, measured on one model.
+
+Takes a model and example inputs (or a MODEL spec for the CLI); traces once with torch.export,
+runs the pipeline one pass at a time, plans every stage and measures it: compile time, node and
+kernel counts, estimated FLOPs and bytes, steady-state latency, the leave-one-out latency delta,
+numerical error vs eager and the (estimated) arena peak. Gives a JSON dict and writes
+report.json / report.md / report.html plus two matplotlib plots (see README, "Pass-by-pass report").
+"""
+
+from .build import pass_report
+from .render import write_report
+from .target import load_target
+
+__all__ = ["load_target", "pass_report", "write_report"]
