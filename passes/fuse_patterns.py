@@ -92,8 +92,11 @@ def _rms_norm(n: Node, rb: Rebuilder) -> Value | None:
                 (sq.op.name == "mul" and len(sq.inputs) == 2 and sq.inputs[0] is xf and sq.inputs[1] is xf)
                 or (sq.op.name == "pow" and sq.inputs[0] is xf and _close(_scalar(sq), 2.0))
             )
-            if is_square:
-                return _fused(rb, n, "rms_norm", [_skip_cast(xf), w], eps=float(_scalar(plus)))
+            x = _skip_cast(xf)
+            # rms_norm normalises in fp32 and casts back to x's dtype: the written-out form must too
+            # (a bf16 normalisation, or an fp32 result scaled without the cast back, differs)
+            if is_square and xf.type.dtype.name == "f32" and y.type.dtype is x.type.dtype:
+                return _fused(rb, n, "rms_norm", [x, w], eps=float(_scalar(plus)))
     return None
 
 
@@ -223,7 +226,7 @@ def _rotary(n: Node, rb: Rebuilder) -> Value | None:
             continue
         for rot, sin in (rs.inputs, reversed(rs.inputs)):
             x = _rotate_half_of(rot)
-            if x is None or x not in xc.inputs or sin.type.shape[-1] != x.type.shape[-1]:
+            if x is None or x not in xc.inputs or sin.type.rank == 0 or sin.type.shape[-1] != x.type.shape[-1]:
                 continue
             h, last = x.type.shape[-1] // 2, x.type.rank - 1
             s_last = sin.type.rank - 1

@@ -7,6 +7,9 @@ A fixture is tests/golden/<pass name>/<case>.ir:
     # after
     graph(...) { ... }             the exact IR the pass must print
 
+plan_memory leaves the text unchanged; its fixtures also give `# plan: arena=<bytes> naive=<bytes>`
+(at the harness's symbol values) and every plan is checked against the MemoryPlan invariants.
+
 Constants get deterministic random data derived from their name; symbols get random sizes. The
 pass must print exactly the "after" text, verify, and compute the same outputs as the input
 graph on the reference interpreter (each run on fresh copies of inputs and constants, from the
@@ -16,6 +19,7 @@ same torch RNG seed).
 from __future__ import annotations
 
 import pathlib
+import re
 import zlib
 
 import pytest
@@ -27,7 +31,13 @@ from kiln.ir.symbolic import evaluate_dim
 from kiln.options import CompileOptions
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
-PASSES = {p.name: p for p in [passes.eliminate_dead_nodes, passes.eliminate_common_subexpressions, passes.fold_constants, passes.simplify]}
+PASSES = {
+    p.name: p
+    for p in [
+        passes.eliminate_dead_nodes, passes.eliminate_common_subexpressions, passes.fold_constants, passes.simplify,
+        passes.fuse_patterns, passes.fuse_projections, passes.plan_memory,
+    ]
+}
 FIXTURES = sorted(GOLDEN.glob("*/*.ir"))
 
 
@@ -70,18 +80,51 @@ def test_pass_output_matches_golden_and_preserves_results(path: pathlib.Path) ->
     before, after, _ = split_fixture(path)
     g = parse_graph(before, fake_constants(before))
     verify(g)
-    ctx = passes.PassContext(CompileOptions())
+    env = {s: 2 + zlib.crc32(s.name.encode()) % 4 for s in g.symbols()}
+    ctx = passes.PassContext(CompileOptions(), symbol_values=env)
     out = PASSES[path.parent.name](g, ctx)
     verify(out)
     assert format_graph(out) == after
-    if format_graph(g) == after:
-        assert out is g  # unchanged graphs come back as the same object
-    env = {s: 2 + zlib.crc32(s.name.encode()) % 4 for s in g.symbols()}
+    if format_graph(g) == after and out.memory_plan is None:
+        assert out is g  # unchanged graphs come back as the same object (plan_memory's carry a plan)
+    if path.parent.name == "plan_memory":  # the text is unchanged: the plan is the golden part
+        check_memory_plan(out, env)
+        golden = re.search(r"^# plan: arena=(\d+) naive=(\d+)$", path.read_text(), re.M)
+        assert golden is not None, "plan_memory fixtures give '# plan: arena=<bytes> naive=<bytes>'"
+        assert (out.memory_plan.arena_bytes, out.memory_plan.naive_bytes) == (int(golden[1]), int(golden[2]))
     inputs = [_random_tensor(v.type, 100 + i, env) if isinstance(v.type, TensorType) else env[v.type.expr] for i, v in enumerate(g.inputs)]
     ref, got = _run(g, inputs), _run(out, inputs)
     for a, b in zip(got, ref, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def check_memory_plan(g, env: dict) -> None:  # noqa: ANN001
+    """The plan covers every node result at its size at `env`, graph outputs live to the end, no
+    two buffers live at once share a byte, and reuse never makes the arena bigger than naive."""
+    from kiln.passes.memory import ALIGN, liveness
+
+    plan = g.memory_plan
+    assert plan is not None and plan.symbol_values == env
+    results = [v for n in g.nodes for v in n.outputs]
+    live = liveness(g)
+    assert [b.value for b in plan.buffers] == list(range(len(results)))
+    for b in plan.buffers:
+        v = results[b.value]
+        n = 1
+        for d in v.type.shape:
+            n *= evaluate_dim(d, env)
+        assert b.nbytes == -(-n * v.type.dtype.itemsize // ALIGN) * ALIGN and b.offset % ALIGN == 0
+        assert (b.start, b.end) == live[v]
+        if any(v is o for o in g.outputs):
+            assert b.end == len(g.nodes)  # outputs live to the end
+    for i, a in enumerate(plan.buffers):
+        for b in plan.buffers[i + 1:]:
+            if a.start <= b.end and b.start <= a.end:  # live at once: disjoint bytes
+                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset, (a, b)
+    assert plan.arena_bytes == max((b.offset + b.nbytes for b in plan.buffers), default=0)
+    assert plan.naive_bytes == sum(b.nbytes for b in plan.buffers)
+    assert plan.arena_bytes <= plan.naive_bytes
 
 
 REQUIRED_TAGS = {"0-dim", "size-1 broadcast", "int64 index", "view", "in-place", "output and intermediate", "random"}
