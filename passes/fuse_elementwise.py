@@ -16,6 +16,7 @@ class _Group:
     shape: tuple  # the iteration space: every elementwise member produces exactly this shape
     members: list[int] = field(default_factory=list)
     closed: bool = False  # a reduction ends the group
+    shape_only: bool = False  # members depend on constants and shape symbols alone
 
 
 def _kind(n: Node) -> str | None:
@@ -30,14 +31,26 @@ def _same_shape(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and all(same_dim(x, y) for x, y in zip(a, b))
 
 
+def _shape_only_values(g: Graph) -> set[Value]:
+    """Values computed from constants and shape symbols alone (the plan caches those per shape;
+    a group mixing them with per-call values would have to recompute them every call)."""
+    static: set[Value] = set(g.constants.values())
+    for n in g.nodes:
+        if n.op.effect is Effect.PURE and all(v in static for v in n.inputs):
+            static.update(n.outputs)
+    return static
+
+
 def _form_groups(g: Graph) -> list[_Group]:
     index = {n: i for i, n in enumerate(g.nodes)}
+    static = _shape_only_values(g)
     group_of: dict[int, _Group] = {}
     groups: list[_Group] = []
     for i, n in enumerate(g.nodes):
         kind = _kind(n)
         if kind is None:
             continue
+        shape_only = n.outputs[0] in static
         candidates = []
         for v in n.inputs:
             grp = group_of.get(index.get(v.node, -1))
@@ -47,14 +60,14 @@ def _form_groups(g: Graph) -> list[_Group]:
             shape = n.outputs[0].type.shape if kind == "ew" else n.inputs[0].type.shape
             members = set(grp.members)
             ready = all(index.get(v.node, -1) in members or index.get(v.node, -1) < grp.first for v in n.inputs)
-            if _same_shape(shape, grp.shape) and ready:
+            if _same_shape(shape, grp.shape) and ready and grp.shape_only == shape_only:
                 grp.members.append(i)
                 grp.closed = kind == "red"
                 group_of[i] = grp
                 break
         else:
             if kind == "ew":
-                grp = _Group(i, n.outputs[0].type.shape, [i])
+                grp = _Group(i, n.outputs[0].type.shape, [i], shape_only=shape_only)
                 groups.append(grp)
                 group_of[i] = grp
     return [grp for grp in groups if len(grp.members) > 1]
@@ -85,7 +98,7 @@ def fuse_elementwise(g: Graph, ctx: PassContext) -> Graph:
     """Vertical fusion into `fusion_group` nodes owning their subgraph.
 
     Guarantees: members are pure elementwise ops over one iteration shape, optionally ended by
-    one reduction of that shape; a group is placed at its first member, so every external input
+    one reduction of that shape, and either all or none depend on runtime inputs; a group is placed at its first member, so every external input
     is defined before it; values read outside the group (or returned) become group outputs,
     everything else stays inside (a kernel never writes it to memory).
 

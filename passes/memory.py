@@ -51,7 +51,10 @@ def _nbytes(t: object, env: dict) -> int | None:
 
 
 def liveness(g: Graph) -> dict[Value, tuple[int, int]]:
-    """Node-produced value -> (defining node index, last reading node index)."""
+    """Node-produced value -> (defining node index, last reading node index).
+
+    A view (reshape, permute, slice, ...) may share its source's storage, so the source stays
+    live as long as any view of it (walked backwards, so chains of views propagate)."""
     start: dict[Value, int] = {}
     end: dict[Value, int] = {}
     for i, n in enumerate(g.nodes):
@@ -63,6 +66,10 @@ def liveness(g: Graph) -> dict[Value, tuple[int, int]]:
     for v in g.outputs:
         if v in start:
             end[v] = len(g.nodes)
+    for n in reversed(g.nodes):
+        if n.op.category == "view" and n.inputs and n.inputs[0] in start:
+            src = n.inputs[0]
+            end[src] = max(end[src], *(end[o] for o in n.outputs))
     return {v: (start[v], end[v]) for v in start}
 
 
@@ -71,7 +78,8 @@ def plan_memory(g: Graph, ctx: PassContext) -> Graph:
     """Greedy best-fit by size over liveness intervals (largest first).
 
     Guarantees: the graph's nodes are untouched; the returned graph carries `memory_plan`.
-    Views (reshape, permute, ...) get their own interval like any result: a conservative plan.
+    Views (reshape, permute, ...) get bytes of their own and keep their source alive while they
+    are read: conservative whether or not the runtime materialises them.
 
         %0 = exp(%x) : f32[256]     live [0, 1]  offset 0
         %1 = neg(%0) : f32[256]     live [1, 2]  offset 1024 (overlaps %0 at node 1)

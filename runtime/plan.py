@@ -40,6 +40,12 @@ class Plan:
     symbol_ranges: dict = field(default_factory=dict)
     device: torch.device | None = None
     cached_nodes: int = 0  # nodes computed once per symbol binding (see build_plan)
+    cached_calls: int = 0  # the PyTorch calls those nodes make (fusion-group bodies op by op)
+
+    @property
+    def calls_per_run(self) -> int:
+        """PyTorch calls one steady-state run makes (cached shape-only work excluded)."""
+        return self.num_calls - self.cached_calls
 
     def __call__(self, *inputs: Any) -> tuple:
         return self.fn(*inputs)
@@ -129,9 +135,10 @@ def build_plan(g: Graph, device: torch.device | None = None, symbol_ranges: dict
     body.append(f"return ({rets}{',' if len(g.outputs) == 1 else ''})")
     src = f"def kiln_plan({', '.join(params)}):\n" + "\n".join("    " + ln for ln in body) + "\n"
     exec(compile(src, "<kiln-plan>", "exec"), em.ns)  # noqa: S102 - kiln-made source; objects via the namespace
-    calls = sum(len(n.subgraph.nodes) if n.subgraph is not None else 1 for n in g.nodes)
+    calls = sum(_calls(n) for n in g.nodes)
     plan = Plan(em.ns["kiln_plan"], fill_src + src, g, calls, dict(ranges), device)
     plan.cached_nodes = len(cached)
+    plan.cached_calls = sum(_calls(g.nodes[i]) for i in cached)
     return plan
 
 
@@ -202,6 +209,10 @@ class _NodeEmitter:
             if temps:
                 lines.append("del " + ", ".join(dict.fromkeys(temps)))
         return lines
+
+
+def _calls(n: Any) -> int:
+    return len(n.subgraph.nodes) if n.subgraph is not None else 1
 
 
 def _shape_only(g: Graph) -> set[int]:
