@@ -98,3 +98,26 @@ def test_torch_compile_backend_makes_parameters_named_constants() -> None:
     assert stats.traces == 1
     assert set(stats.graphs[0].constants) == {"lin.weight", "lin.bias", "shift"}
     assert stats.graphs[0].constant_data["lin.weight"] is m.lin.weight
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
+def test_written_out_eager_attention_fuses_into_attention_ops(kind: str) -> None:
+    from conftest import tiny_config
+    from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM
+
+    cls = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "bert": BertModel}[kind]
+    torch.manual_seed(0)
+    cfg = tiny_config(kind)
+    cfg._attn_implementation = "eager"  # softmax(q k^T * scale + mask) v, repeat_kv for GQA
+    model = cls(cfg).eval()
+    x = _ids(2, 12, 9)
+    fn = kiln.compile(model, {"input_ids": x})
+    counts = fn.graph.op_counts()
+    assert counts.get("attention") == 2 and "softmax" not in counts and "matmul" not in counts
+    if kind == "llama":
+        assert all(n.attrs["gqa"] for n in fn.graph.nodes if n.op.name == "attention")
+    out = fn(input_ids=x)
+    with torch.no_grad():
+        ref = model(input_ids=x)
+    key = "logits" if "logits" in ref else "last_hidden_state"
+    assert rel_err(out[key], ref[key]) <= 1e-5
