@@ -102,8 +102,9 @@ def test_torch_compile_backend_makes_parameters_named_constants() -> None:
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
 def test_written_out_eager_attention_fuses_into_attention_ops(kind: str) -> None:
-    from conftest import tiny_config
     from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM
+
+    from conftest import tiny_config
 
     cls = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "bert": BertModel}[kind]
     torch.manual_seed(0)
