@@ -170,6 +170,31 @@ def cells(r: Runner, eager: Runner) -> list[str]:
     return [f"{r.first_s:.2f}", f"{r.median_ms:.2f}", f"{eager.median_ms / r.median_ms:.2f}x"]
 
 
+def _ratio(cell: str) -> float | None:
+    return float(cell[:-1]) if cell.endswith("x") else None
+
+
+def summary(rows: list[dict[str, str]], with_inductor: bool) -> str:
+    """Geomean speedups over eager, and on how many models kiln beats inductor."""
+    kl = [_ratio(r["eager/kiln"]) for r in rows]
+    text = f"\ngeomean eager/kiln: {_geomean(kl)}"
+    if with_inductor:
+        ind = [_ratio(r["eager/inductor"]) for r in rows]
+        wins = sum(1 for a, b in zip(kl, ind) if a is not None and (b is None or a > b))
+        text += f" | geomean eager/inductor: {_geomean(ind)} | kiln ahead of inductor on {wins} of {len(rows)} models"
+    return text
+
+
+def _geomean(xs: list[float | None]) -> str:
+    vals = [x for x in xs if x is not None]
+    if not vals:
+        return "-"
+    prod = 1.0
+    for x in vals:
+        prod *= x
+    return f"{prod ** (1 / len(vals)):.2f}x" + ("" if len(vals) == len(xs) else f" (of {len(vals)} that ran)")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=None, help="subset of: gpt2 llama bert")
@@ -198,12 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     noisy = []
+    rows = []
     for name in names:
         model, kwargs = zoo[name]
         row, spreads = bench_model(model, kwargs, args)
         row += ["-"] * (len(header) - 1 - len(row))
+        rows.append(dict(zip(header[1:], row)))
         print("| " + " | ".join([name] + row) + " |", flush=True)
         noisy += [f"{name}/{r} {s:.1f}x" for r, s in spreads.items() if s > NOISY]
+    print(summary(rows, with_inductor=not args.no_inductor))
     if noisy:
         print(f"\nnote: noisy timings (p90/p10 > {NOISY}): {', '.join(noisy)}; the machine was busy, rerun to confirm.")
 
