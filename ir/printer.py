@@ -106,6 +106,6 @@ def _graph_lines(g: Graph, source: bool) -> list[str]:
         if n.subgraph is not None:
             lines += ["    " + ln for ln in _graph_lines(n.subgraph, source)]
             lines.append("  }")
-    lines.append("  return " + ", ".join(names(v) for v in g.outputs))
+    lines.append("  return" + "".join((" " if i == 0 else ", ") + names(v) for i, v in enumerate(g.outputs)))
     lines.append("}")
     return lines

@@ -34,7 +34,8 @@ def _same_shape(a: tuple, b: tuple) -> bool:
 def _shape_only_values(g: Graph) -> set[Value]:
     """Values computed from constants and shape symbols alone (the plan caches those per shape;
     a group mixing them with per-call values would have to recompute them every call)."""
-    static: set[Value] = set(g.constants.values())
+    written = {v for n in g.nodes if n.op.effect is Effect.WRITE for v in n.inputs}
+    static: set[Value] = set(g.constants.values()) - written  # a written buffer is state
     for n in g.nodes:
         if n.op.effect is Effect.PURE and all(v in static for v in n.inputs):
             static.update(n.outputs)

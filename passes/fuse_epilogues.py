@@ -61,16 +61,18 @@ def fuse_epilogues(g: Graph, ctx: PassContext) -> Graph:
     acts, norms = _plan(g)
     if not acts and not norms:
         return g
-    linears = set(acts.values())
+    # the fused linear stays where the linear was: emitting it at the activation could move its
+    # reads past a copy_to into one of its inputs
+    act_of = {j: i for i, j in acts.items()}
     fused_norms = set(norms.values())
     rb = Rebuilder(g)
     for i, n in enumerate(g.nodes):
-        if i in linears or i in fused_norms:
+        if i in acts or i in fused_norms:
             continue
-        if i in acts:
-            lin = g.nodes[acts[i]]
-            new = rb.out.add_node("linear", [rb.get(v) for v in lin.inputs], {"activation": _activation(n)}, source=lin.source)
-            rb.map[n.outputs[0]] = new.output
+        if i in act_of:
+            act = g.nodes[act_of[i]]
+            new = rb.out.add_node("linear", [rb.get(v) for v in n.inputs], {"activation": _activation(act)}, source=n.source)
+            rb.map[act.outputs[0]] = new.output
         elif i in norms:
             norm = g.nodes[norms[i]]
             op = "add_" + norm.op.name

@@ -217,14 +217,16 @@ def _calls(n: Any) -> int:
 
 def _shape_only(g: Graph) -> set[int]:
     """Indices of pure nodes computed from constants and shape symbols alone, excluding any
-    whose results are graph outputs or feed a write (and everything downstream of those)."""
+    whose results are graph outputs or feed a write (and everything downstream of those).
+    A buffer some node writes is state, not a constant: its readers run every call."""
     from ..ir.ops import Effect
 
     banned: set[Value] = set(g.outputs)
+    dynamic: set[Value] = set(g.inputs)  # a banned node's results count as dynamic downstream
     for n in g.nodes:
         if n.op.effect is Effect.WRITE:
             banned.update(n.inputs)
-    dynamic: set[Value] = set(g.inputs)  # a banned node's results count as dynamic downstream
+            dynamic.update(v for v in n.inputs if v.kind == "const")
     picked: set[int] = set()
     for i, n in enumerate(g.nodes):
         if n.op.effect is not Effect.PURE or not n.outputs or any(v in dynamic for v in n.inputs) or any(o in banned for o in n.outputs):

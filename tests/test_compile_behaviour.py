@@ -218,3 +218,25 @@ def test_cached_values_are_never_returned_to_the_caller() -> None:
     first = fn(x)[1]
     first.add_(100)  # a caller mutating an output must not corrupt later calls
     assert torch.equal(fn(x)[1], torch.arange(6) * 2)
+
+
+class ReadThenBump(torch.nn.Module):
+    """Reads a buffer (a shape-only-looking computation) before updating it in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("count", torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seen = self.count * 2
+        self.count.add_(1.0)
+        return x + seen
+
+
+def test_reads_of_a_written_buffer_are_never_cached_across_calls() -> None:
+    eager, comp = ReadThenBump(), ReadThenBump()
+    fn = kiln.compile(comp)
+    x = _x(3, seed=2)
+    for _ in range(3):
+        assert torch.equal(fn(x), eager(x))
+    assert torch.equal(comp.count, eager.count)

@@ -35,7 +35,7 @@ PASSES = {
     p.name: p
     for p in [
         passes.eliminate_dead_nodes, passes.eliminate_common_subexpressions, passes.fold_constants, passes.simplify,
-        passes.fuse_patterns, passes.fuse_projections, passes.plan_memory,
+        passes.fuse_patterns, passes.fuse_projections, passes.fuse_elementwise, passes.fuse_epilogues, passes.plan_memory,
     ]
 }
 FIXTURES = sorted(GOLDEN.glob("*/*.ir"))
