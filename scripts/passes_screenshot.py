@@ -27,7 +27,7 @@ def main() -> None:
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=500, use_cache=False)
     with tempfile.TemporaryDirectory() as tmp:
-        kiln.compile(LlamaForCausalLM(cfg).eval(), {"input_ids": torch.randint(0, 500, (1, 8))}, dump_dir=f"{tmp}/dumps")
+        kiln.compile(LlamaForCausalLM(cfg).eval(), {"input_ids": torch.randint(0, 500, (2, 8))}, dump_dir=f"{tmp}/dumps")
         page = Path(tmp, "dumps", "trace1_passes.html").as_uri() + "#fuse_patterns"
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", f"--user-data-dir={tmp}/chromium", "--virtual-time-budget=5000",
