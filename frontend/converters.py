@@ -149,7 +149,14 @@ def _to(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
 
 
 # --- identity-like ----------------------------------------------------------------------------
-@converter(aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default, aten.contiguous.default)
+@converter(aten.lift_fresh_copy.default)
+def _lift_fresh_copy(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
+    """A tensor literal made in forward: a fresh copy each call (in-place ops on it must not
+    reach the lifted constant)."""
+    return ctx.emit("clone", [args[0]])
+
+
+@converter(aten.alias.default, aten.detach.default, aten.contiguous.default)
 def _identity(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
     return args[0]
 

@@ -288,11 +288,20 @@ def _convert_inplace(ctx: Ctx, node: torch.fx.Node, functional: torch._ops.OpOve
 
 
 def write_back(ctx: Ctx, dst: Value, new: Value) -> None:
-    """Persist `new` into buffer/input `dst` and make every later read of dst read `new`."""
-    ctx.g.add_node("copy_to", [dst, new], source=source_info(ctx.fx_node))
+    """Make every later read of `dst` read `new`; when dst is persistent state (a buffer or an
+    input, or a view of one) also write `new` into it with an explicit `copy_to`."""
+    if _persistent(dst):
+        ctx.g.add_node("copy_to", [dst, new], source=source_info(ctx.fx_node))
     for k, v in list(ctx.env.items()):
         if v is dst:
             ctx.env[k] = new
+
+
+def _persistent(v: Value) -> bool:
+    """Whether writing v changes state that outlives the call (walks back through views)."""
+    while v.kind == "node" and v.node.op.category == "view" and v.node.inputs:
+        v = v.node.inputs[0]
+    return v.kind in ("const", "input")
 
 
 def _opaque(ctx: Ctx, node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:

@@ -240,3 +240,21 @@ def test_reads_of_a_written_buffer_are_never_cached_across_calls() -> None:
     for _ in range(3):
         assert torch.equal(fn(x), eager(x))
     assert torch.equal(comp.count, eager.count)
+
+
+class MutatesALiteral(torch.nn.Module):
+    """An in-place update of a tensor literal made in forward (export lifts the literal)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.tensor([1.0, 2.0, 3.0])
+        t.add_(x.sum())
+        return t * 2
+
+
+def test_in_place_update_of_a_literal_does_not_leak_into_the_next_call() -> None:
+    m = MutatesALiteral()
+    fn = kiln.compile(m)
+    x = _x(3, seed=4)
+    for _ in range(3):
+        assert rel_err(fn(x), m(x)) <= 1e-6
+    assert not any(n.op.name == "copy_to" for n in fn.graph.nodes)  # a temporary: no state written
