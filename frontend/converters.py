@@ -130,6 +130,21 @@ def _where(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
     return ctx.emit("where", list(args))
 
 
+@converter(aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)
+def _where_scalar(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
+    """where with a Python scalar branch: the scalar becomes a 0-dim tensor of the result dtype."""
+    cond, a, b = args[:3]
+    dtype = from_torch(node.meta["val"].dtype)
+    device = str(node.meta["val"].device)
+
+    def operand(v: Any) -> Value:
+        if _is_value(v):
+            return v
+        return _plain(ctx, "full", [], shape=(), value=_scalar(v), dtype=dtype, device=device)
+
+    return ctx.emit("where", [cond, operand(a), operand(b)])
+
+
 @converter(aten.masked_fill.Scalar)
 def _masked_fill(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
     return ctx.emit("masked_fill", [args[0], args[1]], value=_scalar(args[2]))

@@ -114,7 +114,9 @@ def test_written_out_eager_attention_fuses_into_attention_ops(kind: str) -> None
     x = _ids(2, 12, 9)
     fn = kiln.compile(model, {"input_ids": x})
     counts = fn.graph.op_counts()
-    assert counts.get("attention") == 2 and "softmax" not in counts and "matmul" not in counts
+    # (older transformers compute rotary angles with a matmul outside attention: not counted)
+    assert counts.get("attention") == 2 and "softmax" not in counts
+    assert fn.stats.opaque_ops == {}
     if kind == "llama":
         assert all(n.attrs["gqa"] for n in fn.graph.nodes if n.op.name == "attention")
     out = fn(input_ids=x)
