@@ -13,7 +13,7 @@ from typing import Any
 from ..ir import Graph, Node, Value
 from ..ir.verifier import _types_equal
 from .manager import PassContext, graph_pass
-from .rewrite import Rebuilder, Rule, apply_rules
+from .rewrite import Rebuilder, Rule, rewrite_and_clean
 
 
 def _prod(v: Value, *ops: str) -> Node | None:
@@ -260,9 +260,4 @@ def fuse_patterns(g: Graph, ctx: PassContext) -> Graph:
         %1 = mul(%x, %x); %2 = mean(%1) {dims=[2], keepdim=true}; %3 = add(%2) {rhs=1e-06}
         %4 = rsqrt(%3); %5 = mul(%x, %4); %6 = mul(%w, %5)   ->   %6 = rms_norm(%x, %w) {eps=1e-06}
     """
-    out = apply_rules(g, RULES, ctx.stats)
-    if out is g:
-        return g
-    from .dce import eliminate_dead_nodes
-
-    return eliminate_dead_nodes(out, ctx)
+    return rewrite_and_clean(g, RULES, ctx)

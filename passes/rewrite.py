@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ..ir import Graph, Node, Value
+from .manager import PassContext
 
 
 class Rebuilder:
@@ -83,6 +84,16 @@ def apply_rules(g: Graph, rules: Iterable[Rule], stats: dict[str, int], max_roun
             return current
         current = rb.finish()
     return current
+
+
+def rewrite_and_clean(g: Graph, rules: Iterable[Rule], ctx: PassContext) -> Graph:
+    """apply_rules, then drop what the replacements left dead (the same graph when nothing fired)."""
+    out = apply_rules(g, rules, ctx.stats)
+    if out is g:
+        return g
+    from .dce import eliminate_dead_nodes
+
+    return eliminate_dead_nodes(out, ctx)
 
 
 class _Probe:

@@ -7,7 +7,7 @@ from typing import Any
 from ..ir import Graph, Node, Value
 from ..ir.verifier import _types_equal
 from .manager import PassContext, graph_pass
-from .rewrite import Rebuilder, Rule, apply_rules
+from .rewrite import Rebuilder, Rule, rewrite_and_clean
 
 
 def _same(node: Node, v: Value) -> Value | None:
@@ -105,9 +105,4 @@ def simplify(g: Graph, ctx: PassContext) -> Graph:
         %1 = reshape(%0) {shape=[B, S, 64]} : f32[B, S, 64]   ->  (uses of %1 read %x)
         %2 = mul(%1) {rhs=1} : f32[B, S, 64]
     """
-    out = apply_rules(g, RULES, ctx.stats)
-    if out is g:
-        return g
-    from .dce import eliminate_dead_nodes
-
-    return eliminate_dead_nodes(out, ctx)
+    return rewrite_and_clean(g, RULES, ctx)
