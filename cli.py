@@ -50,7 +50,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     s = fn.stats
     print(f"captured via torch.{s.path}: {len(g.nodes)} nodes, {len(g.constants)} named constants, "
           f"{s.recompiles} recompiles; export {s.seconds.get('export', 0):.2f}s, convert {s.seconds.get('convert', 0):.3f}s, "
-          f"plan {s.seconds.get('plan', 0):.3f}s")
+          f"passes {s.seconds.get('passes', 0):.3f}s, plan {s.seconds.get('plan', 0):.3f}s")
+    for r in s.passes:
+        detail = ", ".join(f"{k} {v}" for k, v in r.stats.items() if v) or "no change"
+        print(f"  pass {r.name:32s} {r.nodes_before:4d} -> {r.nodes_after:4d} nodes  {r.seconds * 1e3:6.1f} ms  ({detail})")
     ops = sorted(g.op_counts().items(), key=lambda kv: -kv[1])
     print("ops: " + ", ".join(f"{k} x{v}" for k, v in ops))
     print(f"opaque (PyTorch fallback) ops: {s.opaque_ops or 'none'}")
