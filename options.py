@@ -15,11 +15,14 @@ class CompileOptions:
     max_recompiles: int = 8  # beyond this many shape specialisations, new shapes run eagerly
     disable_passes: frozenset[str] = frozenset()  # pass names to skip (see kiln.passes.PIPELINE)
     dump_all_passes: bool = False  # with a dump dir: dump IR after every pass, not only after change
+    print_ir: str = "never"  # "never" | "after_change" | "always": print IR to stderr after passes
     fold_max_elements: int = 1 << 16  # constant folding never creates constants larger than this
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disable_passes", frozenset(self.disable_passes))
         if self.backend not in ("auto", "reference"):
             raise ValueError(f"unknown backend {self.backend!r}; choose 'auto' or 'reference'")
+        if self.print_ir not in ("never", "after_change", "always"):
+            raise ValueError(f"print_ir must be 'never', 'after_change' or 'always', got {self.print_ir!r}")
         if self.max_recompiles < 0:
             raise ValueError("max_recompiles must be >= 0")

@@ -9,6 +9,7 @@ and the passes before it, with its input IR written as a reproducer.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ def run_pipeline(
             raise PassError(p.name, [r.name for r in records], e, _reproducer(g, p.name, dump_dir)) from e
         changed = out is not g
         records.append(PassRecord(p.name, changed, time.perf_counter() - t0, len(g.nodes), len(out.nodes), ctx.stats, out))
+        if options.print_ir == "always" or (options.print_ir == "after_change" and changed):
+            print(f"// ----- IR after {p.name} ({'changed' if changed else 'unchanged'}) -----\n{format_graph(out)}", file=sys.stderr)
         if dump_dir and (changed or options.dump_all_passes):
             _dump(dump_dir, f"{prefix}{i:03d}_{p.name}.txt", out)
         g = out

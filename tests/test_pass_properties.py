@@ -30,7 +30,7 @@ RUNTIME_B = 3
 
 RECIPES = [
     "unary", "binary", "scalar", "identity", "reduce", "reshape", "permute", "slice", "cast",
-    "full", "arange_index", "matmul", "dup", "random",
+    "full", "arange_index", "matmul", "dup", "random", "linear", "norm", "gelu_tanh",
 ]
 
 
@@ -71,7 +71,9 @@ class Builder:
     def pick(self, k: int) -> Value:
         return self.pool[k % len(self.pool)]
 
-    def call(self, op: str, *ins: Value, **attrs: Any) -> Value | None:
+    def call(self, op: str, *ins: Value | None, **attrs: Any) -> Value | None:
+        if any(v is None for v in ins):  # an earlier step of a multi-node recipe was skipped
+            return None
         try:
             v = self.g.call(op, *ins, **attrs)
         except (InferenceError, TypeError, ValueError):
@@ -164,6 +166,29 @@ class Builder:
                     return
                 if isinstance(new.outputs[0].type, TensorType) and new.outputs[0].type.dtype is f32:
                     self.pool.append(new.outputs[0])
+        elif recipe == "linear":  # a linear (+ bias) with an activation, and a sibling on the same input
+            if x.type.rank and shape[-1] == 4:
+                w, bias = self.g.constants["w"], self.g.constants["c"]
+                lin = self.call("linear", x, w, *([bias] if variant % 2 else []))
+                if lin is not None:
+                    self.call(["relu", "silu", "gelu", "neg"][variant % 4], lin)
+                if variant % 3 == 0:
+                    self.call("linear", x, self.g.constants["wc"[variant % 2]] if variant % 2 == 0 else w, *([bias] if variant % 2 else []))
+        elif recipe == "norm":  # written-out RMSNorm, or residual add + layer_norm
+            if x.type.rank and shape[-1] == 4 and _shape(y) == shape:
+                if variant % 2:
+                    r = self.call("rsqrt", self.call("add", self.call("mean", self.call("mul", x, x), dims=[x.type.rank - 1], keepdim=True), rhs=1e-6))
+                    if r is not None:
+                        self.call("mul", self.g.constants["c"], self.call("mul", x, r))
+                else:
+                    h = self.call("add", x, y)
+                    if h is not None:
+                        self.call("layer_norm", h, self.g.constants["c"], self.g.constants["c"], shape=[4], eps=1e-5)
+        elif recipe == "gelu_tanh":  # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
+            cube = self.call("mul", self.call("pow", x, rhs=3.0), rhs=0.044715)
+            inner = self.call("mul", self.call("add", x, cube), rhs=0.7978845608028654) if cube is not None else None
+            if inner is not None:
+                self.call("mul", self.call("mul", x, rhs=0.5), self.call("add", self.call("tanh", inner), rhs=1.0))
         elif recipe == "random":
             v = self.g.add_node("aten.rand_like.default", [x], {"targs": "t"}, [x.type]).output
             if variant % 2:
@@ -219,7 +244,7 @@ def _same_results(g: Graph, out: Graph, seed: int) -> None:
         assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6, equal_nan=True), (a, b)
 
 
-PASSES = [passes.eliminate_dead_nodes, passes.eliminate_common_subexpressions, passes.fold_constants, passes.simplify]
+PASSES = list(passes.PIPELINE)  # every pass, each on its own
 IDEMPOTENT = {"eliminate_dead_nodes", "eliminate_common_subexpressions"}
 
 
