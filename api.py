@@ -171,7 +171,7 @@ class CompiledModule:
         traced.graph, self.stats.passes = run_pipeline(traced.graph, PIPELINE, self.options, self.dump_dir, prefix=f"trace{n}_", symbol_values=symbols)
         t1 = time.perf_counter()
         device = _device_of(args, kwargs)
-        plan = build_plan(traced.graph, device, traced.symbol_ranges)
+        plan = build_plan(traced.graph, device, traced.symbol_ranges, kernel_for=_kernel_hook(self.options, device))
         t2 = time.perf_counter()
         self.stats.path = "export"
         self.stats.traces += 1
@@ -222,6 +222,16 @@ class CompiledModule:
         from .viz import write_passes_html
 
         write_passes_html(self.dump_dir, f"trace{n}_", self.stats.captured, self.stats.passes)
+
+
+def _kernel_hook(options: CompileOptions, device: torch.device | None) -> Any:
+    """The backend's plan hook: Triton for backend='triton', or 'auto' on CUDA with Triton present."""
+    from .backends import triton as tb
+
+    on_cuda = device is not None and device.type == "cuda"
+    if options.backend == "triton" or (options.backend == "auto" and on_cuda and tb.available()):
+        return tb.kernel_for(device)
+    return None
 
 
 def _top_level_tensors(args: tuple, kwargs: dict) -> bool:

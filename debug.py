@@ -2,6 +2,7 @@
 
 KILN_DEBUG=1       log what kiln does (capture path, timings, opaque ops) to stderr
 KILN_DUMP_DIR=dir  dump IR text, DOT and an HTML pass viewer for every compilation into dir (like dump_dir=...)
+KILN_CACHE_DIR=dir where generated kernels are cached (a private 0700 directory)
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 
 DEBUG = os.environ.get("KILN_DEBUG", "") not in ("", "0")
 DUMP_DIR = os.environ.get("KILN_DUMP_DIR") or None
+CACHE_DIR = os.environ.get("KILN_CACHE_DIR") or None
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")  # Triton's own knob, read here once  # generated-kernel cache (default ~/.cache/kiln/kernels)
 
 log = logging.getLogger("kiln")
 if DEBUG:

@@ -41,6 +41,7 @@ class Plan:
     device: torch.device | None = None
     cached_nodes: int = 0  # nodes computed once per symbol binding (see build_plan)
     cached_calls: int = 0  # the PyTorch calls those nodes make (fusion-group bodies op by op)
+    kernels: int = 0  # fusion groups that run as one generated kernel
 
     @property
     def calls_per_run(self) -> int:
@@ -77,7 +78,10 @@ class _Emitter:
         return repr(v) if _is_literal(v) else self.bind(v, "k")
 
 
-def build_plan(g: Graph, device: torch.device | None = None, symbol_ranges: dict | None = None, cache_size: int = 8) -> Plan:
+def build_plan(
+    g: Graph, device: torch.device | None = None, symbol_ranges: dict | None = None, cache_size: int = 8,
+    kernel_for: Callable[[Any], Any] | None = None,
+) -> Plan:
     """Generate the plan function for `g`; `device` is what tensor inputs must live on.
 
     Nodes that depend only on constants and shape symbols (an HF causal mask built from
@@ -85,6 +89,9 @@ def build_plan(g: Graph, device: torch.device | None = None, symbol_ranges: dict
     per symbol binding (at most `cache_size` bindings, oldest dropped first): the hot path does
     one dict lookup instead of re-running them. Values that are graph outputs or are read by
     in-place writes are never cached, so no caller can mutate a cached tensor.
+
+    `kernel_for(node)` (a backend hook) may return a launcher for a fusion group: the plan then
+    calls it instead of inlining the group's PyTorch ops.
     """
     em = _Emitter()
     names: dict[Value, str] = {}
@@ -97,7 +104,7 @@ def build_plan(g: Graph, device: torch.device | None = None, symbol_ranges: dict
         body += _guard(i, v, params[i], em, sym_names, device, ranges)
     for name, v in g.constants.items():
         names[v] = em.bind(g.constant_data[name], "c")
-    emit = _NodeEmitter(em, names, sym_names)
+    emit = _NodeEmitter(em, names, sym_names, kernel_for)
     cached = _shape_only(g)
     last_use = _last_uses(g)
     used = {v for vs in last_use.values() for v in vs}
@@ -135,18 +142,20 @@ def build_plan(g: Graph, device: torch.device | None = None, symbol_ranges: dict
     body.append(f"return ({rets}{',' if len(g.outputs) == 1 else ''})")
     src = f"def kiln_plan({', '.join(params)}):\n" + "\n".join("    " + ln for ln in body) + "\n"
     exec(compile(src, "<kiln-plan>", "exec"), em.ns)  # noqa: S102 - kiln-made source; objects via the namespace
-    calls = sum(_calls(n) for n in g.nodes)
+    calls = sum(_calls(n, emit.launched) for n in g.nodes)
     plan = Plan(em.ns["kiln_plan"], fill_src + src, g, calls, dict(ranges), device)
     plan.cached_nodes = len(cached)
-    plan.cached_calls = sum(_calls(g.nodes[i]) for i in cached)
+    plan.cached_calls = sum(_calls(g.nodes[i], emit.launched) for i in cached)
+    plan.kernels = len(emit.launched)
     return plan
 
 
 class _NodeEmitter:
     """Renders one node as a line of Python over kiln-made names."""
 
-    def __init__(self, em: _Emitter, names: dict[Value, str], sym_names: dict):
-        self.em, self.names, self.sym_names = em, names, sym_names
+    def __init__(self, em: _Emitter, names: dict[Value, str], sym_names: dict, kernel_for: Any = None):
+        self.em, self.names, self.sym_names, self.kernel_for = em, names, sym_names, kernel_for
+        self.launched: set[int] = set()  # ids of fusion groups launched as one generated kernel
 
     def dim(self, d: Any) -> str:
         return format_dim(d, lambda s: self.sym_names[s]) if isinstance(d, sympy.Expr) else str(d)
@@ -167,7 +176,12 @@ class _NodeEmitter:
         from ..ir.interpret import node_call
 
         if n.subgraph is not None:
-            return self.inline(n)
+            launcher = self.kernel_for(n) if self.kernel_for is not None else None
+            if launcher is None:
+                return self.inline(n)
+            self.launched.add(id(n))
+            call = f"{self.em.bind(launcher, 'f')}({', '.join(self.names[v] for v in n.inputs)})"
+            return [f"{', '.join(self.names[o] for o in n.outputs)} = {call}"]
         call = node_call(n)
         ins = [self.names[v] for v in n.inputs]
         args = [self.render(a, ins) for a in call.args]
@@ -211,8 +225,9 @@ class _NodeEmitter:
         return lines
 
 
-def _calls(n: Any) -> int:
-    return len(n.subgraph.nodes) if n.subgraph is not None else 1
+def _calls(n: Any, launched: set[int]) -> int:
+    """Calls a node costs per run: a launched fusion group is one kernel, an inlined one its ops."""
+    return len(n.subgraph.nodes) if n.subgraph is not None and id(n) not in launched else 1
 
 
 def _shape_only(g: Graph) -> set[int]:

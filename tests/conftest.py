@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 
 import pytest
 import torch
+
+# Before kiln is imported (kiln.debug reads the environment once): on a CPU-only machine run
+# Triton kernels in Triton's interpreter, and keep generated kernels in a private temp cache.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("KILN_CACHE_DIR", tempfile.mkdtemp(prefix="kiln-test-kernels-"))
 
 warnings.filterwarnings("ignore", message=".*bos_token_id.*|.*eos_token_id.*")
 

@@ -1,0 +1,47 @@
+"""The Triton backend: fusion groups in, generated Triton kernels out.
+
+Takes a planned kiln Graph; gives, per fusion group it can emit, a launcher the plan calls in
+place of the group's PyTorch ops (groups it cannot emit stay inlined PyTorch). Kernels compile
+through Triton from a private on-disk cache keyed by content hash. On CPU tensors it needs
+Triton's interpreter (TRITON_INTERPRET=1), which is how CI tests it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ... import debug
+from ...errors import KilnError
+
+
+def available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def kernel_for(device: Any) -> Callable[[Any], Any]:
+    """A plan hook: node -> launcher for elementwise groups Triton can run, else None."""
+    import torch
+
+    if not available():
+        raise KilnError("backend='triton' needs the triton package (pip install triton)")
+    if (device is None or torch.device(device).type != "cuda") and not debug.TRITON_INTERPRET:
+        raise KilnError("backend='triton' runs on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 (Triton's interpreter)")
+    from .codegen import Unsupported, generate
+    from .launch import GroupLauncher
+    from .reduce import generate_reduction
+
+    def hook(node: Any) -> Any:
+        if node.subgraph is None:
+            return None
+        gen = generate_reduction if node.attrs.get("kind") == "reduction" else generate
+        try:
+            return GroupLauncher(gen(node.subgraph))
+        except Unsupported as e:
+            debug.log.info("fusion group stays in PyTorch: %s", e)
+            return None
+
+    return hook
