@@ -175,13 +175,13 @@ class _NodeEmitter:
     def node(self, n: Any) -> list[str]:
         from ..ir.interpret import node_call
 
-        if n.subgraph is not None:
-            launcher = self.kernel_for(n) if self.kernel_for is not None else None
-            if launcher is None:
-                return self.inline(n)
+        launcher = self.kernel_for(n) if self.kernel_for is not None else None
+        if launcher is not None:
             self.launched.add(id(n))
             call = f"{self.em.bind(launcher, 'f')}({', '.join(self.names[v] for v in n.inputs)})"
             return [f"{', '.join(self.names[o] for o in n.outputs)} = {call}"]
+        if n.subgraph is not None:
+            return self.inline(n)
         call = node_call(n)
         ins = [self.names[v] for v in n.inputs]
         args = [self.render(a, ins) for a in call.args]

@@ -23,7 +23,8 @@ def available() -> bool:
 
 
 def kernel_for(device: Any) -> Callable[[Any], Any]:
-    """A plan hook: node -> launcher for elementwise groups Triton can run, else None."""
+    """A plan hook: node -> launcher for fusion groups and norm/softmax nodes Triton can run,
+    else None (the node stays in PyTorch)."""
     import torch
 
     if not available():
@@ -32,11 +33,12 @@ def kernel_for(device: Any) -> Callable[[Any], Any]:
         raise KilnError("backend='triton' runs on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 (Triton's interpreter)")
     from .codegen import Unsupported, generate
     from .launch import GroupLauncher
+    from .norms import row_kernel
     from .reduce import generate_reduction
 
     def hook(node: Any) -> Any:
         if node.subgraph is None:
-            return None
+            return row_kernel(node)
         gen = generate_reduction if node.attrs.get("kind") == "reduction" else generate
         try:
             return GroupLauncher(gen(node.subgraph))

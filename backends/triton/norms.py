@@ -1,0 +1,122 @@
+"""Row kernels for kiln's norm and softmax ops: rms_norm, layer_norm, their residual-add forms
+(add_rms_norm, add_layer_norm: the sum is an output too) and softmax/log_softmax, all over the
+last dim.
+
+One program per row, one block spanning it (BLOCK = row length rounded up to a power of two, a
+compile-time constant). Statistics are computed in float32; results are rounded where the
+reference rounds (rms_norm: the normalised row is rounded to x's dtype before the weight).
+Napkin math: bytes = inputs read once + outputs written once; memory-bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...errors import KilnError
+from .cache import load_module
+
+MAX_ROW = 1 << 16
+
+_HEAD = "import triton\nimport triton.language as tl\n\n\n"
+
+_RMS = _HEAD + '''@triton.jit
+def kernel(a, b, w, s_out, y_out, R, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < R
+    x = tl.load(a + row * R + cols, mask=mask, other=0)
+    if ADD:
+        x = (x.to(tl.float32) + tl.load(b + row * R + cols, mask=mask, other=0).to(tl.float32)).to(x.dtype)
+        tl.store(s_out + row * R + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    ms = tl.sum(xf * xf, axis=0) / R
+    y = (xf * tl.rsqrt(ms + eps)).to(x.dtype).to(tl.float32)
+    wv = tl.load(w + cols, mask=mask, other=0).to(tl.float32)
+    tl.store(y_out + row * R + cols, (y * wv).to(y_out.dtype.element_ty), mask=mask)
+'''
+
+_LN = _HEAD + '''@triton.jit
+def kernel(a, b, w, bias, s_out, y_out, R, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < R
+    x = tl.load(a + row * R + cols, mask=mask, other=0)
+    if ADD:
+        x = (x.to(tl.float32) + tl.load(b + row * R + cols, mask=mask, other=0).to(tl.float32)).to(x.dtype)
+        tl.store(s_out + row * R + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    mean = tl.sum(xf, axis=0) / R
+    d = tl.where(mask, xf - mean, 0.0)
+    var = tl.sum(d * d, axis=0) / R
+    wv = tl.load(w + cols, mask=mask, other=0).to(tl.float32)
+    bv = tl.load(bias + cols, mask=mask, other=0).to(tl.float32)
+    tl.store(y_out + row * R + cols, (d * tl.rsqrt(var + eps) * wv + bv).to(y_out.dtype.element_ty), mask=mask)
+'''
+
+_SOFTMAX = _HEAD + '''@triton.jit
+def kernel(a, y_out, R, LOG: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < R
+    x = tl.load(a + row * R + cols, mask=mask, other=float("-inf")).to(tl.float32)
+    z = x - tl.max(x, axis=0)
+    e = tl.where(mask, tl.exp(z), 0.0)
+    total = tl.sum(e, axis=0)
+    if LOG:
+        y = z - tl.log(total)
+    else:
+        y = e / total
+    tl.store(y_out + row * R + cols, y.to(y_out.dtype.element_ty), mask=mask)
+'''
+
+
+def _block(r: int) -> int:
+    block = max(16, 1 << (max(r, 1) - 1).bit_length())
+    if block > MAX_ROW:
+        raise KilnError(f"a row of {r} elements exceeds the single-block kernel's {MAX_ROW}; use backend='reference'")
+    return block
+
+
+class RowLauncher:
+    """Launches one row kernel for a norm/softmax node (inputs made contiguous, rows flattened)."""
+
+    __slots__ = ("kind", "kernel", "eps", "out_dtype", "add")
+
+    def __init__(self, kind: str, eps: float, out_dtype: torch.dtype):
+        src = {"rms": _RMS, "ln": _LN, "softmax": _SOFTMAX, "log_softmax": _SOFTMAX}[kind.removeprefix("add_")]
+        self.kernel = load_module(src).kernel
+        self.kind, self.eps, self.out_dtype = kind, eps, out_dtype
+        self.add = kind.startswith("add_")
+
+    def __call__(self, *ins: torch.Tensor) -> Any:
+        x = ins[0].contiguous()
+        r = x.shape[-1]
+        rows = x.numel() // max(r, 1)
+        y = torch.empty(x.shape, dtype=self.out_dtype, device=x.device)
+        block = _block(r)
+        if self.kind in ("softmax", "log_softmax"):
+            if rows:
+                self.kernel[(rows,)](x, y, r, LOG=self.kind == "log_softmax", BLOCK=block)
+            return y
+        b = ins[1].contiguous() if self.add else x
+        s = torch.empty_like(x) if self.add else x
+        params = [p.contiguous() for p in ins[2 if self.add else 1:]]
+        if rows:
+            self.kernel[(rows,)](x, b, *params, s, y, r, self.eps, ADD=self.add, BLOCK=block)
+        return (s, y) if self.add else y
+
+
+def row_kernel(node: Any) -> RowLauncher | None:
+    """A launcher for a norm/softmax node over the last dim, or None when the form differs."""
+    name = node.op.name
+    kinds = {"rms_norm": "rms", "add_rms_norm": "add_rms", "layer_norm": "ln", "add_layer_norm": "add_ln"}
+    if name not in kinds and name not in ("softmax", "log_softmax"):
+        return None
+    out_dtype = node.outputs[-1].type.dtype.torch
+    if name in ("softmax", "log_softmax"):
+        return RowLauncher(name, 0.0, out_dtype) if node.attrs["dim"] == node.inputs[0].type.rank - 1 else None
+    if name.endswith("layer_norm") and len(node.attrs["shape"]) != 1:
+        return None
+    return RowLauncher(kinds[name], float(node.attrs["eps"]), out_dtype)

@@ -1,0 +1,90 @@
+"""Triton row kernels for norms and softmax vs the ops' reference implementations.
+
+On CPU they run in Triton's interpreter (conftest sets TRITON_INTERPRET=1): small shapes only.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+import kiln  # noqa: E402
+from kiln import ir  # noqa: E402
+from kiln.backends.triton.norms import row_kernel  # noqa: E402
+from kiln.ir.dtypes import from_torch  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
+
+
+def _rand(shape: tuple, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) + 0.1).to(dtype).to(DEVICE)
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.cpu().double(), b.cpu().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+@SETTINGS
+@given(
+    op=st.sampled_from(["rms_norm", "add_rms_norm", "layer_norm", "add_layer_norm", "softmax", "log_softmax"]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    rows=st.sampled_from([(1,), (3,), (2, 3)]),
+    d=st.sampled_from([1, 7, 16, 40]),
+)
+def test_row_kernels_match_the_reference(op: str, dtype: torch.dtype, rows: tuple, d: int) -> None:
+    g = ir.Graph()
+    kd = from_torch(dtype)
+    shape = rows + (d,)
+    x = g.add_input("x", ir.TensorType(kd, shape))
+    vals = [_rand(shape, dtype, 1)]
+    ins = [x]
+    if op.startswith("add_"):
+        ins.append(g.add_input("r", ir.TensorType(kd, shape)))
+        vals.append(_rand(shape, dtype, 2))
+    for k, name in enumerate(["w", "b"][: 2 if "layer" in op else 1 if "rms" in op else 0]):
+        ins.append(g.add_input(name, ir.TensorType(kd, (d,))))
+        vals.append(_rand((d,), dtype, 3 + k))
+    attrs = {"dim": len(shape) - 1} if "softmax" in op else {"eps": 1e-5}
+    if "layer" in op:
+        attrs["shape"] = (d,)
+    node = g.add_node(op, ins, attrs)
+    g.outputs = list(node.outputs)
+    launcher = row_kernel(node)
+    assert launcher is not None
+    got = launcher(*vals)
+    got = got if isinstance(got, tuple) else (got,)
+    ref = ir.run_graph(g, [v.cpu() for v in vals])
+    for a, b in zip(got, ref, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert _err(a, b) <= TOL[dtype], (op, _err(a, b))
+
+
+def test_non_last_dim_softmax_and_multi_dim_layer_norm_stay_in_pytorch() -> None:
+    g = ir.Graph()
+    x = g.add_input("x", ir.TensorType(ir.by_name("f32"), (2, 3, 4)))
+    assert row_kernel(g.add_node("softmax", [x], {"dim": 1})) is None
+    w = g.add_input("w", ir.TensorType(ir.by_name("f32"), (3, 4)))
+    assert row_kernel(g.add_node("layer_norm", [x, w, w], {"shape": (3, 4)})) is None
+
+
+def test_a_llama_block_runs_its_norms_as_triton_kernels() -> None:
+    from transformers import LlamaForCausalLM
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config("llama")).eval().to(DEVICE)
+    x = torch.randint(1, 500, (2, 8), generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    fn = kiln.compile(model, {"input_ids": x}, options=kiln.CompileOptions(backend="triton"))
+    norms = sum(1 for n in fn.graph.nodes if n.op.name in ("rms_norm", "add_rms_norm"))
+    assert norms == 5 and fn.plan.kernels >= norms  # every norm (and any group) is a kernel launch
+    with torch.no_grad():
+        ref = model(input_ids=x).logits
+    assert _err(fn(input_ids=x).logits, ref) <= 1e-5
