@@ -75,6 +75,35 @@ def reduction_case(n: int, d: int, dtype: torch.dtype) -> tuple[str, float, floa
     return f"x*w, mean((x*w)^2) {dtype} [{n}x{d}]", median_ms(kern, sets), median_ms(eager, sets), nbytes
 
 
+def norm_case(op: str, n: int, d: int, dtype: torch.dtype) -> tuple[str, float, float, int]:
+    """rms_norm (HF Llama's eager formula as the peer) or add_layer_norm (a + b, then F.layer_norm)."""
+    from kiln.backends.triton.norms import RowLauncher
+
+    if op == "rms_norm":
+        kern = RowLauncher("rms", 1e-6, dtype)
+        sets = [(torch.randn(n, d, device="cuda", dtype=dtype), torch.randn(d, device="cuda", dtype=dtype)) for _ in range(3)]
+
+        def eager(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            h = x.float()
+            return w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+
+        nbytes = 2 * n * d * dtype.itemsize + d * dtype.itemsize
+    else:
+        kern = RowLauncher("add_ln", 1e-5, dtype)
+        sets = [tuple(torch.randn(*s, device="cuda", dtype=dtype) for s in ((n, d), (n, d), (d,), (d,))) for _ in range(3)]
+
+        def eager(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> tuple:
+            s_ = a + b
+            return s_, torch.nn.functional.layer_norm(s_, (d,), w, bias, 1e-5)
+
+        nbytes = 4 * n * d * dtype.itemsize + 2 * d * dtype.itemsize
+    got, ref = kern(*sets[0]), eager(*sets[0])
+    got, ref = (got if isinstance(got, tuple) else (got,)), (ref if isinstance(ref, tuple) else (ref,))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2)
+    return f"{op} {dtype} [{n}x{d}]", median_ms(kern, sets), median_ms(eager, sets), nbytes
+
+
 def main() -> None:
     print(f"kiln gpu kernels | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} | "
           f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
@@ -83,7 +112,9 @@ def main() -> None:
     print("| kernel | kiln ms | eager ms | eager/kiln | kiln GB/s | % of copy |")
     print("|---|---|---|---|---|---|")
     cases = [elementwise_case(8192, 8192, torch.bfloat16), elementwise_case(8192, 8192, torch.float32),
-             reduction_case(16384, 4096, torch.bfloat16), reduction_case(16384, 2048, torch.float32)]
+             reduction_case(16384, 4096, torch.bfloat16), reduction_case(16384, 2048, torch.float32),
+             norm_case("rms_norm", 16384, 4096, torch.bfloat16), norm_case("add_layer_norm", 16384, 4096, torch.bfloat16),
+             norm_case("rms_norm", 16384, 2048, torch.float32)]
     for name, k_ms, e_ms, nbytes in cases:
         gbs = nbytes / k_ms / 1e6
         print(f"| {name} | {k_ms:.3f} | {e_ms:.3f} | {e_ms / k_ms:.2f}x | {gbs:.0f} | {100 * gbs / ceil:.0f}% |")
