@@ -48,6 +48,7 @@ class _Entry:
     traced: Any
     plan: Plan
     fast_key: tuple | None  # (n_args, kwarg names) when every input is a top-level tensor
+    run: Any = None  # plan.fn, or a GraphRunner replaying it as CUDA graphs
 
 
 class CompiledModule:
@@ -89,7 +90,7 @@ class CompiledModule:
 
     def _run(self, entry: _Entry, inputs: tuple) -> Any:
         with torch.no_grad():
-            outs = entry.plan.fn(*inputs)
+            outs = entry.run(*inputs)
         tr = entry.traced
         flat = [outs[i] if kind == "value" else i for kind, i in tr.out_template]
         return pytree.tree_unflatten(flat, tr.out_spec)
@@ -178,7 +179,11 @@ class CompiledModule:
         self.stats.graphs.append(traced.graph)
         self.stats.seconds = {**traced.seconds, "passes": sum(r.seconds for r in self.stats.passes), "plan": t2 - t1, "total": t2 - t0}
         simple = all(kind == "input" for kind, _ in traced.leaf_roles) and _top_level_tensors(args, kwargs)
-        entry = _Entry(traced, plan, (len(args), tuple(kwargs)) if simple else None)
+        entry = _Entry(traced, plan, (len(args), tuple(kwargs)) if simple else None, plan.fn)
+        if self.options.cuda_graphs and device is not None and device.type == "cuda":
+            from .runtime.cudagraph import GraphRunner
+
+            entry.run = GraphRunner(plan.fn)
         self._entries.append(entry)
         self._dump(entry)
         debug.log.info("captured %d nodes in %.2fs (%s)", len(traced.graph.nodes), t2 - t0, self.stats.seconds)

@@ -15,6 +15,7 @@ class CompileOptions:
     max_recompiles: int = 8  # beyond this many shape specialisations, new shapes run eagerly
     disable_passes: frozenset[str] = frozenset()  # pass names to skip (see kiln.passes.PIPELINE)
     dump_all_passes: bool = False  # with a dump dir: dump IR after every pass, not only after change
+    cuda_graphs: bool = True  # replay plans as CUDA graphs for repeating shapes on CUDA inputs
     print_ir: str = "never"  # "never" | "after_change" | "always": print IR to stderr after passes
     fold_max_elements: int = 1 << 16  # constant folding never creates constants larger than this
 

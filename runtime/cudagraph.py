@@ -1,0 +1,73 @@
+"""CUDA-graph replay of whole plans for repeating input shapes.
+
+A plan's host work (one Python call per node) dominates small-batch GPU inference. When the
+same input signature (shapes, dtypes, devices) arrives a second time, the runner captures the
+plan into a CUDA graph (after a warm-up on a side stream, which also fills the plan's shape
+cache) and from then on copies the inputs into the graph's static buffers and replays it.
+
+Invariants: outputs are cloned before they are returned, so a caller never holds memory the
+next replay overwrites; buffer writes (`copy_to`) replay into the same module tensors; a plan
+that cannot be captured (an op that syncs with the host) runs uncaptured from then on; at most
+`max_graphs` signatures keep a graph (oldest dropped), bounding the memory their pools hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .. import debug
+
+
+class GraphRunner:
+    """Calls `fn` (a plan function) directly, or replays its CUDA graph for a known signature."""
+
+    def __init__(self, fn: Callable[..., tuple], max_graphs: int = 4, capture_after: int = 2):
+        self.fn = fn
+        self.max_graphs = max_graphs
+        self.capture_after = capture_after
+        self.graphs: dict[tuple, tuple] = {}  # signature -> (graph, static inputs, static outputs)
+        self.seen: dict[tuple, int] = {}
+        self.disabled = False
+        self.captures = 0
+
+    def __call__(self, *inputs: Any) -> tuple:
+        if self.disabled:
+            return self.fn(*inputs)
+        sig = tuple((x.shape, x.dtype, x.device) if isinstance(x, torch.Tensor) else x for x in inputs)
+        entry = self.graphs.get(sig)
+        if entry is not None:
+            graph, static, outs = entry
+            for s, x in zip(static, inputs):
+                if isinstance(s, torch.Tensor):
+                    s.copy_(x)
+            graph.replay()
+            return tuple(o.clone() for o in outs)
+        n = self.seen.get(sig, 0) + 1
+        self.seen[sig] = n
+        if n < self.capture_after:
+            return self.fn(*inputs)
+        return self._capture(sig, inputs)
+
+    def _capture(self, sig: tuple, inputs: tuple) -> tuple:
+        static = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.fn(*static)  # warm-up: lazy init, kernel compiles, shape cache
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outs = self.fn(*static)
+        except Exception as e:  # an op that cannot be captured: run the plan as it is from now on
+            debug.log.info("CUDA graph capture failed, running uncaptured: %s", e)
+            self.disabled = True
+            torch.cuda.synchronize()
+            return self.fn(*inputs)
+        if len(self.graphs) >= self.max_graphs:
+            del self.graphs[next(iter(self.graphs))]
+        self.graphs[sig] = (graph, static, outs)
+        self.captures += 1
+        return self(*inputs)
