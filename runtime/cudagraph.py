@@ -2,8 +2,8 @@
 
 A plan's host work (one Python call per node) dominates small-batch GPU inference. When the
 same input signature (shapes, dtypes, devices) arrives a second time, the runner captures the
-plan into a CUDA graph (after a warm-up on a side stream, which also fills the plan's shape
-cache) and from then on copies the inputs into the graph's static buffers and replays it.
+plan into a CUDA graph (capture records without executing; the first, uncaptured call was the
+warm-up) and from then on copies the inputs into the graph's static buffers and replays it.
 
 Invariants: outputs are cloned before they are returned, so a caller never holds memory the
 next replay overwrites; buffer writes (`copy_to`) replay into the same module tensors; a plan
@@ -53,11 +53,10 @@ class GraphRunner:
     def _capture(self, sig: tuple, inputs: tuple) -> tuple:
         static = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.fn(*static)  # warm-up: lazy init, kernel compiles, shape cache
-            torch.cuda.current_stream().wait_stream(side)
+            # No extra warm-up run: earlier uncaptured calls of this signature already did the lazy
+            # initialisation and filled the shape cache, and a warm-up would apply the plan's
+            # buffer writes (a KV cache, a step counter) one time too many.
+            torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 outs = self.fn(*static)
