@@ -258,3 +258,32 @@ def test_in_place_update_of_a_literal_does_not_leak_into_the_next_call() -> None
     for _ in range(3):
         assert rel_err(fn(x), m(x)) <= 1e-6
     assert not any(n.op.name == "copy_to" for n in fn.graph.nodes)  # a temporary: no state written
+
+
+class WindowAttention(torch.nn.Module):
+    """Attention with a mask built from shapes alone: causal, or a causal sliding window."""
+
+    def __init__(self, window: int | None) -> None:
+        super().__init__()
+        self.window = window
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        t = q.shape[-2]
+        i = torch.arange(t)
+        keep = i[None, :] <= i[:, None]  # (T, T)
+        if self.window is not None:
+            keep = keep & (i[:, None] - i[None, :] < self.window)
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=keep)
+
+
+@pytest.mark.parametrize("window", [None, 2])
+def test_cached_causal_masks_take_the_causal_path_and_others_keep_their_mask(window: int | None) -> None:
+    from kiln.ir.opset import nn as kiln_nn
+
+    m = WindowAttention(window)
+    fn = kiln.compile(m)
+    q = _x(2, 3, 6, 4, seed=9)
+    assert rel_err(fn(q), m(q)) <= 1e-5
+    mask = next(iter(fn.plan.fn.__globals__["_cache"].values()))[0]
+    assert kiln_nn._is_causal_mask(mask) is (window is None)
+    assert rel_err(fn(q), m(q)) <= 1e-5  # the second call (cached mask, maybe causal path) agrees too

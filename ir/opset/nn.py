@@ -6,6 +6,7 @@ them so later passes and kernels see one op per concept.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -141,10 +142,34 @@ def _attention_infer(types, a):  # noqa: ANN001, ANN202
     return (TensorType(q.dtype, q.shape[:-1] + (v.shape[-1],)),)
 
 
+# Masks known to be exactly causal (top-left aligned lower triangle over the last two dims),
+# noted once per mask tensor by the plan's shape cache; keyed by id with a weak reference so a
+# recycled id never matches a different tensor.
+_CAUSAL: dict[int, Any] = {}
+
+
+def note_causal_mask(mask: torch.Tensor) -> None:
+    """Record whether a (cached) boolean mask is exactly causal; runs outside graph capture."""
+    if mask.dtype is not torch.bool or mask.dim() < 2:
+        return
+    sq, sk = mask.shape[-2], mask.shape[-1]
+    causal = sq == sk and bool(torch.equal(mask, torch.ones(sq, sk, dtype=torch.bool, device=mask.device).tril().expand(mask.shape)))
+    key = id(mask)
+    _CAUSAL[key] = (weakref.ref(mask, lambda _: _CAUSAL.pop(key, None)), causal)
+
+
+def _is_causal_mask(mask: torch.Tensor) -> bool:
+    entry = _CAUSAL.get(id(mask))
+    return entry is not None and entry[0]() is mask and entry[1]
+
+
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: Any) -> torch.Tensor:
     *mask, causal, scale, gqa = rest
     kw: dict[str, Any] = {"enable_gqa": True} if gqa else {}
-    return F.scaled_dot_product_attention(q, k, v, mask[0] if mask else None, 0.0, causal, scale=scale, **kw)
+    m = mask[0] if mask else None
+    if m is not None and not causal and _is_causal_mask(m):  # same function, the causal kernel path
+        m, causal = None, True
+    return F.scaled_dot_product_attention(q, k, v, m, 0.0, causal, scale=scale, **kw)
 
 
 declare(
