@@ -169,7 +169,9 @@ class CompiledModule:
         example = [leaf for leaf, (kind, _) in zip(pytree.tree_leaves((args, kwargs)), traced.leaf_roles) if kind == "input"]
         symbols = bind_symbols(traced.graph, example)
         self.stats.captured = traced.graph
-        traced.graph, self.stats.passes = run_pipeline(traced.graph, PIPELINE, self.options, self.dump_dir, prefix=f"trace{n}_", symbol_values=symbols)
+        traced.graph, self.stats.passes = run_pipeline(
+            traced.graph, PIPELINE, self.options, self.dump_dir, prefix=f"trace{n}_", symbol_values=symbols, device=_device_of(args, kwargs)
+        )
         t1 = time.perf_counter()
         device = _device_of(args, kwargs)
         plan = build_plan(traced.graph, device, traced.symbol_ranges, kernel_for=_kernel_hook(self.options, device))

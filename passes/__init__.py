@@ -14,10 +14,11 @@ from .fuse_patterns import fuse_patterns
 from .fuse_projections import fuse_projections
 from .manager import Pass, PassContext, PassError, PassRecord, graph_pass, run_pipeline
 from .memory import MemoryPlan, plan_memory
+from .pad import pad_matmul_dims
 from .pipeline import PIPELINE
 from .simplify import simplify
 
 __all__ = [
     "PIPELINE", "MemoryPlan", "Pass", "PassContext", "PassError", "PassRecord", "eliminate_common_subexpressions",
-    "eliminate_dead_nodes", "fold_constants", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "graph_pass", "plan_memory", "run_pipeline", "simplify",
+    "eliminate_dead_nodes", "fold_constants", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "graph_pass", "pad_matmul_dims", "plan_memory", "run_pipeline", "simplify",
 ]

@@ -29,6 +29,7 @@ class PassContext:
     options: CompileOptions
     stats: dict[str, int] = field(default_factory=dict)
     symbol_values: dict = field(default_factory=dict)  # shape symbols at the traced example
+    device: object = None  # the target device (inputs' device), when known
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -78,7 +79,8 @@ class PassError(KilnError):
 
 
 def run_pipeline(
-    g: Graph, passes: list[Pass], options: CompileOptions, dump_dir: str | None = None, prefix: str = "", symbol_values: dict | None = None
+    g: Graph, passes: list[Pass], options: CompileOptions, dump_dir: str | None = None, prefix: str = "",
+    symbol_values: dict | None = None, device: object = None,
 ) -> tuple[Graph, list[PassRecord]]:
     """Run enabled passes in order; returns the final graph and one record per pass run."""
     records: list[PassRecord] = []
@@ -89,7 +91,7 @@ def run_pipeline(
     if dump_dir:
         _dump(dump_dir, f"{prefix}000_captured.txt", g)
     for i, p in enumerate(enabled, start=1):
-        ctx = PassContext(options, symbol_values=dict(symbol_values or {}))
+        ctx = PassContext(options, symbol_values=dict(symbol_values or {}), device=device)
         t0 = time.perf_counter()
         try:
             out = p(g, ctx)

@@ -11,6 +11,7 @@ from .fuse_patterns import fuse_patterns
 from .fuse_projections import fuse_projections
 from .manager import Pass
 from .memory import plan_memory
+from .pad import pad_matmul_dims
 from .simplify import simplify
 
 PIPELINE: list[Pass] = [
@@ -22,5 +23,6 @@ PIPELINE: list[Pass] = [
     fuse_projections,
     fuse_epilogues,
     fuse_elementwise,
+    pad_matmul_dims,
     plan_memory,
 ]
