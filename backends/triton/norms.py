@@ -21,9 +21,8 @@ MAX_ROW = 1 << 16
 
 _HEAD = "import triton\nimport triton.language as tl\n\n\n"
 
-_RMS = _HEAD + '''@triton.jit
-def kernel(a, b, w, s_out, y_out, R, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+# The row, loaded (and for the residual forms added to `b`, the sum stored): shared by the norms.
+_ROW = """    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < R
     x = tl.load(a + row * R + cols, mask=mask, other=0)
@@ -31,29 +30,25 @@ def kernel(a, b, w, s_out, y_out, R, eps, ADD: tl.constexpr, BLOCK: tl.constexpr
         x = (x.to(tl.float32) + tl.load(b + row * R + cols, mask=mask, other=0).to(tl.float32)).to(x.dtype)
         tl.store(s_out + row * R + cols, x, mask=mask)
     xf = x.to(tl.float32)
-    ms = tl.sum(xf * xf, axis=0) / R
+"""
+
+_RMS = _HEAD + """@triton.jit
+def kernel(a, b, w, s_out, y_out, R, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
+""" + _ROW + """    ms = tl.sum(xf * xf, axis=0) / R
     y = (xf * tl.rsqrt(ms + eps)).to(x.dtype).to(tl.float32)
     wv = tl.load(w + cols, mask=mask, other=0).to(tl.float32)
     tl.store(y_out + row * R + cols, (y * wv).to(y_out.dtype.element_ty), mask=mask)
-'''
+"""
 
-_LN = _HEAD + '''@triton.jit
+_LN = _HEAD + """@triton.jit
 def kernel(a, b, w, bias, s_out, y_out, R, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < R
-    x = tl.load(a + row * R + cols, mask=mask, other=0)
-    if ADD:
-        x = (x.to(tl.float32) + tl.load(b + row * R + cols, mask=mask, other=0).to(tl.float32)).to(x.dtype)
-        tl.store(s_out + row * R + cols, x, mask=mask)
-    xf = x.to(tl.float32)
-    mean = tl.sum(xf, axis=0) / R
+""" + _ROW + """    mean = tl.sum(xf, axis=0) / R
     d = tl.where(mask, xf - mean, 0.0)
     var = tl.sum(d * d, axis=0) / R
     wv = tl.load(w + cols, mask=mask, other=0).to(tl.float32)
     bv = tl.load(bias + cols, mask=mask, other=0).to(tl.float32)
     tl.store(y_out + row * R + cols, (d * tl.rsqrt(var + eps) * wv + bv).to(y_out.dtype.element_ty), mask=mask)
-'''
+"""
 
 _SOFTMAX = _HEAD + '''@triton.jit
 def kernel(a, y_out, R, LOG: tl.constexpr, BLOCK: tl.constexpr):
