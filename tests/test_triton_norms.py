@@ -88,3 +88,23 @@ def test_a_llama_block_runs_its_norms_as_triton_kernels() -> None:
     with torch.no_grad():
         ref = model(input_ids=x).logits
     assert _err(fn(input_ids=x).logits, ref) <= 1e-5
+
+
+def test_a_transformer_block_compiles_to_seven_launches() -> None:
+    """TinyGPT's first block: its 2 norms (the first reads the broadcasting embedding sum, so it is
+    a plain layer_norm; the second carries the residual add), 4 matmuls (one with its GELU
+    epilogue), 1 attention; views (reshape/permute/split) launch nothing."""
+    from kiln.models import get_model
+
+    model = get_model("tiny-gpt").to(DEVICE)
+    x = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    fn = kiln.compile(model, (x,), options=kiln.CompileOptions(backend="triton"))
+    per_block: dict[str, list[str]] = {}
+    for n in fn.graph.nodes:
+        module = n.source.module if n.source is not None else ""
+        if module.startswith("blocks.0") and n.op.category != "view":
+            per_block.setdefault("launches", []).append(n.op.name)
+    launches = sorted(per_block["launches"])
+    assert launches == sorted(["layer_norm", "add_layer_norm", "linear", "linear", "linear", "linear", "attention"]), launches
+    assert fn.plan.kernels == 5  # every norm (1 plain, 3 with the residual add, the final one fused too) is a Triton kernel
+    assert _err(fn(x), model(x)) <= 1e-5
