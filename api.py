@@ -21,6 +21,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from . import debug
+from .backends import kernel_hook
 from .errors import InputError, KilnError, TraceError, UnsupportedOpsError
 from .ir import verify
 from .options import CompileOptions
@@ -174,7 +175,7 @@ class CompiledModule:
         )
         t1 = time.perf_counter()
         device = _device_of(args, kwargs)
-        plan = build_plan(traced.graph, device, traced.symbol_ranges, kernel_for=_kernel_hook(self.options, device))
+        plan = build_plan(traced.graph, device, traced.symbol_ranges, kernel_for=kernel_hook(self.options.backend, device))
         t2 = time.perf_counter()
         self.stats.path = "export"
         self.stats.traces += 1
@@ -231,16 +232,6 @@ class CompiledModule:
         write_passes_html(self.dump_dir, f"trace{n}_", self.stats.captured, self.stats.passes)
 
 
-def _kernel_hook(options: CompileOptions, device: torch.device | None) -> Any:
-    """The backend's plan hook: Triton for backend='triton', or 'auto' on CUDA with Triton present."""
-    from .backends import triton as tb
-
-    on_cuda = device is not None and device.type == "cuda"
-    if options.backend == "triton" or (options.backend == "auto" and on_cuda and tb.available()):
-        return tb.kernel_for(device)
-    return None
-
-
 def _top_level_tensors(args: tuple, kwargs: dict) -> bool:
     return all(isinstance(x, torch.Tensor) for x in args) and all(isinstance(x, torch.Tensor) for x in kwargs.values())
 
@@ -254,13 +245,18 @@ def _device_of(args: tuple, kwargs: dict) -> torch.device | None:
 
 def _reason(e: Exception) -> tuple[str, str]:
     """A one-line reason and the innermost user source line from an export failure."""
+    import sys
     import traceback
 
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # kiln's own modules by identity (the repository root is the package, so tests and examples
+    # live under its directory: a path prefix would hide the user's frame)
+    ours = {os.path.abspath(m.__file__) for name, m in list(sys.modules.items())
+            if (name == "kiln" or name.startswith("kiln.")) and getattr(m, "__file__", None)}
     where = ""
     for fr in reversed(traceback.extract_tb(e.__traceback__)):
         f = fr.filename
-        if "/torch/" not in f and "/kiln/" not in f and not f.startswith("<") and os.path.basename(os.path.dirname(f)) != "main":
+        if "/torch/" not in f and not f.startswith("<") and os.path.abspath(f) not in ours:
             where = f"{f}:{fr.lineno}"
             break
     return f"{type(e).__name__}: {msg}"[:300], where

@@ -1,9 +1,24 @@
 """Backends: kiln IR in, something executable out.
 
-`reference` lowers every node to its op's PyTorch implementation inside one generated plan
-function (runs on any device; the default on CPU). Triton and CUDA code generation come later.
+The reference backend is the plan's default lowering (runtime.plan): every node runs its op's
+PyTorch implementation, on any device. `triton` generates kernels for fusion groups, norms and
+softmax; `kernel_hook` picks what the plan asks per node.
 """
 
-from .reference import compile_reference
+from __future__ import annotations
 
-__all__ = ["compile_reference"]
+from typing import Any
+
+
+def kernel_hook(backend: str, device: Any) -> Any:
+    """The plan hook for `backend` ("auto" | "reference" | "triton") on `device`, or None for the
+    reference lowering. auto: Triton on CUDA inputs when Triton is installed."""
+    from . import triton as tb
+
+    on_cuda = device is not None and device.type == "cuda"
+    if backend == "triton" or (backend == "auto" and on_cuda and tb.available()):
+        return tb.kernel_for(device)
+    return None
+
+
+__all__ = ["kernel_hook"]

@@ -107,7 +107,7 @@ def _where(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
 
 
 @converter(aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)
-def _wherescalar(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
+def _where_scalar(ctx: Ctx, node: Any, args: tuple, kwargs: dict) -> Value:
     """where with a Python scalar branch: the scalar becomes a 0-dim tensor of the result dtype."""
     cond, a, b = args[:3]
     dtype = from_torch(node.meta["val"].dtype)

@@ -113,7 +113,6 @@ def _compile_region(gm: torch.fx.GraphModule, example_inputs: list, opts: Compil
             return fn(*[args[i] for i in keep])
 
     run._boxed_call = True  # type: ignore[attr-defined]  # AOTAutograd passes one list
-    run.kiln_graph = imported.graph  # type: ignore[attr-defined]
     return run
 
 

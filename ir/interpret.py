@@ -1,7 +1,7 @@
 """The reference interpreter: runs a graph node by node with each op's PyTorch implementation.
 
 Slow and obviously correct; tests and passes check against it. The fast path is the compiled
-plan in `backends.reference`, which lowers every node through the same `node_call`.
+plan in `runtime.plan`, which lowers every node through the same `node_call`.
 """
 
 from __future__ import annotations

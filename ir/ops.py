@@ -150,7 +150,11 @@ class Op:
     category: str = "misc"
     doc: str = ""
     num_outputs: int = 1
-    lower: Callable[[Any], "Call"] | None = None  # custom lowering (see backends.reference)
+    lower: Callable[[Any], "Call"] | None = None  # custom lowering (see runtime.plan)
+    # note_cached(input_index, tensor): called once per shape for inputs the plan caches (values
+    # built from shapes alone), outside graph capture: a place to inspect them once (attention
+    # checks whether its mask is exactly causal)
+    note_cached: Callable[[int, Any], None] | None = None
     attr_index: dict[str, Attr] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -223,10 +227,11 @@ def declare(
     doc: str = "",
     num_outputs: int = 1,
     lower: Callable[[Any], Call] | None = None,
+    note_cached: Callable[[int, Any], None] | None = None,
 ) -> Op:
     """Declare a kiln op once: the only way ops enter the registry besides opaque ATen ops."""
     return register(
-        Op(name, tuple(inputs), tuple(attrs), infer, impl, effect, category, doc, num_outputs, lower)
+        Op(name, tuple(inputs), tuple(attrs), infer, impl, effect, category, doc, num_outputs, lower, note_cached)
     )
 
 

@@ -117,7 +117,7 @@ def build_plan(
     if shared:
         key = "(" + "".join(f"{sname}, " for sname in sym_names.values()) + ")"
         fill = [ln for i, n in enumerate(g.nodes) if i in cached for ln in emit.node(n)]
-        fill += _note_masks(g, shared, names, em)
+        fill += _note_cached(g, shared, names, em)
         fill.append(f"_r = ({''.join(names[o] + ', ' for o in shared)})")
         fill.append(f"if len(_cache) >= {int(cache_size)}: del _cache[next(iter(_cache))]")
         fill.append(f"_cache[{key}] = _r")
@@ -226,13 +226,14 @@ class _NodeEmitter:
         return lines
 
 
-def _note_masks(g: Graph, shared: list[Value], names: dict[Value, str], em: _Emitter) -> list[str]:
-    """Cached values used as attention masks get checked once for being exactly causal, so
-    attention can take SDPA's causal path (see ir.opset.nn.note_causal_mask)."""
-    from ..ir.opset.nn import note_causal_mask
-
-    masks = {n.inputs[3] for n in g.nodes if n.op.name == "attention" and len(n.inputs) == 4}
-    return [f"{em.bind(note_causal_mask, 'f')}({names[v]})" for v in shared if v in masks]
+def _note_cached(g: Graph, shared: list[Value], names: dict[Value, str], em: _Emitter) -> list[str]:
+    """Calls of ops' `note_cached` hooks on the cached values they read (see ir.ops.Op)."""
+    cached = set(shared)
+    return [
+        f"{em.bind(n.op.note_cached, 'f')}({i}, {names[v]})"
+        for n in g.nodes if n.op.note_cached is not None
+        for i, v in enumerate(n.inputs) if v in cached
+    ]
 
 
 def _calls(n: Any, launched: set[int]) -> int:

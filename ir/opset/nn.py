@@ -176,6 +176,7 @@ declare(
     "attention", ["q", "k", "v", "*mask"],
     [Attr("causal", AttrKind.BOOL, False), Attr("scale", AttrKind.FLOAT, None, True), Attr("gqa", AttrKind.BOOL, False)],
     infer=_attention_infer, impl=_attention, category="attention",
+    note_cached=lambda index, t: note_causal_mask(t) if index == 3 else None,
     doc="softmax(q @ k.T * scale + mask) @ v over (..., heads, seq, dim); gqa repeats kv heads",
 )
 

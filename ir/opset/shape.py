@@ -261,7 +261,7 @@ def _index_infer(types, a):  # noqa: ANN001, ANN202
     return (TensorType(x.dtype, bshape + tuple(rest)),)
 
 
-def _index_list(positions: Any, n_inputs: int) -> list:
+def _index_list(positions: Any) -> list:
     slots: list = [("const", None)] * (max(positions) + 1)
     for k, p in enumerate(positions):
         slots[p] = ("in", k + 1)
@@ -277,7 +277,7 @@ def _index(x: torch.Tensor, *rest: Any) -> torch.Tensor:
 
 
 def _index_lower(node: Any) -> Call:
-    return Call(torch.ops.aten.index.Tensor, (("in", 0), ("list", _index_list(node.attrs["positions"], len(node.inputs)))))
+    return Call(torch.ops.aten.index.Tensor, (("in", 0), ("list", _index_list(node.attrs["positions"]))))
 
 
 declare(
