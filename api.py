@@ -175,7 +175,7 @@ class CompiledModule:
         )
         t1 = time.perf_counter()
         device = _device_of(args, kwargs)
-        plan = build_plan(traced.graph, device, traced.symbol_ranges, kernel_for=kernel_hook(self.options.backend, device))
+        plan = build_plan(traced.graph, device, traced.symbol_ranges, kernel_for=kernel_hook(self.options.backend, device), arena=self.options.arena)
         t2 = time.perf_counter()
         self.stats.path = "export"
         self.stats.traces += 1
@@ -186,7 +186,7 @@ class CompiledModule:
         if self.options.cuda_graphs and device is not None and device.type == "cuda":
             from .runtime.cudagraph import GraphRunner
 
-            entry.run = GraphRunner(plan.fn)
+            entry.run = GraphRunner(plan.fn, retained=plan.retained)
         self._entries.append(entry)
         self._dump(entry)
         debug.log.info("captured %d nodes in %.2fs (%s)", len(traced.graph.nodes), t2 - t0, self.stats.seconds)

@@ -16,6 +16,7 @@ class CompileOptions:
     disable_passes: frozenset[str] = frozenset()  # pass names to skip (see kiln.passes.PIPELINE)
     dump_all_passes: bool = False  # with a dump dir: dump IR after every pass, not only after change
     cuda_graphs: bool = True  # replay plans as CUDA graphs for repeating shapes on CUDA inputs
+    arena: bool = True  # generated kernels write into one preallocated arena (runtime.arena)
     print_ir: str = "never"  # "never" | "after_change" | "always": print IR to stderr after passes
     fold_max_elements: int = 1 << 16  # constant folding never creates constants larger than this
 

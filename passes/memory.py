@@ -9,8 +9,9 @@ the arena layout is what the compiled-plan runtime will preallocate.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
-from ..ir import Graph, Value
+from ..ir import Graph, Node, Value
 from ..ir.symbolic import evaluate_dim
 from ..ir.types import TensorType
 from .manager import PassContext, graph_pass
@@ -50,11 +51,14 @@ def _nbytes(t: object, env: dict) -> int | None:
     return -(-n * t.dtype.itemsize // ALIGN) * ALIGN
 
 
-def liveness(g: Graph) -> dict[Value, tuple[int, int]]:
+def liveness(g: Graph, may_alias: Callable[[Node], bool] | None = None) -> dict[Value, tuple[int, int]]:
     """Node-produced value -> (defining node index, last reading node index).
 
     A view (reshape, permute, slice, ...) may share its source's storage, so the source stays
-    live as long as any view of it (walked backwards, so chains of views propagate)."""
+    live as long as any view of it (walked backwards, so chains of views propagate).
+    `may_alias(node)` widens "view" (default: the view category) for runtimes that must be
+    conservative about what else can return its input's storage."""
+    alias = may_alias or (lambda n: n.op.category == "view")
     start: dict[Value, int] = {}
     end: dict[Value, int] = {}
     for i, n in enumerate(g.nodes):
@@ -67,9 +71,10 @@ def liveness(g: Graph) -> dict[Value, tuple[int, int]]:
         if v in start:
             end[v] = len(g.nodes)
     for n in reversed(g.nodes):
-        if n.op.category == "view" and n.inputs and n.inputs[0] in start:
-            src = n.inputs[0]
-            end[src] = max(end[src], *(end[o] for o in n.outputs))
+        if n.outputs and alias(n):
+            for src in n.inputs:
+                if src in start:
+                    end[src] = max(end[src], *(end[o] for o in n.outputs))
     return {v: (start[v], end[v]) for v in start}
 
 
@@ -93,11 +98,7 @@ def plan_memory(g: Graph, ctx: PassContext) -> Graph:
         if nb is None:
             return g  # unknown sizes: no plan
         items.append((v, nb, s, e))
-    placed: list[Buffer] = []
-    for v, nb, s, e in sorted(items, key=lambda it: (-it[1], it[2])):
-        busy = sorted((b.offset, b.offset + b.nbytes) for b in placed if not (b.end < s or e < b.start))
-        offset = _best_fit(busy, nb)
-        placed.append(Buffer(order[v], nb, s, e, offset))
+    placed = assign_offsets([(order[v], nb, s, e) for v, nb, s, e in items])
     arena = max((b.offset + b.nbytes for b in placed), default=0)
     naive = sum(nb for _, nb, _, _ in items)
     out = _with_plan(g, MemoryPlan(tuple(sorted(placed, key=lambda b: b.value)), arena, naive, dict(env)))
@@ -105,6 +106,16 @@ def plan_memory(g: Graph, ctx: PassContext) -> Graph:
     ctx.count("naive_bytes", naive)
     ctx.count("arena_bytes", arena)
     return out
+
+
+def assign_offsets(items: list[tuple[int, int, int, int]]) -> list[Buffer]:
+    """(key, nbytes, start, end) -> Buffers: greedy best fit, largest first; buffers whose
+    [start, end] intervals overlap never share bytes."""
+    placed: list[Buffer] = []
+    for key, nb, s, e in sorted(items, key=lambda it: (-it[1], it[2])):
+        busy = sorted((b.offset, b.offset + b.nbytes) for b in placed if not (b.end < s or e < b.start))
+        placed.append(Buffer(key, nb, s, e, _best_fit(busy, nb)))
+    return placed
 
 
 def _best_fit(busy: list[tuple[int, int]], size: int) -> int:

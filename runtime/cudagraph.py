@@ -7,7 +7,8 @@ warm-up) and from then on copies the inputs into the graph's static buffers and 
 
 Invariants: outputs are cloned before they are returned, so a caller never holds memory the
 next replay overwrites; buffer writes (`copy_to`) replay into the same module tensors; a plan
-that cannot be captured (an op that syncs with the host) runs uncaptured from then on; at most
+that cannot be captured (an op that syncs with the host) runs uncaptured from then on; cached
+tensors and arena storage the plan held at capture stay referenced by the graph's entry; at most
 `max_graphs` signatures keep a graph (oldest dropped), bounding the memory their pools hold.
 """
 
@@ -23,11 +24,12 @@ from .. import debug
 class GraphRunner:
     """Calls `fn` (a plan function) directly, or replays its CUDA graph for a known signature."""
 
-    def __init__(self, fn: Callable[..., tuple], max_graphs: int = 4, capture_after: int = 2):
+    def __init__(self, fn: Callable[..., tuple], max_graphs: int = 4, capture_after: int = 2, retained: Callable[[], Any] | None = None):
         self.fn = fn
+        self.retained = retained  # what a capture may point to beyond its inputs/outputs (Plan.retained)
         self.max_graphs = max_graphs
         self.capture_after = capture_after
-        self.graphs: dict[tuple, tuple] = {}  # signature -> (graph, static inputs, static outputs)
+        self.graphs: dict[tuple, tuple] = {}  # signature -> (graph, static inputs, static outputs, kept)
         self.seen: dict[tuple, int] = {}
         self.disabled = False
         self.captures = 0
@@ -38,7 +40,7 @@ class GraphRunner:
         sig = tuple((x.shape, x.dtype, x.device) if isinstance(x, torch.Tensor) else x for x in inputs)
         entry = self.graphs.get(sig)
         if entry is not None:
-            graph, static, outs = entry
+            graph, static, outs, _ = entry
             for s, x in zip(static, inputs):
                 if isinstance(s, torch.Tensor):
                     s.copy_(x)
@@ -67,6 +69,9 @@ class GraphRunner:
             return self.fn(*inputs)
         if len(self.graphs) >= self.max_graphs:
             del self.graphs[next(iter(self.graphs))]
-        self.graphs[sig] = (graph, static, outs)
+        # The plan's caches may drop tensors the graph reads (a shape-cache entry evicted by other
+        # bindings): the entry holds them so a replay never reads freed memory.
+        kept = self.retained() if self.retained is not None else None
+        self.graphs[sig] = (graph, static, outs, kept)
         self.captures += 1
         return self(*inputs)

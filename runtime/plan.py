@@ -42,6 +42,13 @@ class Plan:
     cached_nodes: int = 0  # nodes computed once per symbol binding (see build_plan)
     cached_calls: int = 0  # the PyTorch calls those nodes make (fusion-group bodies op by op)
     kernels: int = 0  # fusion groups that run as one generated kernel
+    arena: Any = None  # runtime.arena.Arena holding kernel outputs, when there is one
+
+    def retained(self) -> tuple:
+        """Everything a CUDA graph captured over this plan may point to besides its inputs and
+        outputs (cached shape-only values, arena storage): graph runners keep it alive."""
+        cache = self.fn.__globals__.get("_cache", {})
+        return (tuple(cache.values()), self.arena.retained() if self.arena is not None else ())
 
     @property
     def calls_per_run(self) -> int:
@@ -80,7 +87,7 @@ class _Emitter:
 
 def build_plan(
     g: Graph, device: torch.device | None = None, symbol_ranges: dict | None = None, cache_size: int = 8,
-    kernel_for: Callable[[Any], Any] | None = None,
+    kernel_for: Callable[[Any], Any] | None = None, arena: bool = True,
 ) -> Plan:
     """Generate the plan function for `g`; `device` is what tensor inputs must live on.
 
@@ -90,8 +97,9 @@ def build_plan(
     one dict lookup instead of re-running them. Values that are graph outputs or are read by
     in-place writes are never cached, so no caller can mutate a cached tensor.
 
-    `kernel_for(node)` (a backend hook) may return a launcher for a fusion group: the plan then
-    calls it instead of inlining the group's PyTorch ops.
+    `kernel_for(node)` (a backend hook) may return a launcher for a node: the plan then calls it
+    instead of the node's PyTorch ops. Launchers with `writes_out` take `out=(tensors...)`; with
+    `arena` (and a device) their outputs live in a preallocated arena (see runtime.arena).
     """
     em = _Emitter()
     names: dict[Value, str] = {}
@@ -104,7 +112,8 @@ def build_plan(
         body += _guard(i, v, params[i], em, sym_names, device, ranges)
     for name, v in g.constants.items():
         names[v] = em.bind(g.constant_data[name], "c")
-    emit = _NodeEmitter(em, names, sym_names, kernel_for)
+    launchers = [kernel_for(n) if kernel_for is not None else None for n in g.nodes]
+    emit = _NodeEmitter(em, names, sym_names, {id(n): f for n, f in zip(g.nodes, launchers) if f is not None})
     cached = _shape_only(g)
     last_use = _last_uses(g)
     used = {v for vs in last_use.values() for v in vs}
@@ -131,6 +140,9 @@ def build_plan(
         body.append(f"{''.join(names[o] + ', ' for o in shared)}= _c")
     else:
         fill_src = ""
+    ar = None
+    if arena and device is not None:
+        ar = _emit_arena(g, launchers, cached, list(sym_names), device, em, emit, body)
     for idx, n in enumerate(g.nodes):
         if idx in cached:
             continue
@@ -148,15 +160,35 @@ def build_plan(
     plan.cached_nodes = len(cached)
     plan.cached_calls = sum(_calls(g.nodes[i], emit.launched) for i in cached)
     plan.kernels = len(emit.launched)
+    plan.arena = ar
     return plan
+
+
+def _emit_arena(g: Graph, launchers: list, cached: set[int], symbols: list, device: Any, em: _Emitter, emit: Any, body: list[str]) -> Any:
+    """Bind an Arena for the outputs of `writes_out` launchers and emit the line fetching its
+    views for this call's binding; returns the Arena or None when nothing qualifies."""
+    from .arena import Arena, arena_values
+
+    writers = [i for i, f in enumerate(launchers) if f is not None and getattr(f, "writes_out", False)]
+    launched = {id(n) for n, f in zip(g.nodes, launchers) if f is not None}
+    values = arena_values(g, writers, cached, launched)
+    if not values:
+        return None
+    ar = Arena(g, values, symbols, torch.device(device), launched)
+    names = [f"r{k}" for k in range(len(values))]
+    emit.out_names = dict(zip(values, names))
+    body.append(f"{''.join(n + ', ' for n in names)}= {em.bind(ar, 'f')}({', '.join(emit.sym_names[s] for s in symbols)})")
+    return ar
 
 
 class _NodeEmitter:
     """Renders one node as a line of Python over kiln-made names."""
 
-    def __init__(self, em: _Emitter, names: dict[Value, str], sym_names: dict, kernel_for: Any = None):
-        self.em, self.names, self.sym_names, self.kernel_for = em, names, sym_names, kernel_for
-        self.launched: set[int] = set()  # ids of fusion groups launched as one generated kernel
+    def __init__(self, em: _Emitter, names: dict[Value, str], sym_names: dict, launchers: dict | None = None):
+        self.em, self.names, self.sym_names = em, names, sym_names
+        self.launchers = launchers or {}  # id(node) -> the backend's launcher for it
+        self.launched: set[int] = set()  # ids of nodes launched as one generated kernel
+        self.out_names: dict[Value, str] = {}  # arena-backed outputs -> the name of their view
 
     def dim(self, d: Any) -> str:
         return format_dim(d, lambda s: self.sym_names[s]) if isinstance(d, sympy.Expr) else str(d)
@@ -176,10 +208,13 @@ class _NodeEmitter:
     def node(self, n: Any) -> list[str]:
         from ..ir.interpret import node_call
 
-        launcher = self.kernel_for(n) if self.kernel_for is not None else None
+        launcher = self.launchers.get(id(n))
         if launcher is not None:
             self.launched.add(id(n))
-            call = f"{self.em.bind(launcher, 'f')}({', '.join(self.names[v] for v in n.inputs)})"
+            args = [self.names[v] for v in n.inputs]
+            if n.outputs and n.outputs[0] in self.out_names:
+                args.append(f"out=({''.join(self.out_names[o] + ', ' for o in n.outputs)})")
+            call = f"{self.em.bind(launcher, 'f')}({', '.join(args)})"
             return [f"{', '.join(self.names[o] for o in n.outputs)} = {call}"]
         if n.subgraph is not None:
             return self.inline(n)

@@ -19,6 +19,7 @@ class GroupLauncher:
     dense variant when every input is contiguous and already of that shape."""
 
     __slots__ = ("kernel", "kernel_dense", "scalars", "out_dtypes", "n_out", "reduces", "keepdim")
+    writes_out = True  # the plan may pass preallocated outputs (out=...), see runtime.arena
 
     def __init__(self, k: Kernel):
         mod = load_module(k.source)
@@ -28,12 +29,12 @@ class GroupLauncher:
         self.n_out = k.n_out
         self.reduces, self.keepdim = k.reduces, k.keepdim
 
-    def __call__(self, *ins: torch.Tensor) -> Any:
+    def __call__(self, *ins: torch.Tensor, out: tuple | None = None) -> Any:
         shape = torch.broadcast_shapes(*(x.shape for x in ins))
         if self.reduces:
-            return self._reduce(ins, shape)
+            return self._reduce(ins, shape, out)
         device = ins[0].device
-        outs = [torch.empty(shape, dtype=d, device=device) for d in self.out_dtypes]
+        outs = list(out) if out is not None else [torch.empty(shape, dtype=d, device=device) for d in self.out_dtypes]
         n = outs[0].numel()
         if n:
             grid = ((n + BLOCK - 1) // BLOCK,)
@@ -44,12 +45,15 @@ class GroupLauncher:
                 self.kernel[grid](*ins, *outs, *self.scalars, *shape, *strides, n, BLOCK=BLOCK)
         return outs[0] if self.n_out == 1 else tuple(outs)
 
-    def _reduce(self, ins: tuple, shape: torch.Size) -> Any:
+    def _reduce(self, ins: tuple, shape: torch.Size, out: tuple | None) -> Any:
         """One program per row of the last dim; prologue outputs first, the reduction last."""
         device = ins[0].device
         rows_shape = shape[:-1] + ((1,) if self.keepdim else ())
-        outs = [torch.empty(shape, dtype=d, device=device) for d in self.out_dtypes[:-1]]
-        outs.append(torch.empty(rows_shape, dtype=self.out_dtypes[-1], device=device))
+        if out is not None:
+            outs = list(out)
+        else:
+            outs = [torch.empty(shape, dtype=d, device=device) for d in self.out_dtypes[:-1]]
+            outs.append(torch.empty(rows_shape, dtype=self.out_dtypes[-1], device=device))
         r = shape[-1]
         rows = outs[-1].numel()
         block = max(16, 1 << (max(r, 1) - 1).bit_length())  # one block spans the row

@@ -78,6 +78,7 @@ class RowLauncher:
     """Launches one row kernel for a norm/softmax node (inputs made contiguous, rows flattened)."""
 
     __slots__ = ("kind", "kernel", "eps", "out_dtype", "add")
+    writes_out = True  # the plan may pass preallocated outputs (out=...), see runtime.arena
 
     def __init__(self, kind: str, eps: float, out_dtype: torch.dtype):
         src = {"rms": _RMS, "ln": _LN, "softmax": _SOFTMAX, "log_softmax": _SOFTMAX}[kind.removeprefix("add_")]
@@ -85,18 +86,18 @@ class RowLauncher:
         self.kind, self.eps, self.out_dtype = kind, eps, out_dtype
         self.add = kind.startswith("add_")
 
-    def __call__(self, *ins: torch.Tensor) -> Any:
+    def __call__(self, *ins: torch.Tensor, out: tuple | None = None) -> Any:
         x = ins[0].contiguous()
         r = x.shape[-1]
         rows = x.numel() // max(r, 1)
-        y = torch.empty(x.shape, dtype=self.out_dtype, device=x.device)
+        y = out[-1] if out is not None else torch.empty(x.shape, dtype=self.out_dtype, device=x.device)
         block = _block(r)
         if self.kind in ("softmax", "log_softmax"):
             if rows:
                 self.kernel[(rows,)](x, y, r, LOG=self.kind == "log_softmax", BLOCK=block)
             return y
         b = ins[1].contiguous() if self.add else x
-        s = torch.empty_like(x) if self.add else x
+        s = (out[0] if out is not None else torch.empty_like(x)) if self.add else x
         params = [p.contiguous() for p in ins[2 if self.add else 1:]]
         if rows:
             self.kernel[(rows,)](x, b, *params, s, y, r, self.eps, ADD=self.add, BLOCK=block)

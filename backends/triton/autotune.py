@@ -1,0 +1,108 @@
+"""Autotuning: time a few candidate launches once, remember the winner on disk.
+
+A kernel family (matmul, attention, ...) names its candidates (Triton configs, and usually the
+PyTorch op itself as "torch", so kiln never picks something slower than what it replaces) and
+calls `choose(key, candidates)` the first time it sees a problem key (op, dtypes, shape bucket,
+device). Each candidate is a zero-argument callable that runs the work once on real inputs.
+Timing: CUDA events around `reps` calls after one warm-up, median of `rounds` rounds. The winner
+is kept in memory and in `<kernel cache>/autotune.json` (a private directory, see cache.py),
+keyed by the problem key and the GPU's name, so later processes skip the timing.
+
+On CPU (Triton's interpreter) nothing is timed: the first candidate wins, which keeps CI
+deterministic and fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from typing import Callable
+
+import torch
+
+from ... import debug
+from .cache import cache_dir
+
+_MEMO: dict[str, str] = {}
+_DISK: dict[str, str] | None = None
+_FILE = "autotune.json"
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def _load() -> dict[str, str]:
+    global _DISK
+    if _DISK is None:
+        try:
+            with open(os.path.join(cache_dir(), _FILE)) as f:
+                data = json.load(f)
+            _DISK = {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            _DISK = {}  # missing or unreadable: retune, never fail a compile over a cache file
+    return _DISK
+
+
+def _save(key: str, choice: str) -> None:
+    disk = _load()
+    disk[key] = choice
+    path = os.path.join(cache_dir(), _FILE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(disk, f, indent=0, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def time_ms(fn: Callable[[], object], reps: int = 10, rounds: int = 3) -> float:
+    """Median over `rounds` of the mean CUDA-event time of `reps` calls, after one warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return statistics.median(times)
+
+
+def choose(key: str, candidates: dict[str, Callable[[], object]], on_cuda: bool) -> str:
+    """The name of the fastest candidate for `key` (cached in memory and on disk).
+
+    A candidate that raises (too much shared memory for this GPU, say) is skipped; if all raise
+    the first one's error propagates. Not on CUDA: the first candidate, untimed.
+    """
+    names = list(candidates)
+    if not on_cuda or len(names) == 1:
+        return names[0]
+    full = f"{key}|{_device_name()}"
+    hit = _MEMO.get(full) or _load().get(full)
+    if hit in candidates:
+        _MEMO[full] = hit
+        return hit
+    timings: dict[str, float] = {}
+    first_error: Exception | None = None
+    for name in names:
+        try:
+            timings[name] = time_ms(candidates[name])
+        except Exception as e:  # noqa: BLE001 - a config that cannot run here just loses
+            first_error = first_error or e
+            debug.log.info("autotune %s: candidate %s failed: %s", key, name, e)
+    if not timings:
+        raise first_error  # type: ignore[misc]
+    best = min(timings, key=timings.__getitem__)
+    debug.log.info("autotune %s: %s (%s)", key, best, ", ".join(f"{n} {t:.4f} ms" for n, t in timings.items()))
+    _MEMO[full] = best
+    _save(full, best)
+    return best
+
+
+def bucket(n: int) -> int:
+    """A shape bucket for keys: n rounded up to a power of two (dynamic dims share a choice)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
