@@ -1,0 +1,157 @@
+"""`kiln.LLM`: load (or take) a decoder, compile it into a paged-KV plan, generate.
+
+    llm = kiln.LLM("tiny-llama")                    # a built-in, a local HF directory or an nn.Module
+    outs = llm.generate(["Hello"], kiln.SamplingParams(max_tokens=32, temperature=0.0))
+    for delta in llm.stream("Hello", kiln.SamplingParams(max_tokens=32)): print(delta, end="")
+
+No per-architecture model code: the model is traced once and `insert_kv_cache` makes it paged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ..errors import KilnError
+from ..options import CompileOptions
+from .engine import Engine, RequestOutput
+from .kv_cache import KVCacheConfig, size_kv_cache
+from .model_runner import PagedModelRunner
+from .sampling import SamplingParams
+
+Prompt = str | Sequence[int]
+
+
+class LLM:
+    """A generation engine over one model (continuous batching, paged KV, prefix caching)."""
+
+    def __init__(
+        self, model: Any, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
+        max_model_len: int | None = None, kv_cache_memory: float | int | None = None, quantization: str | None = None,
+        tensor_parallel_size: int = 1, tokenizer: Any = None, block_size: int = 16, enable_prefix_caching: bool = True,
+        max_num_batched_tokens: int = 2048, max_num_seqs: int = 64, allow_pickle: bool = False,
+        options: CompileOptions | None = None,
+    ):
+        if quantization is not None:
+            raise KilnError(f"quantization={quantization!r} is not available yet in kiln.LLM; use quantization=None")
+        if tensor_parallel_size != 1:
+            raise KilnError(f"tensor_parallel_size={tensor_parallel_size} is not available yet; use 1")
+        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = dev
+        if isinstance(model, torch.nn.Module):
+            module = model.eval()
+            if dtype is not None:
+                module = module.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+            module = module.to(dev)
+            config, self.tokenizer, self.chat_template, self.name = getattr(module, "config", None), tokenizer, None, type(module).__name__
+        else:
+            from .loader import load_model
+
+            loaded = load_model(model, dtype=dtype, device=dev, allow_pickle=allow_pickle)
+            module, config, self.name = loaded.model, loaded.config, loaded.name
+            self.tokenizer = tokenizer if tokenizer is not None else loaded.tokenizer
+            self.chat_template = loaded.chat_template
+            self._loaded = loaded
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+        self.max_model_len = int(max_model_len or limit)
+        if self.max_model_len > limit:
+            raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's {limit} positions")
+        budget = kv_cache_memory
+
+        def blocks(cfg: KVCacheConfig) -> int:
+            mem = budget
+            if mem is None and dev.type != "cuda":  # enough for max_num_seqs full-length sequences, at most 1 GiB
+                mem = min(1 << 30, cfg.bytes_per_token * self.max_model_len * max(4, min(max_num_seqs, 16)))
+            sizing = size_kv_cache(cfg, mem)
+            self.kv_sizing = sizing
+            return sizing.num_blocks
+
+        with torch.no_grad():
+            self.runner = PagedModelRunner(module, block_size=block_size, device=dev, num_blocks=blocks, options=options)
+        eos = getattr(config, "eos_token_id", None)
+        if eos is None and self.tokenizer is not None:
+            eos = self.tokenizer.eos_token_id
+        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+        self.engine = Engine(
+            self.runner, tokenizer=self.tokenizer, eos_token_ids=eos_ids, max_model_len=self.max_model_len,
+            enable_prefix_caching=enable_prefix_caching, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+        )
+
+    # ---- text <-> ids -----------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise KilnError(f"model {self.name!r} has no tokenizer; pass token id lists as prompts")
+        return list(self.tokenizer.encode(text))
+
+    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        if self.tokenizer is None:
+            raise KilnError(f"model {self.name!r} has no tokenizer")
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def _ids(self, prompt: Prompt) -> tuple[list[int], str | None]:
+        if isinstance(prompt, str):
+            return self.tokenize(prompt), prompt
+        ids = list(prompt)
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise TypeError("a prompt is a string or a list of int token ids")
+        return ids, None
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        """Generate for every prompt (batched continuously); outputs in prompt order."""
+        single = isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int))
+        plist = [prompts] if single else list(prompts)  # type: ignore[list-item]
+        params = params if params is not None else SamplingParams()
+        plist_params = list(params) if isinstance(params, Sequence) else [params] * len(plist)
+        if len(plist_params) != len(plist):
+            raise ValueError(f"{len(plist)} prompts but {len(plist_params)} SamplingParams")
+        encoded = [self._ids(p) for p in plist]
+        ids = []
+        try:
+            for (tok, text), sp in zip(encoded, plist_params):
+                ids.append(self.engine.add_request(tok, sp, prompt=text))
+            while any(not self.engine.output(r).finished for r in ids):
+                self.engine.step()
+            return [self.engine.output(r) for r in ids]
+        finally:
+            for r in ids:
+                self.engine.abort(r)
+                self.engine.release(r)
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield text deltas of one prompt's first sample as they are generated (other requests
+        in the engine keep running alongside)."""
+        params = params if params is not None else SamplingParams()
+        tok, text = self._ids(prompt)
+        rid = self.engine.add_request(tok, params, prompt=text)
+        seq = self.engine.requests[rid].seqs[0]
+        try:
+            while True:
+                done = self.engine.output(rid).finished
+                delta = self.engine.stream_delta(seq)
+                if delta:
+                    yield delta
+                if done:
+                    return
+                self.engine.step()
+        finally:
+            self.engine.abort(rid)
+            self.engine.release(rid)
+
+    def chat(self, messages: list[dict[str, str]], params: SamplingParams | None = None) -> RequestOutput:
+        """One chat turn rendered by the model's chat template."""
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise KilnError(f"model {self.name!r} has no chat template; use generate() with plain prompts")
+        ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        return self.generate([ids], params)[0]
+
+    @property
+    def stats(self) -> dict:
+        a = self.engine.alloc
+        return {
+            "steps": self.engine.steps, "num_blocks": a.num_blocks, "block_size": a.block_size,
+            "prefix_hit_rate": a.stats.prefix_hit_rate, "preemptions": a.stats.preemptions,
+            "compile_seconds": self.runner.info.seconds,
+        }

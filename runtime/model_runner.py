@@ -1,0 +1,158 @@
+"""The paged model runner: a traced decoder compiled once into a paged-KV plan, fed flat batches.
+
+`PagedModelRunner` traces the model on a flat token batch (`input_ids [1, S]`,
+`position_ids [1, S]`), runs kiln's passes with `insert_kv_cache` after pattern fusion, sizes and
+allocates the cache from the attention sites the pass finds, and builds one plan that serves
+prefill, chunked prefill and decode of any mix of sequences (`SeqChunk`s). No per-architecture
+model code: whatever traces and has causal attention runs.
+
+Host work per step: building six small int tensors from Python lists. The flat batch is padded
+to at least two tokens (export specialises a dim of size 1) and, on CUDA, to a bucket size so
+repeated decode shapes replay one CUDA graph.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..errors import KVCacheError
+from ..options import CompileOptions
+from ..passes.kv_cache import AttentionSite, find_attention_sites, kv_cache_pass
+from .blocks import CopyOp
+from .kv_cache import KVCacheConfig, KVCachePool
+
+
+@dataclass(slots=True)
+class SeqChunk:
+    """One sequence's share of a step: its new tokens, how many of its tokens the cache already
+    holds (the first new token's position), its block table (covering start + len(tokens)
+    tokens) and whether its last new token's logits are wanted."""
+
+    tokens: list[int]
+    start: int
+    block_table: list[int]
+    want_logits: bool = True
+
+
+@dataclass
+class RunnerInfo:
+    """What the runner built: attention sites, cache geometry and compile seconds."""
+
+    sites: list[AttentionSite]
+    block_size: int
+    num_blocks: int
+    bytes_per_block: int
+    vocab_size: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _bucket(n: int) -> int:
+    """Flat-batch sizes on CUDA: powers of two up to 64, then multiples of 64 (few shapes)."""
+    if n <= 64:
+        return max(2, 1 << (n - 1).bit_length())
+    return -(-n // 64) * 64
+
+
+class PagedModelRunner:
+    """Compiles `model` for paged execution; `execute(chunks)` runs one step."""
+
+    def __init__(
+        self, model: torch.nn.Module, *, block_size: int, device: torch.device,
+        num_blocks: int | Callable[[KVCacheConfig], int], options: CompileOptions | None = None,
+    ):
+        """`num_blocks`: a count, or a function of the cache geometry (the engine sizes the pool
+        from its memory budget once the traced model's attention sites are known)."""
+        from ..backends import kernel_hook
+        from ..frontend.export import trace_export
+        from ..passes import PIPELINE, run_pipeline
+        from .plan import build_plan
+
+        self.device = device
+        self.block_size = block_size
+        self.options = options or CompileOptions()
+        t0 = time.perf_counter()
+        example = torch.randint(0, 2, (1, 8), device=device)
+        kwargs: dict[str, Any] = {"input_ids": example, "position_ids": torch.arange(8, device=device)[None]}
+        if "use_cache" in inspect.signature(model.forward).parameters or hasattr(getattr(model, "config", None), "use_cache"):
+            kwargs["use_cache"] = False  # the cache is kiln's: trace the model without its own
+        traced = trace_export(model, (), kwargs)
+        passes = [p for p in PIPELINE if p.name not in self.options.disable_passes]
+        split = next(i for i, p in enumerate(passes) if p.name == "fuse_patterns") + 1
+        g, _ = run_pipeline(traced.graph, passes[:split], self.options, device=device)
+        sites = find_attention_sites(g)
+        geometry = {(s.kv_heads, s.head_dim, s.dtype) for s in sites}
+        if len(geometry) != 1:
+            raise KVCacheError(f"layers differ in kv heads / head dim / dtype ({sorted(map(str, geometry))}); one cache pool needs them equal")
+        heads, dim, dtype = geometry.pop()
+        config = KVCacheConfig(len(sites), heads, dim, dtype, device, block_size)
+        n = num_blocks(config) if callable(num_blocks) else int(num_blocks)
+        self.pool = KVCachePool(config, n)
+        self.kv_cache = [(self.pool.key_cache(i), self.pool.value_cache(i)) for i in range(len(sites))]
+        per_block = config.bytes_per_block
+        g, _ = run_pipeline(g, [kv_cache_pass(self.kv_cache)] + passes[split:], self.options, device=device)
+        t1 = time.perf_counter()
+        self.graph = g
+        self.plan = build_plan(g, device, traced.symbol_ranges, kernel_for=kernel_hook(self.options.backend, device), arena=self.options.arena)
+        vocab = g.outputs[0].type.shape[-1]
+        self.info = RunnerInfo(sites, block_size, n, per_block, int(vocab), {"compile": t1 - t0, "plan": time.perf_counter() - t1})
+        self._pin = device.type == "cuda"
+
+    @property
+    def num_blocks(self) -> int:
+        return self.info.num_blocks
+
+    def execute(self, chunks: list[SeqChunk]) -> torch.Tensor:
+        """Run one step; returns float32 logits [number of chunks wanting logits, vocab]."""
+        bs = self.block_size
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        lens: list[int] = []
+        starts = [0]
+        pick: list[int] = []
+        for c in chunks:
+            end = c.start + len(c.tokens)
+            if len(c.block_table) * bs < end:
+                raise ValueError(f"block table of {len(c.block_table)} blocks cannot hold {end} tokens")
+            ids += c.tokens
+            pos += range(c.start, end)
+            table = c.block_table
+            slots += [table[p // bs] * bs + p % bs for p in range(c.start, end)]
+            lens.append(end)
+            starts.append(starts[-1] + len(c.tokens))
+            if c.want_logits:
+                pick.append(starts[-1] - 1)
+        total = len(ids)
+        padded = _bucket(total) if self._pin else max(2, total)
+        ids += [0] * (padded - total)
+        pos += [0] * (padded - total)
+        slots += [-1] * (padded - total)
+        width = max(len(c.block_table) for c in chunks)
+        tables = [c.block_table + [0] * (width - len(c.block_table)) for c in chunks]
+        if not pick:
+            pick = [0]  # the plan needs one row; the caller asked for none
+            wanted = 0
+        else:
+            wanted = len(pick)
+        args = (
+            self._tensor([ids], torch.int64), self._tensor([pos], torch.int64), self._tensor(slots, torch.int64),
+            self._tensor(tables, torch.int32), self._tensor(lens, torch.int32), self._tensor(starts, torch.int32),
+            self._tensor(pick, torch.int64),
+        )
+        with torch.no_grad():
+            logits = self.plan(*args)[0][0]
+        return logits[:wanted].float()
+
+    def _tensor(self, data: Any, dtype: torch.dtype) -> torch.Tensor:
+        t = torch.tensor(data, dtype=dtype)
+        return t.pin_memory().to(self.device, non_blocking=True) if self._pin else t
+
+    def copy_blocks(self, copies: list[CopyOp]) -> None:
+        """Perform the allocator's copy-on-write copies (every layer, K and V)."""
+        with torch.no_grad():
+            self.pool.copy_blocks(copies)
