@@ -1,0 +1,141 @@
+"""kiln.LLM: greedy tokens equal transformers' generate; batching, preemption, prefix caching and
+chunked prefill never change tokens; requests finish for the right reason; bad requests fail."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import kiln
+from kiln.errors import RequestTooLargeError
+
+from conftest import tiny_config
+
+GREEDY = kiln.SamplingParams(max_tokens=12, temperature=0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _hf(kind: str) -> torch.nn.Module:
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "qwen2":
+        cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=500)
+        model = Qwen2ForCausalLM(cfg)
+    else:
+        model = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM}[kind](tiny_config(kind))
+    gen = torch.Generator().manual_seed(1)
+    for p in model.parameters():  # wider weights: peaked distributions, no greedy near-ties
+        p.data.normal_(0, 0.2, generator=gen)
+    model.generation_config.eos_token_id = None  # the reference generates exactly max_new_tokens
+    return model.eval()
+
+
+def _prompts(n: int, seed: int = 3) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, 500, (int(torch.randint(2, 40, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+
+
+def _reference(model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+@functools.lru_cache(maxsize=None)
+def _llm(kind: str) -> kiln.LLM:
+    return kiln.LLM(kind if kind == "tiny-llama" else _hf(kind))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2"])
+def test_greedy_tokens_equal_transformers_generate(kind: str) -> None:
+    llm = _llm(kind)
+    prompts = _prompts(3)
+    params = kiln.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    outs = llm.generate(prompts, params)
+    for p, o in zip(prompts, outs):
+        assert o.outputs[0].token_ids == _reference(_hf(kind), p, 12)
+        assert o.outputs[0].finish_reason == "length" and o.finished
+
+
+def test_a_batch_of_different_lengths_equals_each_prompt_alone() -> None:
+    llm = _llm("llama")
+    prompts = _prompts(5, seed=4)
+    params = kiln.SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+    together = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    alone = [llm.generate([p], params)[0].outputs[0].token_ids for p in prompts]
+    assert together == alone
+
+
+def test_forced_preemption_with_a_tiny_pool_gives_identical_tokens() -> None:
+    prompts = _prompts(6, seed=5)
+    params = kiln.SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    roomy = [o.outputs[0].token_ids for o in _llm("llama").generate(prompts, params)]
+    cfg = _llm("llama").runner.pool.config
+    tight = kiln.LLM(_hf("llama"), kv_cache_memory=cfg.bytes_per_token * 64, block_size=8)  # 64 token slots for 6 sequences
+    got = [o.outputs[0].token_ids for o in tight.generate(prompts, params)]
+    assert got == roomy
+    assert tight.stats["preemptions"] > 0, "the pool was meant to be too small for all sequences at once"
+
+
+def test_prefix_caching_on_and_off_give_identical_tokens() -> None:
+    shared = _prompts(1, seed=6)[0] * 3  # > 2 blocks of 16
+    prompts = [shared + [7, 8], shared + [9], shared + [10, 11, 12]]
+    params = kiln.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    on = kiln.LLM(_hf("gpt2"), enable_prefix_caching=True)
+    off = kiln.LLM(_hf("gpt2"), enable_prefix_caching=False)
+    a = [o.outputs[0].token_ids for o in on.generate(prompts, params)]
+    b = [o.outputs[0].token_ids for o in off.generate(prompts, params)]
+    assert a == b
+    assert on.stats["prefix_hit_rate"] > 0 and off.stats["prefix_hit_rate"] == 0
+
+
+def test_chunked_prefill_gives_identical_tokens() -> None:
+    prompts = _prompts(3, seed=7)
+    params = kiln.SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    whole = [o.outputs[0].token_ids for o in _llm("qwen2").generate(prompts, params)]
+    chunked = kiln.LLM(_hf("qwen2"), max_num_batched_tokens=5)
+    assert [o.outputs[0].token_ids for o in chunked.generate(prompts, params)] == whole
+
+
+def test_builtin_model_streams_the_same_text_generate_returns() -> None:
+    llm = _llm("tiny-llama")
+    params = kiln.SamplingParams(max_tokens=16, temperature=0.0)
+    text = llm.generate(["Once upon a time"], params)[0].outputs[0].text
+    assert "".join(llm.stream("Once upon a time", params)) == text
+
+
+def test_stop_token_ids_and_stop_strings_finish_with_reason_stop() -> None:
+    llm = _llm("tiny-llama")
+    base = llm.generate(["Hello"], kiln.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))[0].outputs[0]
+    stop_tok = base.token_ids[3]
+    first = base.token_ids.index(stop_tok)
+    out = llm.generate(["Hello"], kiln.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, stop_token_ids=[stop_tok]))[0].outputs[0]
+    assert out.finish_reason == "stop" and out.stop_reason == stop_tok and out.token_ids == base.token_ids[: first + 1]
+    stop_str = base.text[2:4]
+    assert stop_str
+    out = llm.generate(["Hello"], kiln.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, stop=[stop_str]))[0].outputs[0]
+    assert out.finish_reason == "stop" and stop_str not in out.text and base.text.startswith(out.text)
+
+
+def test_seeded_samples_are_reproducible_and_n_gives_n_outputs() -> None:
+    llm = _llm("llama")
+    params = kiln.SamplingParams(max_tokens=8, temperature=1.0, top_p=0.9, seed=123, n=3, ignore_eos=True)
+    a = llm.generate([[5, 6, 7]], params)[0]
+    b = llm.generate([[5, 6, 7], [9, 9]], [params, kiln.SamplingParams(max_tokens=4, seed=1)])[0]
+    assert len(a.outputs) == 3 and [o.token_ids for o in a.outputs] == [o.token_ids for o in b.outputs]
+    assert len({tuple(o.token_ids) for o in a.outputs}) > 1, "n samples with different seeds should differ"
+
+
+def test_requests_that_cannot_fit_are_refused_with_the_numbers() -> None:
+    cfg = _llm("llama").runner.pool.config
+    small = kiln.LLM(_hf("llama"), kv_cache_memory=cfg.bytes_per_token * 8, block_size=4)  # 2 blocks of 4 tokens
+    with pytest.raises(RequestTooLargeError, match="blocks"):
+        small.generate([[1, 2, 3, 4, 5]], kiln.SamplingParams(max_tokens=20))
+    assert small.generate([[1, 2]], kiln.SamplingParams(max_tokens=3, temperature=0))[0].finished  # still serves
+    with pytest.raises(ValueError, match="max_model_len"):
+        _llm("gpt2").generate([[1] * 200], GREEDY)
+    with pytest.raises(ValueError, match="token ids"):
+        _llm("gpt2").generate([[1, 10**6]], GREEDY)
