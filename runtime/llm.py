@@ -69,7 +69,9 @@ class LLM:
             return sizing.num_blocks
 
         with torch.no_grad():
-            self.runner = PagedModelRunner(module, block_size=block_size, device=dev, num_blocks=blocks, options=options)
+            self.runner = PagedModelRunner(
+                module, block_size=block_size, device=dev, num_blocks=blocks, options=options, max_model_len=self.max_model_len,
+            )
         eos = getattr(config, "eos_token_id", None)
         if eos is None and self.tokenizer is not None:
             eos = self.tokenizer.eos_token_id

@@ -64,9 +64,11 @@ class PagedModelRunner:
     def __init__(
         self, model: torch.nn.Module, *, block_size: int, device: torch.device,
         num_blocks: int | Callable[[KVCacheConfig], int], options: CompileOptions | None = None,
+        max_model_len: int = 2048,
     ):
         """`num_blocks`: a count, or a function of the cache geometry (the engine sizes the pool
-        from its memory budget once the traced model's attention sites are known)."""
+        from its memory budget once the traced model's attention sites are known).
+        `max_model_len` fixes the block-table width on CUDA (stable shapes for graph replay)."""
         from ..backends import kernel_hook
         from ..frontend.export import trace_export
         from ..passes import PIPELINE, run_pipeline
@@ -101,6 +103,13 @@ class PagedModelRunner:
         vocab = g.outputs[0].type.shape[-1]
         self.info = RunnerInfo(sites, block_size, n, per_block, int(vocab), {"compile": t1 - t0, "plan": time.perf_counter() - t1})
         self._pin = device.type == "cuda"
+        self.max_blocks = -(-max_model_len // block_size)
+        self.run: Callable[..., tuple] = self.plan.fn
+        if self._pin and self.options.cuda_graphs:
+            from .cudagraph import GraphRunner
+
+            # decode steps repeat a few bucketed shapes: replay them as CUDA graphs
+            self.run = GraphRunner(self.plan.fn, max_graphs=16, retained=self.plan.retained)
 
     @property
     def num_blocks(self) -> int:
@@ -128,24 +137,30 @@ class PagedModelRunner:
             if c.want_logits:
                 pick.append(starts[-1] - 1)
         total = len(ids)
+        wanted = len(pick)
         padded = _bucket(total) if self._pin else max(2, total)
         ids += [0] * (padded - total)
         pos += [0] * (padded - total)
         slots += [-1] * (padded - total)
         width = max(len(c.block_table) for c in chunks)
-        tables = [c.block_table + [0] * (width - len(c.block_table)) for c in chunks]
-        if not pick:
+        tables = [c.block_table for c in chunks]
+        if self._pin:  # stable shapes on CUDA: bucketed sequence count, fixed table width
+            width = max(width, self.max_blocks)
+            extra = _bucket(len(chunks)) - len(chunks)
+            tables += [[]] * extra
+            lens += [0] * extra
+            starts += [starts[-1]] * extra
+            pick += [0] * (_bucket(max(wanted, 1)) - wanted)
+        elif not pick:
             pick = [0]  # the plan needs one row; the caller asked for none
-            wanted = 0
-        else:
-            wanted = len(pick)
+        tables = [t + [0] * (width - len(t)) for t in tables]
         args = (
             self._tensor([ids], torch.int64), self._tensor([pos], torch.int64), self._tensor(slots, torch.int64),
             self._tensor(tables, torch.int32), self._tensor(lens, torch.int32), self._tensor(starts, torch.int32),
             self._tensor(pick, torch.int64),
         )
         with torch.no_grad():
-            logits = self.plan(*args)[0][0]
+            logits = self.run(*args)[0][0]
         return logits[:wanted].float()
 
     def _tensor(self, data: Any, dtype: torch.dtype) -> torch.Tensor:
