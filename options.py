@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class CompileOptions:
-    backend: str = "auto"  # "auto" | "reference" | "triton" (auto: triton on CUDA when installed, else reference)
+    backend: str = "auto"  # "auto" | "reference" | "triton" | "cuda" (auto: triton on CUDA when installed, else reference)
     dynamic: bool = True  # trace with symbolic dims so other batch sizes / lengths reuse the plan
     fullgraph: bool = False  # raise TraceError instead of falling back to torch.compile graph breaks
     decompose: bool = False  # also run PyTorch core decompositions on ops kiln does not convert
@@ -22,8 +22,8 @@ class CompileOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disable_passes", frozenset(self.disable_passes))
-        if self.backend not in ("auto", "reference", "triton"):
-            raise ValueError(f"unknown backend {self.backend!r}; choose 'auto', 'reference' or 'triton'")
+        if self.backend not in ("auto", "reference", "triton", "cuda"):
+            raise ValueError(f"unknown backend {self.backend!r}; choose 'auto', 'reference', 'triton' or 'cuda'")
         if self.print_ir not in ("never", "after_change", "always"):
             raise ValueError(f"print_ir must be 'never', 'after_change' or 'always', got {self.print_ir!r}")
         if self.max_recompiles < 0:
