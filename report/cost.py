@@ -21,7 +21,7 @@ from ..ir import Graph, Node, Value
 from ..ir.symbolic import evaluate_dim
 from ..ir.types import TensorType
 
-_MATMUL_K_INPUT = {"linear": 0, "matmul": 0, "addmm": 1}  # which input carries the contracted dim last
+_MATMUL_K_INPUT = {"linear": 0, "linear_add": 0, "matmul": 0, "addmm": 1}  # which input carries the contracted dim last
 
 
 def _dims(v: Value, env: dict) -> list[int] | None:

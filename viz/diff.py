@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ..ir.graph import Graph, Node
 from .data import attrs_text, subgraph_of, type_text
 
-FUSED_OPS = frozenset({"attention", "rms_norm", "gelu", "linear", "layer_norm", "addcmul", "fusion_group"})
+FUSED_OPS = frozenset({"attention", "paged_attention", "rms_norm", "gelu", "linear", "linear_add", "layer_norm", "add_layer_norm", "add_rms_norm", "addcmul", "fusion_group"})
 
 Key = Callable[[Node], tuple]
 

@@ -1,4 +1,4 @@
-"""Matmul family and transformer building blocks: matmul, linear, addmm, layer_norm, attention.
+"""Matmul family and transformer building blocks: matmul, linear(_add), addmm, layer_norm, attention.
 
 These are kiln's fusion targets: the frontend maps ATen's linear/addmm/layer_norm/SDPA forms onto
 them so later passes and kernels see one op per concept.
@@ -87,6 +87,32 @@ declare(
     "linear", ["x", "weight", "*bias"], [Attr("activation", AttrKind.STR, "none")], infer=_linear_act_infer,
     impl=_linear, lower=_linear_lower, category="matmul",
     doc="act(x @ weight.T (+ bias)); weight is [N, K]; activation: none | relu | silu | gelu | gelu_tanh",
+)
+
+
+def _linear_add_infer(types, a):  # noqa: ANN001, ANN202
+    ts = tensors(types)
+    if len(ts) not in (3, 4):
+        raise InferenceError("linear_add takes x, weight, residual and an optional bias")
+    out = _linear_act_infer([ts[0], ts[1], *ts[3:]], a)[0]
+    r = ts[2]
+    if r.dtype is not out.dtype or r.rank != out.rank or not all(same_dim(p, q) for p, q in zip(r.shape, out.shape)):
+        raise InferenceError(f"linear_add residual must have the result's type {out}, got {r}")
+    return (out,)
+
+
+def _linear_add(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, *rest: Any) -> torch.Tensor:
+    # One op more than linear: the add runs in place on linear's fresh result (same type, no
+    # broadcast), so the CPU reference costs what the unfused pair did minus one allocation.
+    *bias, activation = rest
+    y = F.linear(x, w, bias[0] if bias else None)
+    return (y if activation == "none" else ACTIVATIONS[activation](y)).add_(residual)
+
+
+declare(
+    "linear_add", ["x", "weight", "residual", "*bias"], [Attr("activation", AttrKind.STR, "none")],
+    infer=_linear_add_infer, impl=_linear_add, category="matmul",
+    doc="act(x @ weight.T (+ bias)) + residual; residual has the result's exact type (a fused epilogue)",
 )
 
 

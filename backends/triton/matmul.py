@@ -1,0 +1,349 @@
+"""Triton kernels for kiln's `linear` and `linear_add`: y = act(x @ W.T + bias) (+ residual).
+
+x [..., K] is flattened to [M, K]; W is [N, K] (nn.Linear's layout); bias [N] and residual
+[M, N] are optional. Products accumulate in fp32 and the epilogue (bias, activation, residual)
+runs on the fp32 accumulator, so the result is rounded once, to the output dtype. fp32 inputs
+use `input_precision="ieee"` (never tf32).
+
+Two kernel shapes, both picked per problem by `autotune.choose` against PyTorch itself:
+
+* `gemm`: BLOCK_M x BLOCK_N tiles over a BLOCK_K loop of `tl.dot`, programs in groups of
+  GROUP_M tile rows so the W tiles a group reads stay in L2. Napkin math (H200, bf16):
+  FLOPs = 2*M*N*K; M=8192, N=5632, K=2048 is 189 GFLOP, 0.24 ms at the measured 791 TFLOP/s;
+  bytes = (M*K + N*K + M*N) * 2 = 148 MB, 35 us at 4.25 TB/s, so compute-bound (~70-80% of peak
+  is the realistic target, cuBLAS's territory).
+* `matvec` (decode, M <= 16): every weight byte is read once and used M times, so it is
+  memory-bound: bytes = N*K*elt + M*K*elt + M*N*elt, floor = bytes / 4.25 TB/s. For the 1.1B
+  Llama at M=1 in bf16: N=K=2048 reads 8.4 MB (2.0 us), N=11264 fused gate/up 46 MB (10.9 us),
+  N=32000 lm_head 131 MB (30.8 us). Each program owns BLOCK_N output columns and streams a
+  [BLOCK_N, BLOCK_K] slab of W per step with K contiguous (wide vector loads), multiplying by the
+  few rows of x held in registers; the fp32 products accumulate in a [BLOCK_M, BLOCK_N, BLOCK_K]
+  register tile reduced over K once at the end. Small N gives too few programs to saturate HBM,
+  so a config can split K: each split writes fp32 partials [SPLIT, M, N] and a second small
+  kernel sums them in a fixed order and runs the epilogue (deterministic, no atomics).
+
+Kernel source is kiln-made text only: the activation is one of a fixed table of expressions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ... import debug
+from ...ir.opset.nn import ACTIVATIONS
+from .autotune import bucket, choose
+from .cache import load_module
+
+SMALL_M = 16  # at most this many rows: the matvec configs join the candidates
+_INT32 = 2**31  # offsets are int32: larger operands run in PyTorch
+_MATVEC_TILE = 16384  # BLOCK_M * BLOCK_N * BLOCK_K fp32 registers of the matvec accumulator
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True, slots=True)
+class GemmConfig:
+    """One tiling of the GEMM kernel (block sizes are compile-time constants)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    warps: int
+    stages: int
+
+    @property
+    def name(self) -> str:
+        return f"gemm_{self.block_m}x{self.block_n}x{self.block_k}_g{self.group_m}_w{self.warps}_s{self.stages}"
+
+
+@dataclass(frozen=True, slots=True)
+class MatvecConfig:
+    """One tiling of the matvec kernel: columns and K per step per program, and K splits."""
+
+    block_n: int
+    block_k: int
+    split_k: int
+    warps: int
+
+    @property
+    def name(self) -> str:
+        return f"matvec_{self.block_n}x{self.block_k}_k{self.split_k}_w{self.warps}"
+
+
+GEMM_CONFIGS = (
+    GemmConfig(64, 64, 32, 8, 4, 3),
+    GemmConfig(128, 128, 64, 8, 8, 3),
+    GemmConfig(128, 256, 64, 8, 8, 3),
+    GemmConfig(64, 128, 64, 8, 4, 4),
+    GemmConfig(128, 64, 32, 8, 4, 4),
+    GemmConfig(16, 64, 128, 1, 4, 4),
+)
+MATVEC_CONFIGS = (MatvecConfig(64, 128, 1, 4), MatvecConfig(32, 256, 4, 4), MatvecConfig(128, 64, 2, 8))
+CONFIGS: dict[str, GemmConfig | MatvecConfig] = {c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS}
+TORCH = "torch"  # the PyTorch candidate: F.linear, activation, add
+
+# The epilogue's activation on the fp32 accumulator `acc` (gelu_tanh: 0.5*y*(1 + tanh(z)) =
+# y*sigmoid(2z)).
+_ACT = {
+    "none": "",
+    "relu": "    acc = tl.maximum(acc, 0.0)\n",
+    "silu": "    acc = acc * tl.sigmoid(acc)\n",
+    "gelu": "    acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))\n",
+    "gelu_tanh": "    acc = acc * tl.sigmoid(1.5957691216057308 * (acc + 0.044715 * acc * acc * acc))\n",
+}
+
+_SOURCE = '''import triton
+import triton.language as tl
+
+
+@triton.jit
+def epilogue(acc, rm, rn, M, N, b, r, y, srm, srn, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr):
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_BIAS:
+        acc += tl.load(b + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+{act}    if HAS_RES:
+        acc += tl.load(r + rm[:, None] * srm + rn[None, :] * srn, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y + rm[:, None] * N + rn[None, :], acc.to(y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gemm(x, w, b, r, y, M, N, K, sxm, sxk, swn, swk, srm, srn,
+         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, EVEN_K: tl.constexpr,
+         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    width = GROUP_M * tl.cdiv(N, BLOCK_N)
+    first_m = (pid // width) * GROUP_M
+    rows = min(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    # ragged edges: rows/columns past M/N wrap around for the loads; the store masks them
+    lm = tl.max_contiguous(tl.multiple_of(rm % M, BLOCK_M), BLOCK_M)
+    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    xp = x + lm[:, None] * sxm + rk[None, :] * sxk  # (BLOCK_M, BLOCK_K)
+    wp = w + ln[None, :] * swn + rk[:, None] * swk  # (BLOCK_K, BLOCK_N): a tile of W.T
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+{loop:k0:0:K}
+        if EVEN_K:
+            a = tl.load(xp)
+            bt = tl.load(wp)
+        else:
+            a = tl.load(xp, mask=rk[None, :] < K - k0, other=0.0)
+            bt = tl.load(wp, mask=rk[:, None] < K - k0, other=0.0)
+        acc = {dot}
+        xp += BLOCK_K * sxk
+        wp += BLOCK_K * swk
+{step:k0}    epilogue(acc, rm, rn, M, N, b, r, y, srm, srn, HAS_BIAS, HAS_RES)
+
+
+@triton.jit
+def matvec(x, w, b, r, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, srm, srn,
+           HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
+           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    k_lo = pid_k * K_SPLIT
+    xp = x + (rm % M)[:, None] * sxm + (k_lo + rk)[None, :] * sxk  # (BLOCK_M, BLOCK_K)
+    wp = w + ln[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    k_hi = min(k_lo + K_SPLIT, K)
+{loop:k0:k_lo:k_hi}
+        if EVEN_K:
+            wt = tl.load(wp)
+            xv = tl.load(xp)
+        else:
+            wt = tl.load(wp, mask=rk[None, :] < K - k0, other=0.0)
+            xv = tl.load(xp, mask=rk[None, :] < K - k0, other=0.0)
+        acc += xv.to(tl.float32)[:, None, :] * wt.to(tl.float32)[None, :, :]
+        xp += BLOCK_K * sxk
+        wp += BLOCK_K * swk
+{step:k0}    out = tl.sum(acc, axis=2)  # (BLOCK_M, BLOCK_N)
+    if SPLIT == 1:
+        epilogue(out, rm, rn, M, N, b, r, y, srm, srn, HAS_BIAS, HAS_RES)
+    else:
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        tl.store(part + pid_k * M * N + rm[:, None] * N + rn[None, :], out, mask=mask)
+
+
+@triton.jit
+def finish(part, b, r, y, M, N, srm, srn, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+           SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in tl.static_range(SPLIT):  # a fixed order: deterministic sums
+        acc += tl.load(part + s * M * N + rm[:, None] * N + rn[None, :], mask=mask, other=0.0)
+    epilogue(acc, rm, rn, M, N, b, r, y, srm, srn, HAS_BIAS, HAS_RES)
+'''
+
+
+def _loops(src: str, interpreted: bool) -> str:
+    """`{loop:v:lo:hi}` ... `{step:v}` as `for v in range(lo, hi, BLOCK_K)` when compiled (Triton
+    software-pipelines it), as a while loop when interpreted: Triton 3.6's interpreter cannot take
+    a runtime `range` bound under numpy >= 2.4 (triton-lang/triton#9171; attention.py does the same)."""
+    def head(m: re.Match) -> str:
+        v, lo, hi = m.groups()
+        return f"    {v} = {lo}\n    while {v} < {hi}:" if interpreted else f"    for {v} in range({lo}, {hi}, BLOCK_K):"
+
+    src = re.sub(r"\{loop:(\w+):(\w+):(\w+)\}", head, src)
+    return re.sub(r"\{step:(\w+)\}", (lambda m: f"        {m[1]} += BLOCK_K\n") if interpreted else (lambda m: ""), src)
+
+
+def kernel_source(activation: str, fp32: bool, interpreted: bool = False) -> str:
+    """The Triton module for one activation (fp32 inputs get IEEE-exact dot products)."""
+    if interpreted:  # the interpreter multiplies bf16 tiles as raw integers: widen them first
+        dot = 'tl.dot(a.to(tl.float32), bt.to(tl.float32), acc, input_precision="ieee")'
+    else:
+        dot = 'tl.dot(a, bt, acc, input_precision="ieee")' if fp32 else "tl.dot(a, bt, acc)"
+    src = _SOURCE.replace("{act}", _ACT[activation]).replace("{dot}", dot)
+    return _loops(src, interpreted)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def torch_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None, activation: str) -> torch.Tensor:
+    """The PyTorch candidate: what the reference plan runs for linear / linear_add."""
+    y = F.linear(x, w, bias)
+    if activation != "none":
+        y = ACTIVATIONS[activation](y)
+    return y if residual is None else y.add_(residual)
+
+
+class LinearLauncher:
+    """Runs one linear / linear_add node: inputs in IR order (x, weight[, residual][, bias]).
+
+    `config` names a kernel config (see CONFIGS) or "torch" to skip autotuning (tests, benchmarks);
+    otherwise the first call per (M bucket) times the candidates and remembers the winner.
+    """
+
+    __slots__ = ("activation", "has_bias", "has_residual", "config", "chosen", "_mod")
+
+    def __init__(self, activation: str, has_bias: bool, has_residual: bool, config: str | None = None):
+        if config is not None and config != TORCH and config not in CONFIGS:
+            raise ValueError(f"unknown matmul config {config!r}; known: {', '.join(CONFIGS)}, {TORCH}")
+        self.activation, self.has_bias, self.has_residual, self.config = activation, has_bias, has_residual, config
+        self.chosen: dict[str, str] = {}  # autotune key -> candidate name, for this node
+        self._mod: dict[bool, Any] = {}  # fp32? -> loaded kernel module
+
+    def __call__(self, *ins: torch.Tensor) -> torch.Tensor:
+        x, w = ins[0], ins[1]
+        residual = ins[2] if self.has_residual else None
+        bias = ins[-1] if self.has_bias else None
+        name = self.config or self._choose(x, w, bias, residual)
+        return self.run(name, x, w, bias, residual)
+
+    def run(self, name: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None) -> torch.Tensor:
+        """One launch of candidate `name` (a config name or "torch")."""
+        if name == TORCH or not self._fits(x, w):
+            return torch_linear(x, w, bias, residual, self.activation)
+        k, n = x.shape[-1], w.shape[0]
+        x2 = x.reshape(-1, k)
+        r2 = residual.reshape(-1, n) if residual is not None else None
+        y = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
+        cfg = CONFIGS[name]
+        if isinstance(cfg, GemmConfig):
+            self._gemm(cfg, x2, w, bias, r2, y)
+        else:
+            self._matvec(cfg, x2, w, bias, r2, y)
+        return y.view(*x.shape[:-1], n)
+
+    def _fits(self, x: torch.Tensor, w: torch.Tensor) -> bool:
+        """Non-empty, one float dtype, and every operand addressable with int32 offsets."""
+        m, k, n = x.numel() // max(x.shape[-1], 1), x.shape[-1], w.shape[0]
+        return x.dtype in _DTYPES and w.dtype == x.dtype and min(m, n, k) > 0 and max(m * k, n * k, m * n) < _INT32
+
+    def _module(self, x: torch.Tensor) -> Any:
+        fp32 = x.dtype == torch.float32
+        mod = self._mod.get(fp32)
+        if mod is None:
+            mod = self._mod[fp32] = load_module(kernel_source(self.activation, fp32, debug.TRITON_INTERPRET))
+        return mod
+
+    def _epilogue_args(self, y: torch.Tensor, bias: torch.Tensor | None, r2: torch.Tensor | None) -> tuple:
+        r = r2 if r2 is not None else y  # an unused pointer when HAS_RES is false
+        return (bias if bias is not None else y, r, y), (r.stride(0), r.stride(1))
+
+    def _gemm(self, cfg: GemmConfig, x2: torch.Tensor, w: torch.Tensor, bias: Any, r2: Any, y: torch.Tensor) -> None:
+        (m, k), n = x2.shape, w.shape[0]
+        (b, r, y_), rs = self._epilogue_args(y, bias, r2)
+        grid = (-(-m // cfg.block_m) * -(-n // cfg.block_n),)
+        self._module(x2).gemm[grid](
+            x2, w, b, r, y_, m, n, k, *x2.stride(), *w.stride(), *rs,
+            HAS_BIAS=bias is not None, HAS_RES=r2 is not None, EVEN_K=k % cfg.block_k == 0,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+            num_warps=cfg.warps, num_stages=cfg.stages,
+        )
+
+    def _matvec(self, cfg: MatvecConfig, x2: torch.Tensor, w: torch.Tensor, bias: Any, r2: Any, y: torch.Tensor) -> None:
+        (m, k), n = x2.shape, w.shape[0]
+        block_m = min(_pow2(m), SMALL_M)
+        block_n, block_k = cfg.block_n, cfg.block_k
+        while block_m * block_n * block_k > _MATVEC_TILE and block_k > 32:  # keep the register tile
+            block_k //= 2
+        while block_m * block_n * block_k > _MATVEC_TILE and block_n > 16:
+            block_n //= 2
+        steps = -(-k // block_k)
+        split = min(cfg.split_k, steps)
+        k_split = -(-steps // split) * block_k  # a multiple of BLOCK_K: splits never share a step
+        split = -(-k // k_split)
+        (b, r, y_), rs = self._epilogue_args(y, bias, r2)
+        part = torch.empty((split, m, n), dtype=torch.float32, device=y.device) if split > 1 else y
+        mod = self._module(x2)
+        flags = {"HAS_BIAS": bias is not None, "HAS_RES": r2 is not None}
+        tiles_m = -(-m // block_m)
+        mod.matvec[(-(-n // block_n), split, tiles_m)](
+            x2, w, b, r, y_, part, m, n, k, k_split, *x2.stride(), *w.stride(), *rs, **flags,
+            EVEN_K=k % block_k == 0, SPLIT=split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            num_warps=cfg.warps,
+        )
+        if split > 1:
+            mod.finish[(-(-n // 128), tiles_m)](part, b, r, y_, m, n, *rs, **flags, SPLIT=split, BLOCK_M=block_m, BLOCK_N=128)
+
+    def candidates(self, m: int) -> list[str]:
+        """Candidate names for M rows, in CPU preference order (the first wins untimed)."""
+        small = m <= SMALL_M
+        names = [c.name for c in MATVEC_CONFIGS] if small else []
+        names += [c.name for c in GEMM_CONFIGS if not small or c.block_m <= 64]
+        return names + [TORCH]
+
+    def _choose(self, x: torch.Tensor, w: torch.Tensor, bias: Any, residual: Any) -> str:
+        m = x.numel() // max(x.shape[-1], 1)
+        key = (f"linear|{str(x.dtype).removeprefix('torch.')}|{self.activation}|bias={int(self.has_bias)}|"
+               f"res={int(self.has_residual)}|M{bucket(m)}|N{w.shape[0]}|K{x.shape[-1]}")
+        hit = self.chosen.get(key)
+        if hit is not None:
+            return hit
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            return TORCH  # never time inside graph capture; not remembered, so a later call tunes
+        cands: dict[str, Callable[[], object]] = {
+            name: (lambda name=name: self.run(name, x, w, bias, residual)) for name in self.candidates(m)
+        }
+        best = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
+        return best
+
+
+def linear_kernel(node: Any, config: str | None = None) -> LinearLauncher | None:
+    """A launcher for a linear / linear_add node in fp32, fp16 or bf16, else None; `config`
+    pins a candidate (see LinearLauncher) instead of autotuning."""
+    if node.op.name not in ("linear", "linear_add"):
+        return None
+    if any(v.type.dtype.torch not in _DTYPES for v in node.inputs) or node.attrs["activation"] not in _ACT:
+        return None
+    has_residual = node.op.name == "linear_add"
+    has_bias = len(node.inputs) == 3 + has_residual
+    return LinearLauncher(node.attrs["activation"], has_bias, has_residual, config)
