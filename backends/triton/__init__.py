@@ -37,6 +37,18 @@ def kernel_for(device: Any) -> Callable[[Any], Any]:
     from .reduce import generate_reduction
 
     def hook(node: Any) -> Any:
+        if node.op.name == "paged_attention":
+            from .paged import paged_attention_kernel
+
+            return paged_attention_kernel(node)
+        if node.op.name == "attention":
+            from .attention import attention_kernel
+
+            return attention_kernel(node)
+        if node.op.name in ("linear", "linear_add"):
+            from .matmul import linear_kernel
+
+            return linear_kernel(node)
         if node.subgraph is None:
             return row_kernel(node)
         gen = generate_reduction if node.attrs.get("kind") == "reduction" else generate
