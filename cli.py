@@ -1,4 +1,4 @@
-"""The `kiln` command line: `kiln demo`, `kiln compile`, `kiln report`."""
+"""The `kiln` command line: `kiln demo`, `kiln compile`, `kiln report`, `kiln generate`, `kiln serve`."""
 
 from __future__ import annotations
 
@@ -98,6 +98,88 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_llm(args: argparse.Namespace) -> Any:
+    import kiln
+
+    return kiln.LLM(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate from one prompt with `kiln.LLM`, printing text to stdout as it is produced."""
+    import kiln
+
+    try:
+        params = kiln.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                                     top_k=args.top_k, min_p=args.min_p, seed=args.seed, stop=args.stop or ())
+    except ValueError as exc:
+        print(f"kiln generate: {exc}", file=sys.stderr)
+        return 2
+    llm = _build_llm(args)
+    prompt: Any = args.prompt
+    if args.chat:
+        if llm.tokenizer is None or not getattr(llm.tokenizer, "chat_template", None):
+            print(f"kiln generate: model {llm.name!r} has no chat template; drop --chat", file=sys.stderr)
+            return 2
+        out = llm.tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+                                                tokenize=True, return_dict=False)
+        prompt = list(out)
+    for delta in llm.stream(prompt, params):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the model over an OpenAI-compatible HTTP API until interrupted."""
+    import logging
+    import signal
+    import threading
+
+    from kiln.runtime.server import OpenAIServer, ServerLimits, is_loopback
+
+    try:
+        limits = ServerLimits(max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens_limit, max_n=args.max_n,
+                              max_prompt_tokens=args.max_prompt_tokens, max_pending=args.max_pending,
+                              max_connections=args.max_connections, socket_timeout_s=args.timeout)
+    except ValueError as exc:
+        print(f"kiln serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not is_loopback(args.host):
+        print(f"kiln serve: WARNING: binding {args.host} makes the server reachable from other machines; "
+              "it has no authentication", file=sys.stderr)
+    llm = _build_llm(args)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the non-loopback warning was printed above
+            server = OpenAIServer(llm, host=args.host, port=args.port, limits=limits, model_name=args.served_model_name)
+    except OSError as exc:
+        print(f"kiln serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"kiln serve: {server.model.name} at {server.url}/v1 (max_model_len {llm.max_model_len}); Ctrl-C stops", flush=True)
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)  # `kill` stops it as cleanly as Ctrl-C
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    print("kiln serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _add_model_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--model", default="tiny-llama", help="a built-in model name or a local HF checkpoint directory (default: tiny-llama)")
+    sp.add_argument("--dtype", default=None, help="weights dtype, e.g. float32, bfloat16 (default: the checkpoint's)")
+    sp.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    sp.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output in tokens (default: the model's)")
+
+
 def _load(name: str) -> Any:
     import os
 
@@ -138,6 +220,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     r.add_argument("--no-leave-one-out", action="store_true", help="skip the full-pipeline-minus-one-pass timings")
     r.set_defaults(func=cmd_report)
+    g = sub.add_parser("generate", help="generate text from a prompt, streamed to stdout",
+                       description="Generate from one prompt with kiln.LLM and print the text as it is produced.")
+    _add_model_args(g)
+    g.add_argument("--prompt", required=True, help="the prompt text")
+    g.add_argument("--chat", action="store_true", help="send the prompt as one user message through the chat template")
+    g.add_argument("--max-tokens", type=int, default=64, help="tokens to generate at most (default: 64)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: 0)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0, off)")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (default: 0, off)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability (default: 0, off)")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
+    g.set_defaults(func=cmd_generate)
+    v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
+                       description="Serve /v1/completions, /v1/chat/completions (SSE streaming), /v1/models and /health. "
+                                   "Binds 127.0.0.1 unless --host says otherwise; every request is bounded (4xx beyond).")
+    _add_model_args(v)
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; others warn: no authentication)")
+    v.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    v.add_argument("--served-model-name", default=None, help="the model id clients send and /v1/models lists (default: --model)")
+    v.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for (default: 2048)")
+    v.add_argument("--max-n", type=int, default=8, help="largest n (samples per prompt) (default: 8)")
+    v.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt in tokens (default: max_model_len - 1)")
+    v.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default: 1 MiB; 413 beyond)")
+    v.add_argument("--max-pending", type=int, default=64, help="requests in the engine at once (default: 64; 503 beyond)")
+    v.add_argument("--max-connections", type=int, default=64, help="open connections (default: 64; 503 beyond)")
+    v.add_argument("--timeout", type=float, default=30.0, help="socket timeout in seconds for a silent client (default: 30)")
+    v.add_argument("--quiet", action="store_true", help="no access log")
+    v.set_defaults(func=cmd_serve)
     args = p.parse_args(argv)
     return args.func(args)
 

@@ -169,7 +169,11 @@ class Engine:
 
     def stream_delta(self, s: Sequence) -> str:
         """New text of `s` safe to show now (held back while a stop string may be forming)."""
-        upto = len(s.text) if s.status is Status.FINISHED else safe_text_len(s.text, s.params.stop)
+        upto = len(s.text)
+        if s.status is not Status.FINISHED:
+            # A trailing U+FFFD may be an incomplete UTF-8 sequence that the next byte token
+            # turns into a different character: hold it back until the text after it settles.
+            upto = min(safe_text_len(s.text, s.params.stop), len(s.text.rstrip("\ufffd")))
         delta = s.text[s.streamed:upto] if upto > s.streamed else ""
         s.streamed = max(s.streamed, upto)
         return delta

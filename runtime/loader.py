@@ -96,7 +96,8 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | str | None = None,
 def resolve_dtype(dtype: torch.dtype | str | None, config: Any) -> torch.dtype:
     """The dtype to build in: `dtype` if given (a torch dtype or its name), else the config's."""
     if dtype is None or dtype == "auto":
-        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        # `dtype` first: older transformers only know `torch_dtype`, newer ones warn when it is read
+        dtype = getattr(config, "dtype", None) or vars(config).get("torch_dtype") or torch.float32
     if isinstance(dtype, str):
         resolved = getattr(torch, dtype.removeprefix("torch."), None)
         if not isinstance(resolved, torch.dtype):
