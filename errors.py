@@ -35,3 +35,28 @@ class InputError(KilnError, TypeError):
 
 class ConversionError(KilnError):
     """An FX node could not be converted into kiln IR (an internal limitation; names the node)."""
+
+
+class CheckpointError(KilnError):
+    """A model checkpoint could not be loaded: names the file or tensor at fault and what to do."""
+
+
+class KVCacheError(KilnError):
+    """The paged KV cache cannot hold what was asked of it; the message gives the numbers."""
+
+
+class OutOfBlocksError(KVCacheError):
+    """No free or evictable KV block is left. The scheduler checks `can_append` first and preempts instead."""
+
+
+class RequestTooLargeError(KVCacheError):
+    """A request's prompt + max_tokens can never fit the whole KV-cache pool: rejected at admission."""
+
+    def __init__(self, tokens_needed: int, blocks_needed: int, num_blocks: int, block_size: int, detail: str = ""):
+        self.tokens_needed, self.blocks_needed = tokens_needed, blocks_needed
+        self.num_blocks, self.block_size = num_blocks, block_size
+        super().__init__(
+            f"request needs {tokens_needed} tokens of KV cache{' (' + detail + ')' if detail else ''} = {blocks_needed}"
+            f" blocks of {block_size} tokens, but the whole pool has {num_blocks} blocks"
+            f" ({num_blocks * block_size} tokens). Raise kv_cache_memory, or lower max_model_len / max_tokens."
+        )
