@@ -70,7 +70,7 @@ def main() -> None:
     if "kiln" in args.systems:
         t0 = time.perf_counter()
         llm = kiln.LLM(model, max_model_len=2048, kv_cache_memory=0.5)
-        print(f"kiln.LLM build (trace + passes + plan): {time.perf_counter() - t0:.1f} s; {llm.kv_sizing.describe()}\n")
+        print(f"kiln.LLM build (trace + passes + plan): {time.perf_counter() - t0:.1f} s; {llm.runner.num_blocks} KV blocks of {llm.runner.block_size} tokens\n")
     print("| batch | HF generate tok/s | kiln tok/s | kiln / HF | first 8 tokens agree |")
     print("|---|---|---|---|---|")
     for b in args.batch:

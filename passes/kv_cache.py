@@ -108,13 +108,14 @@ def _check_causal_mask(g: Graph, n: Node, where: str) -> None:
         rb.copy(m)
     sub = rb.out
     sub.outputs = [rb.get(mask)]
+    device = next((d.device for d in g.constant_data.values() if isinstance(d, torch.Tensor)), torch.device("cpu"))
     for t in (3, 7):
-        feeds = [_probe_input(v, t) for v in g.inputs]
+        feeds = [_probe_input(v, t).to(device) for v in g.inputs]
         m = run_graph(sub, feeds)[0]
         got = m if m.dtype == torch.bool else (m == 0)
         if m.dtype != torch.bool and bool(((m != 0) & (m > -1e4)).any()):
             raise KVCacheInsertionError(f"{where}: its additive mask has values other than 0 and -inf; only causal masks are supported")
-        want = torch.ones(t, t, dtype=torch.bool).tril()
+        want = torch.ones(t, t, dtype=torch.bool, device=got.device).tril()
         if got.shape[-2:] != (t, t) or not bool((got == want).all()):
             raise KVCacheInsertionError(
                 f"{where}: its mask is not causal for one sequence of {t} tokens (sliding window or bidirectional?); "

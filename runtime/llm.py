@@ -39,6 +39,8 @@ class LLM:
         if tensor_parallel_size != 1:
             raise KilnError(f"tensor_parallel_size={tensor_parallel_size} is not available yet; use 1")
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if dev.type == "cuda" and dev.index is None:  # plans guard the exact device inputs live on
+            dev = torch.device("cuda", torch.cuda.current_device())
         self.device = dev
         if isinstance(model, torch.nn.Module):
             module = model.eval()
@@ -66,7 +68,10 @@ class LLM:
                 mem = min(1 << 30, cfg.bytes_per_token * self.max_model_len * max(4, min(max_num_seqs, 16)))
             sizing = size_kv_cache(cfg, mem)
             self.kv_sizing = sizing
-            return sizing.num_blocks
+            # never more than every sequence at full length needs, twice over (the rest would
+            # only feed the prefix cache): small models do not take a GPU's whole memory
+            useful = 2 * max_num_seqs * -(-self.max_model_len // cfg.block_size)
+            return min(sizing.num_blocks, max(useful, 1))
 
         with torch.no_grad():
             self.runner = PagedModelRunner(

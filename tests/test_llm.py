@@ -40,7 +40,7 @@ def _prompts(n: int, seed: int = 3) -> list[list[int]]:
 
 def _reference(model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=0)
+        out = model.generate(torch.tensor([prompt], device=next(model.parameters()).device), max_new_tokens=n, do_sample=False, pad_token_id=0)
     return out[0, len(prompt):].tolist()
 
 

@@ -124,6 +124,7 @@ def test_a_cached_exactly_causal_mask_takes_the_causal_path() -> None:
     _check(got, torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).cpu(), torch.float32)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA autotuning times the candidates")
 def test_autotune_on_cpu_runs_a_triton_config() -> None:
     q, k, v = _qkv(2, 4, 2, 6, 10, 64, torch.bfloat16, True)
     launcher = attention_kernel(_node([q, k, v], True, None, True))
@@ -194,8 +195,10 @@ def test_masked_and_ragged_on_gpu(mask: str) -> None:
     q, k, v = _qkv(2, 8, 8, 300, 517, 80, torch.float16, True)
     ins = [q, k, v, *_mask(mask, (2, 1, 300, 517), torch.float16, seed=3)]
     node = _node(ins, False, None, False)
+    # fp32 reference on the CPU: CUDA's fp16 SDPA returns non-zero rows where the mask keeps nothing
+    ref = node.op.impl(*[t.cpu().float() if t.dtype == torch.float16 else t.cpu() for t in ins], False, None, False).half()
     for config in CONFIGS[2:]:
-        _check(attention_kernel(node, config=config)(*ins), node.op.impl(*ins, False, None, False), torch.float16)
+        _check(attention_kernel(node, config=config)(*ins), ref, torch.float16)
 
 
 @pytest.mark.gpu
