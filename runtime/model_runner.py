@@ -99,13 +99,17 @@ class PagedModelRunner:
         g, _ = run_pipeline(g, [kv_cache_pass(self.kv_cache)] + passes[split:], self.options, device=device)
         t1 = time.perf_counter()
         self.graph = g
-        self.plan = build_plan(g, device, traced.symbol_ranges, kernel_for=kernel_hook(self.options.backend, device), arena=self.options.arena)
+        hook = kernel_hook(self.options.backend, device)
+        self.plan = build_plan(g, device, traced.symbol_ranges, kernel_for=hook, arena=self.options.arena)
+        # CUDA graphs only when paged attention runs as kernels: the reference reads the block
+        # tables on the host, and a capture that fails mid-way leaves CUDA's RNG unusable.
+        capturable = hook is not None and all(hook(n) is not None for n in g.nodes if n.op.name == "paged_attention")
         vocab = g.outputs[0].type.shape[-1]
         self.info = RunnerInfo(sites, block_size, n, per_block, int(vocab), {"compile": t1 - t0, "plan": time.perf_counter() - t1})
         self._pin = device.type == "cuda"
         self.max_blocks = -(-max_model_len // block_size)
         self.run: Callable[..., tuple] = self.plan.fn
-        if self._pin and self.options.cuda_graphs:
+        if self._pin and self.options.cuda_graphs and capturable:
             from .cudagraph import GraphRunner
 
             # decode steps repeat a few bucketed shapes: replay them as CUDA graphs

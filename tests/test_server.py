@@ -243,6 +243,9 @@ def test_client_leaving_mid_stream_aborts_its_request(server: Server, monkeypatc
     aborted = []
     real_abort = driver.abort
     monkeypatch.setattr(driver, "abort", lambda h: (aborted.append(h), real_abort(h)))
+    engine = server.app.llm.engine
+    real_step = engine.step
+    monkeypatch.setattr(engine, "step", lambda: (time.sleep(0.02), real_step())[1])  # a GPU must not finish first
     body = json.dumps({"prompt": "Hello", "max_tokens": 500, "ignore_eos": True, "stream": True}).encode()
     with socket.create_connection(("127.0.0.1", server.app.port), timeout=10) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
