@@ -315,11 +315,14 @@ class LinearLauncher:
             mod.finish[(-(-n // 128), tiles_m)](part, b, r, y_, m, n, *rs, **flags, SPLIT=split, BLOCK_M=block_m, BLOCK_N=128)
 
     def candidates(self, m: int) -> list[str]:
-        """Candidate names for M rows, in CPU preference order (the first wins untimed)."""
-        small = m <= SMALL_M
-        names = [c.name for c in MATVEC_CONFIGS] if small else []
-        names += [c.name for c in GEMM_CONFIGS if not small or c.block_m <= 64]
-        return names + [TORCH]
+        """Candidate names for M rows, in CPU preference order (the first wins untimed).
+
+        Three Triton configs per side (those that won on the H200 bench, bench/RESULTS.md) plus
+        PyTorch: every candidate is compiled on the first call, so the list is kept short to
+        keep first-call time under torch.compile's; `config=` reaches any config."""
+        if m <= SMALL_M:
+            return [MATVEC_CONFIGS[1].name, MATVEC_CONFIGS[0].name, GEMM_CONFIGS[5].name, TORCH]
+        return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[3].name, TORCH]
 
     def _choose(self, x: torch.Tensor, w: torch.Tensor, bias: Any, residual: Any) -> str:
         m = x.numel() // max(x.shape[-1], 1)
