@@ -154,6 +154,12 @@ class LLM:
         ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
         return self.generate([ids], params)[0]
 
+    def chat_session(self, messages: list[dict[str, str]] | None = None) -> ChatSession:
+        """A multi-turn chat whose context stays in the KV cache between turns (see ChatSession)."""
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise KilnError(f"model {self.name!r} has no chat template; use generate() with plain prompts")
+        return ChatSession(self, list(messages or []))
+
     @property
     def stats(self) -> dict:
         a = self.engine.alloc
@@ -162,3 +168,43 @@ class LLM:
             "prefix_hit_rate": a.stats.prefix_hit_rate, "preemptions": a.stats.preemptions,
             "compile_seconds": self.runner.info.seconds,
         }
+
+
+class ChatSession:
+    """Turns of one conversation. The session keeps the exact token ids the cache holds (every
+    prompt and every generated token, not a re-tokenisation of the reply) and appends only the
+    template's text for each new turn, so the next turn's prompt extends the previous one token
+    for token and the prefix cache serves all of its full blocks: only the last partial block
+    (< block_size tokens) and the new turn are computed. `last_cached_tokens` shows it.
+    """
+
+    def __init__(self, llm: LLM, messages: list[dict[str, str]]):
+        self.llm = llm
+        self.messages = messages
+        self.history: list[int] = []  # token ids of everything said so far, as the cache saw them
+        self.last_cached_tokens = 0
+
+    def send(self, content: str, params: SamplingParams | None = None) -> str:
+        """Add a user turn, generate the assistant's reply, return its text."""
+        tok = self.llm.tokenizer
+        before = self.messages
+        self.messages = before + [{"role": "user", "content": content}]
+        full = tok.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=False)
+        if not self.history:
+            ids = list(tok.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        else:
+            said = tok.apply_chat_template(before, add_generation_prompt=False, tokenize=False)
+            if not full.startswith(said):  # a template that rewrites earlier turns: start over
+                ids = list(tok.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+            else:
+                ids = self.history + list(tok.encode(full[len(said):], add_special_tokens=False))
+        hits_before = self.llm.engine.alloc.stats.prefix_hit_tokens
+        out = self.llm.generate([ids], params)[0].outputs[0]
+        self.last_cached_tokens = self.llm.engine.alloc.stats.prefix_hit_tokens - hits_before
+        reply = out.token_ids
+        eos = self.llm.engine.eos
+        if not reply or reply[-1] not in eos:  # close the turn as the template would
+            reply = reply + list(tok.encode(tok.eos_token, add_special_tokens=False)) if tok.eos_token else reply
+        self.history = ids + reply
+        self.messages = self.messages + [{"role": "assistant", "content": out.text}]
+        return out.text

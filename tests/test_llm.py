@@ -139,3 +139,20 @@ def test_requests_that_cannot_fit_are_refused_with_the_numbers() -> None:
         _llm("gpt2").generate([[1] * 200], GREEDY)
     with pytest.raises(ValueError, match="token ids"):
         _llm("gpt2").generate([[1, 10**6]], GREEDY)
+
+
+def test_a_chat_session_reuses_the_previous_turns_from_the_kv_cache() -> None:
+    llm = _llm("tiny-llama")
+    chat = llm.chat_session()
+    params = kiln.SamplingParams(max_tokens=20, temperature=0.0)
+    first = chat.send("Tell me a story about a fox and a crow in the forest.", params)
+    said = len(chat.history)
+    second = chat.send("And then?", params)
+    assert isinstance(first, str) and isinstance(second, str)
+    block = llm.runner.block_size
+    assert chat.last_cached_tokens >= (said // block) * block - block, (chat.last_cached_tokens, said)
+    assert chat.last_cached_tokens > 0
+    # the same conversation from scratch gives the same reply: the cache changed nothing
+    fresh = kiln.LLM("tiny-llama").chat_session()
+    fresh.send("Tell me a story about a fox and a crow in the forest.", params)
+    assert fresh.send("And then?", params) == second
