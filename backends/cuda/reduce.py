@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ...ir import Graph, Node
 from ...ir.dtypes import DType
+from ..groups import reduction_form_error
 from .codegen import (
     Body,
     Kernel,
@@ -46,21 +47,12 @@ def _acc(d: DType, op: str) -> str:
 
 def generate_reduction(body: Graph, prefix: str = "k0") -> Kernel:
     """Kernel for a group whose last node reduces the last dim of the iteration shape."""
-    from ...ir.opset._infer import broadcast, same_dim
-
-    red = body.nodes[-1] if body.nodes else None
-    if red is None or red.op.name not in _COMBINE:
-        raise Unsupported(f"reduction {red.op.name if red else None}")
+    why = reduction_form_error(body, _COMBINE)
+    if why is not None:
+        raise Unsupported(why)
+    red = body.nodes[-1]
     src = red.inputs[0]
     rank = src.type.rank
-    if rank == 0 or tuple(red.attrs["dims"]) != (rank - 1,) or body.outputs[-1] is not red.outputs[0]:
-        raise Unsupported("only a last-dim reduction that the group returns last")
-    shape = broadcast(*(v.type.shape for v in body.inputs))
-    if len(shape) != rank or not all(same_dim(a, b) for a, b in zip(shape, src.type.shape)):
-        raise Unsupported("the reduced value is not the inputs' broadcast shape")
-    full_outs = body.outputs[:-1]
-    if any(v.type.shape != src.type.shape for v in full_outs) or any(n.op.category != "elementwise" for n in body.nodes[:-1]):
-        raise Unsupported("prologue outputs must be elementwise values of the iteration shape")
     emit, names = emit_body(body, list(body.nodes[:-1]))
     acc = _acc(src.type.dtype, red.op.name)
     source = _kernels(check_prefix(prefix), body, emit, names, rank, red, acc)
