@@ -57,6 +57,13 @@ class LLM:
             self.chat_template = loaded.chat_template
             self._loaded = loaded
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+        # Sliding-window attention is not implemented: within the window it equals full causal
+        # attention, so serve at most `window` tokens rather than be silently wrong beyond it.
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        if isinstance(window, int) and window < limit:
+            if max_model_len is not None and max_model_len > window:
+                raise KilnError(f"the model uses sliding-window attention ({window} tokens), which kiln does not implement yet; use max_model_len <= {window}")
+            limit = window
         self.max_model_len = int(max_model_len or limit)
         if self.max_model_len > limit:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's {limit} positions")

@@ -156,3 +156,23 @@ def test_a_chat_session_reuses_the_previous_turns_from_the_kv_cache() -> None:
     fresh = kiln.LLM("tiny-llama").chat_session()
     fresh.send("Tell me a story about a fox and a crow in the forest.", params)
     assert fresh.send("And then?", params) == second
+
+
+def test_mistral_greedy_tokens_equal_transformers_generate_and_its_window_caps_the_length() -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=500, sliding_window=64, max_position_embeddings=256)
+    model = MistralForCausalLM(cfg).eval()
+    gen = torch.Generator().manual_seed(1)
+    for p in model.parameters():
+        p.data.normal_(0, 0.2, generator=gen)
+    model.generation_config.eos_token_id = None
+    llm = kiln.LLM(model)
+    assert llm.max_model_len == 64, "served lengths stay inside the sliding window"
+    prompt = _prompts(1, seed=9)[0]
+    out = llm.generate([prompt], kiln.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))[0]
+    assert out.outputs[0].token_ids == _reference(model, prompt, 8)
+    with pytest.raises(kiln.KilnError, match="sliding-window"):
+        kiln.LLM(model, max_model_len=128)
