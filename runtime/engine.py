@@ -129,7 +129,8 @@ class Engine:
         if wanting:
             seqs = [c.seq for c in wanting]
             out = sample(logits, [s.params for s in seqs], [s.generator for s in seqs],
-                         [s.tokens for s in seqs] if any(s.params.repetition_penalty != 1.0 for s in seqs) else None)
+                         [s.tokens for s in seqs] if any(s.params.repetition_penalty != 1.0 for s in seqs) else None,
+                         [s.output for s in seqs] if any(s.params.presence_penalty or s.params.frequency_penalty for s in seqs) else None)
             for s, tok, lp in zip(seqs, out.token_ids.tolist(), out.logprobs):
                 self._append(s, tok, lp)
         touched = {c.seq.request_id for c in plan.chunks if c.chunk.want_logits}

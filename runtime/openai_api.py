@@ -168,9 +168,6 @@ def _sampling(body: dict, *, chat: bool, max_tokens: int, limits: ServerLimits) 
     stop = _get(body, "stop", (str, list), ())
     if isinstance(stop, list) and len(stop) > limits.max_stop:
         raise ApiError(400, f"{len(stop)} stop strings; the limit is {limits.max_stop}", "stop")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if _get(body, name, (int, float), 0) != 0:
-            raise ApiError(400, f"'{name}' is not supported by kiln (use repetition_penalty)", name)
     if chat:
         logprobs = _get(body, "top_logprobs", int, 0) if _get(body, "logprobs", bool, False) else None
     else:
@@ -183,6 +180,8 @@ def _sampling(body: dict, *, chat: bool, max_tokens: int, limits: ServerLimits) 
             top_p=_get(body, "top_p", (int, float), 1.0), top_k=_get(body, "top_k", int, 0),
             min_p=_get(body, "min_p", (int, float), 0.0),
             repetition_penalty=_get(body, "repetition_penalty", (int, float), 1.0),
+            presence_penalty=_get(body, "presence_penalty", (int, float), 0.0),
+            frequency_penalty=_get(body, "frequency_penalty", (int, float), 0.0),
             seed=_get(body, "seed", int, None), stop=stop, stop_token_ids=_get(body, "stop_token_ids", list, ()),
             ignore_eos=_get(body, "ignore_eos", bool, False), logprobs=logprobs,
             skip_special_tokens=_get(body, "skip_special_tokens", bool, True),

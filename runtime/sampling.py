@@ -54,6 +54,8 @@ class SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
     stop: str | Sequence[str] = ()
     stop_token_ids: Sequence[int] = ()
@@ -79,6 +81,9 @@ class SamplingParams:
             raise bad("min_p", "a number in [0, 1]")
         if not _is_num(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise bad("repetition_penalty", "a finite number > 0 (1 means no penalty)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not _is_num(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
+                raise bad(name, "a number in [-2, 2] (0 means no penalty)")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**64):
             raise bad("seed", "None or an int in [0, 2**64)")
         if self.logprobs is not None and (not _is_int(self.logprobs) or self.logprobs < 0):
@@ -135,6 +140,7 @@ def sample(
     params: Sequence[SamplingParams],
     generators: Sequence[torch.Generator | None] | None = None,
     prev_tokens: Sequence[Sequence[int] | torch.Tensor] | None = None,
+    output_tokens: Sequence[Sequence[int]] | None = None,
 ) -> SamplerOutput:
     """Pick one next token per row of `logits` (B, V).
 
@@ -148,6 +154,7 @@ def sample(
     generators = generators if generators is not None else [None] * batch
     raw = logits.float()
     scores = apply_repetition_penalty(raw, params, prev_tokens)
+    scores = apply_presence_frequency_penalties(scores, params, output_tokens)
 
     token_ids = scores.argmax(dim=-1)  # (B,) greedy rows keep this
     rows = [i for i, p in enumerate(params) if not p.greedy]
@@ -176,6 +183,25 @@ def apply_repetition_penalty(
         penalty = params[i].repetition_penalty
         values = logits[i, seen]
         logits[i, seen] = torch.where(values > 0, values / penalty, values * penalty)
+    return logits
+
+
+def apply_presence_frequency_penalties(
+    logits: torch.Tensor, params: Sequence[SamplingParams], output_tokens: Sequence[Sequence[int]] | None
+) -> torch.Tensor:
+    """OpenAI's additive penalties over each row's generated tokens (not the prompt, as in the
+    OpenAI API and vLLM): `logit -= frequency_penalty * count + presence_penalty * (count > 0)`.
+    Returns `logits` itself when no row has a penalty, else a copy."""
+    rows = [i for i, p in enumerate(params) if (p.presence_penalty or p.frequency_penalty) and output_tokens is not None]
+    rows = [i for i in rows if len(output_tokens[i]) > 0]
+    if not rows:
+        return logits
+    logits = logits.clone()
+    for i in rows:
+        toks = torch.as_tensor(list(output_tokens[i]), device=logits.device, dtype=torch.long)
+        counts = torch.bincount(toks, minlength=logits.shape[1]).to(logits.dtype)
+        p = params[i]
+        logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
     return logits
 
 

@@ -176,3 +176,12 @@ def test_mistral_greedy_tokens_equal_transformers_generate_and_its_window_caps_t
     assert out.outputs[0].token_ids == _reference(model, prompt, 8)
     with pytest.raises(kiln.KilnError, match="sliding-window"):
         kiln.LLM(model, max_model_len=128)
+
+
+def test_a_frequency_penalty_breaks_greedy_repetition() -> None:
+    llm = _llm("tiny-llama")
+    base = llm.generate(["Hello there"], kiln.SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))[0].outputs[0].token_ids
+    most = max(base.count(t) for t in base)
+    assert most >= 3, "the premise: this greedy output repeats itself"
+    pen = llm.generate(["Hello there"], kiln.SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True, frequency_penalty=2.0))[0].outputs[0].token_ids
+    assert max(pen.count(t) for t in pen) < most

@@ -238,3 +238,21 @@ def test_safe_text_len_holds_back_a_possible_stop_prefix() -> None:
     assert safe_text_len("Hello wor", ["world"]) == len("Hello ")
     assert safe_text_len("Hello", ["world", "lo!"]) == len("Hel")
     assert safe_text_len("Hello", ["xyz"]) == 5 and safe_text_len("", ["ab"]) == 0
+
+
+def test_presence_and_frequency_penalties_subtract_per_generated_token_counts() -> None:
+    from kiln.runtime.sampling import apply_presence_frequency_penalties
+
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    params = [SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)]
+    out = apply_presence_frequency_penalties(logits, params, [[3, 3, 1]])
+    # token 3 seen twice: 4 - 0.25*2 - 0.5 = 3.0; token 1 once: 2 - 0.25 - 0.5 = 1.25
+    assert out.tolist() == [[1.0, 1.25, 3.0, 3.0]]
+    assert logits.tolist() == [[1.0, 2.0, 3.0, 4.0]], "the input is not modified"
+    assert apply_presence_frequency_penalties(logits, [SamplingParams()], [[3]]) is logits
+
+
+@pytest.mark.parametrize("name", ["presence_penalty", "frequency_penalty"])
+def test_presence_and_frequency_penalties_are_bounded(name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        SamplingParams(**{name: 2.5})
