@@ -46,3 +46,18 @@ def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.fixture(scope="session")
+def trained_lm(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (a kiln.models.trained_tiny.TrainedLM)
+    """A tiny Llama trained once per session on tests/data/corpus.txt (~10 s of one CPU core).
+
+    Saved with save_pretrained (safetensors) and reloaded; `.path` is the checkpoint directory.
+    Shared by every test: deep-copy `.model` before changing its weights.
+    """
+    from pathlib import Path
+
+    from kiln.models.trained_tiny import save_trained, train_tiny_lm
+
+    text = (Path(__file__).parent / "data" / "corpus.txt").read_text(encoding="utf-8")
+    return save_trained(train_tiny_lm(text, steps=200, seed=0), tmp_path_factory.mktemp("trained_lm"))
