@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .passes.quantize import QuantScheme
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,9 @@ class CompileOptions:
     arena: bool = True  # generated kernels write into one preallocated arena (runtime.arena)
     print_ir: str = "never"  # "never" | "after_change" | "always": print IR to stderr after passes
     fold_max_elements: int = 1 << 16  # constant folding never creates constants larger than this
+    # weight-only quantization (passes/quantize.py): None, "int8", "int4" or a QuantScheme;
+    # stored as a QuantScheme (or None)
+    quantization: "str | QuantScheme | None" = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disable_passes", frozenset(self.disable_passes))
@@ -28,3 +35,7 @@ class CompileOptions:
             raise ValueError(f"print_ir must be 'never', 'after_change' or 'always', got {self.print_ir!r}")
         if self.max_recompiles < 0:
             raise ValueError("max_recompiles must be >= 0")
+        if self.quantization is not None:
+            from .passes.quantize import QuantScheme  # lazily: passes import this module
+
+            object.__setattr__(self, "quantization", QuantScheme.parse(self.quantization))

@@ -16,9 +16,10 @@ from .manager import Pass, PassContext, PassError, PassRecord, graph_pass, run_p
 from .memory import MemoryPlan, plan_memory
 from .pad import pad_matmul_dims
 from .pipeline import PIPELINE
+from .quantize import QuantScheme, quantize_weights
 from .simplify import simplify
 
 __all__ = [
-    "PIPELINE", "MemoryPlan", "Pass", "PassContext", "PassError", "PassRecord", "eliminate_common_subexpressions",
-    "eliminate_dead_nodes", "fold_constants", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "graph_pass", "pad_matmul_dims", "plan_memory", "run_pipeline", "simplify",
+    "PIPELINE", "MemoryPlan", "Pass", "PassContext", "PassError", "PassRecord", "QuantScheme", "eliminate_common_subexpressions",
+    "eliminate_dead_nodes", "fold_constants", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "graph_pass", "pad_matmul_dims", "plan_memory", "quantize_weights", "run_pipeline", "simplify",
 ]

@@ -12,6 +12,7 @@ from .fuse_projections import fuse_projections
 from .manager import Pass
 from .memory import plan_memory
 from .pad import pad_matmul_dims
+from .quantize import quantize_weights
 from .simplify import simplify
 
 PIPELINE: list[Pass] = [
@@ -21,6 +22,7 @@ PIPELINE: list[Pass] = [
     fold_constants,
     fuse_patterns,
     fuse_projections,
+    quantize_weights,  # after fuse_projections: a fused QKV / gate-up weight is quantized once
     fuse_epilogues,
     fuse_elementwise,
     pad_matmul_dims,

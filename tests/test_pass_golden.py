@@ -7,6 +7,10 @@ A fixture is tests/golden/<pass name>/<case>.ir:
     # after
     graph(...) { ... }             the exact IR the pass must print
 
+A fixture may configure the pass with `# options: {json}` (CompileOptions fields; a
+"quantization" object gives QuantScheme's fields). quantize_weights changes results by design:
+its fixtures are compared within the scheme's error bound (QUANT_TOLERANCE) instead of exactly.
+
 plan_memory leaves the text unchanged; its fixtures also give `# plan: arena=<bytes> naive=<bytes>`
 (at the harness's symbol values) and every plan is checked against the MemoryPlan invariants.
 
@@ -18,6 +22,7 @@ same torch RNG seed).
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 import zlib
@@ -36,8 +41,11 @@ PASSES = {
     for p in [
         passes.eliminate_dead_nodes, passes.eliminate_common_subexpressions, passes.fold_constants, passes.simplify,
         passes.fuse_patterns, passes.fuse_projections, passes.fuse_elementwise, passes.fuse_epilogues, passes.plan_memory,
+        passes.quantize_weights,
     ]
 }
+# max |quantized - exact| / max |exact| allowed per weight format (K <= 64, normal weights)
+QUANT_TOLERANCE = {"int8": 2e-2, "int4": 0.3}
 FIXTURES = sorted(GOLDEN.glob("*/*.ir"))
 
 
@@ -50,6 +58,15 @@ def split_fixture(path: pathlib.Path) -> tuple[str, str, set[str]]:
             tags |= {t.strip() for t in line.split(":", 1)[1].split(",") if t.strip()}
     strip = lambda s: "\n".join(ln for ln in s.splitlines() if not ln.startswith("#")).strip() + "\n"  # noqa: E731
     return strip(before), strip(after), tags
+
+
+def fixture_options(path: pathlib.Path) -> CompileOptions:
+    """The fixture's `# options: {json}` line as CompileOptions (the defaults without one)."""
+    m = re.search(r"^# options: (.*)$", path.read_text(), re.M)
+    fields = json.loads(m[1]) if m else {}
+    if isinstance(fields.get("quantization"), dict):
+        fields["quantization"] = passes.QuantScheme(**fields["quantization"])
+    return CompileOptions(**fields)
 
 
 def _random_tensor(t: TensorType, seed: int, env: dict) -> torch.Tensor:
@@ -81,7 +98,8 @@ def test_pass_output_matches_golden_and_preserves_results(path: pathlib.Path) ->
     g = parse_graph(before, fake_constants(before))
     verify(g)
     env = {s: 2 + zlib.crc32(s.name.encode()) % 4 for s in g.symbols()}
-    ctx = passes.PassContext(CompileOptions(), symbol_values=env)
+    options = fixture_options(path)
+    ctx = passes.PassContext(options, symbol_values=env)
     out = PASSES[path.parent.name](g, ctx)
     verify(out)
     assert format_graph(out) == after
@@ -96,6 +114,10 @@ def test_pass_output_matches_golden_and_preserves_results(path: pathlib.Path) ->
     ref, got = _run(g, inputs), _run(out, inputs)
     for a, b in zip(got, ref, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
+        if options.quantization is not None:
+            err = (a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)
+            assert err <= QUANT_TOLERANCE[options.quantization.weights], err
+            continue
         assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6, equal_nan=True)
 
 

@@ -1,0 +1,208 @@
+"""Weight-only quantized matmuls (`linear_w8`, `linear_w4`) and the quantization arithmetic.
+
+Formats (symmetric, round to nearest, scale = max|w| / qmax over the scaling block):
+
+* int8 per output channel: `qweight` i8[N, K] in [-127, 127], `scale` [N] in the activation's
+  float dtype; w ~= qweight * scale[:, None].
+* int4 group-wise: `packed` u8[N, K/2], `scales` [N, K/group] in the activation's float dtype;
+  each group of `group` consecutive k shares a scale; values in [-8, 7] (the quantizer produces
+  [-7, 7]). Nibble order: byte j of a row holds column 2j in its LOW nibble and column 2j+1 in
+  its HIGH nibble, each stored as q + 8 (an unsigned 0..15), so unpacking is a mask/shift and a
+  subtraction, with no sign extension.
+
+The reference implementations are the CPU path: `linear_w8` calls PyTorch's own int8 weight
+matmul (`aten._weight_int8pack_mm`, no float weight materialised) when it exists and fits (CPU,
+f32/f16/bf16 activations with matching scale dtype), else dequantizes per call and runs F.linear.
+`linear_w4` dequantizes per call, a block of output rows at a time, so at most
+`_W4_BLOCK_ELEMENTS` float weights exist at once (PyTorch's CPU int4 kernel wants its own
+pre-tiled layout and asymmetric scale/zero pairs; wiring it in is left to a later slice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import Attr, AttrKind, InferenceError, declare
+from ..types import TensorType
+from ._infer import same_dim, tensors
+from .nn import ACTIVATIONS
+
+INT8_QMAX = 127
+INT4_QMAX = 7  # symmetric: [-7, 7] produced, [-8, 7] representable
+INT4_GROUP_SIZES = (32, 64, 128)
+_W4_BLOCK_ELEMENTS = 1 << 22  # float weights dequantized at once by the int4 reference (16 MiB in f32)
+
+
+# --- quantization arithmetic ---------------------------------------------------------------
+
+
+def _symmetric(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, scale) along the last dim of `w`: scale = max|w| / qmax in w's dtype, q = round(w / scale).
+
+    q is computed from the scale as stored (rounded to w's dtype), so dequantization uses the
+    very scale the rounding assumed. All-zero blocks get scale 0 and q 0 (dequantize exactly).
+    """
+    amax = w.detach().abs().amax(dim=-1).float()
+    scale = (amax / qmax).to(w.dtype)
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale).float()
+    q = torch.round(w.detach().float() / safe[..., None]).clamp_(-qmax - 1, qmax)
+    return q, scale
+
+
+def quantize_int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] float -> (qweight i8[N, K], scale [N] in w's dtype), one scale per output row."""
+    if w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"int8 quantization needs a 2-dim float weight, got {tuple(w.shape)} {w.dtype}")
+    q, scale = _symmetric(w, INT8_QMAX)
+    return q.to(torch.int8), scale
+
+
+def dequantize_int8(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """qweight i8[N, K], scale [N] -> w [N, K] in `dtype` (default: the scale's)."""
+    dtype = dtype or scale.dtype
+    return qweight.to(dtype) * scale.to(dtype)[:, None]
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """q integer [N, K] in [-8, 7], K even -> u8[N, K/2]: column 2j low nibble, 2j+1 high, each q + 8."""
+    u = (q.to(torch.int16) + 8).to(torch.uint8)  # (N, K) in 0..15
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """u8[N, K/2] -> i8[N, K] in [-8, 7] (inverse of pack_int4)."""
+    lo = (packed & 0xF).to(torch.int8) - 8
+    hi = (packed >> 4).to(torch.int8) - 8
+    return torch.stack((lo, hi), dim=-1).reshape(packed.shape[0], packed.shape[1] * 2)
+
+
+def quantize_int4_grouped(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] float, K % group_size == 0 -> (packed u8[N, K/2], scales [N, K/group_size] in w's dtype)."""
+    if w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"int4 quantization needs a 2-dim float weight, got {tuple(w.shape)} {w.dtype}")
+    n, k = w.shape
+    if group_size <= 0 or group_size % 2 or k % group_size:
+        raise ValueError(f"int4 group size {group_size} must be even and divide K = {k}")
+    q, scales = _symmetric(w.reshape(n, k // group_size, group_size), INT4_QMAX)  # (N, G, g), (N, G)
+    return pack_int4(q.reshape(n, k)), scales
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, group_size: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """packed u8[N, K/2], scales [N, K/group] -> w [N, K] in `dtype` (default: the scales')."""
+    dtype = dtype or scales.dtype
+    q = unpack_int4(packed)
+    n, k = q.shape
+    w = q.to(dtype).reshape(n, k // group_size, group_size) * scales.to(dtype)[..., None]  # (N, G, g)
+    return w.reshape(n, k)
+
+
+# --- ops ------------------------------------------------------------------------------------
+
+
+def _check_activation(a: dict) -> None:
+    if a["activation"] not in ("none", *ACTIVATIONS):
+        raise InferenceError(f"activation must be one of none, {', '.join(ACTIVATIONS)}; got {a['activation']!r}")
+
+
+def _check_x_bias(name: str, x: TensorType, n_dim: Any, extra: list[TensorType]) -> None:
+    if not x.dtype.is_float or x.rank < 1:
+        raise InferenceError(f"{name} needs a float x[..., K], got {x}")
+    for s in extra[:1]:  # the scale(s)
+        if s.dtype is not x.dtype:
+            raise InferenceError(f"{name} scales must have x's dtype {x.dtype}, got {s}")
+    for b in extra[1:]:
+        if b.dtype is not x.dtype or b.rank != 1 or not same_dim(b.shape[0], n_dim):
+            raise InferenceError(f"{name} bias must be {x.dtype}[{n_dim}], got {b}")
+
+
+def _linear_w8_infer(types, a):  # noqa: ANN001, ANN202
+    ts = tensors(types)
+    if len(ts) not in (3, 4):
+        raise InferenceError("linear_w8 takes x, qweight, scale and an optional bias")
+    _check_activation(a)
+    x, q, scale = ts[:3]
+    if q.dtype.name != "i8" or q.rank != 2 or not same_dim(x.shape[-1] if x.rank else -1, q.shape[1]):
+        raise InferenceError(f"linear_w8 needs x[..., K] and qweight i8[N, K], got {x} and {q}")
+    if scale.rank != 1 or not same_dim(scale.shape[0], q.shape[0]):
+        raise InferenceError(f"linear_w8 scale must be [N] for qweight {q}, got {scale}")
+    _check_x_bias("linear_w8", x, q.shape[0], ts[2:])
+    return (TensorType(x.dtype, x.shape[:-1] + (q.shape[0],)),)
+
+
+def _int8pack_fits(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> bool:
+    # torch 2.13's CPU kernel segfaults on bf16 activations when K is not a multiple of 16
+    # (measured: K = 1, 2, 3, 8, 17, 24, 40 crash; 16, 32, 48, 64, 80, 96, 128 run); f32 and f16 ran
+    # every K tried. bf16 takes the kernel only for K % 32 == 0, a margin over what was measured.
+    if x.dtype is torch.bfloat16 and q.shape[1] % 32:
+        return False
+    return (
+        x.device.type == "cpu" and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and scale.dtype == x.dtype and q.is_contiguous() and hasattr(torch.ops.aten, "_weight_int8pack_mm")
+    )
+
+
+def _linear_w8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, *rest: Any) -> torch.Tensor:
+    *bias, activation = rest
+    b = bias[0] if bias else None
+    if _int8pack_fits(x, q, scale):
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()  # (M, K): the kernel takes 2-dim, unit-stride rows
+        y = torch.ops.aten._weight_int8pack_mm(x2, q, scale).reshape(*x.shape[:-1], q.shape[0])
+        if b is not None:
+            y = y.add_(b)
+    else:  # dequantize per call (reference path: a float copy of the weight lives during the call)
+        y = F.linear(x, dequantize_int8(q, scale, x.dtype), b)
+    return y if activation == "none" else ACTIVATIONS[activation](y)
+
+
+declare(
+    "linear_w8", ["x", "qweight", "scale", "*bias"], [Attr("activation", AttrKind.STR, "none")],
+    infer=_linear_w8_infer, impl=_linear_w8, category="matmul",
+    doc="act(x @ (qweight * scale[:, None]).T (+ bias)); qweight i8[N, K], scale [N] per output channel",
+)
+
+
+def _linear_w4_infer(types, a):  # noqa: ANN001, ANN202
+    ts = tensors(types)
+    if len(ts) not in (3, 4):
+        raise InferenceError("linear_w4 takes x, packed, scales and an optional bias")
+    _check_activation(a)
+    g = a["group_size"]
+    x, p, s = ts[:3]
+    if g <= 0 or g % 2:
+        raise InferenceError(f"linear_w4 group_size must be a positive even number, got {g}")
+    if p.dtype.name != "u8" or p.rank != 2 or x.rank < 1 or not same_dim(x.shape[-1], 2 * p.shape[1]):
+        raise InferenceError(f"linear_w4 needs x[..., K] and packed u8[N, K/2], got {x} and {p}")
+    k = x.shape[-1]
+    if not isinstance(k, int) or k % g:
+        raise InferenceError(f"linear_w4 needs K divisible by group_size {g}, got K = {k}")
+    if s.rank != 2 or not same_dim(s.shape[0], p.shape[0]) or not same_dim(s.shape[1], k // g):
+        raise InferenceError(f"linear_w4 scales must be [{p.shape[0]}, {k // g}], got {s}")
+    _check_x_bias("linear_w4", x, p.shape[0], ts[2:])
+    return (TensorType(x.dtype, x.shape[:-1] + (p.shape[0],)),)
+
+
+def _linear_w4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, *rest: Any) -> torch.Tensor:
+    *bias, group_size, activation = rest
+    b = bias[0] if bias else None
+    n, k = packed.shape[0], packed.shape[1] * 2
+    rows = max(1, _W4_BLOCK_ELEMENTS // k)
+    if rows >= n:
+        y = F.linear(x, dequantize_int4(packed, scales, group_size, x.dtype), b)
+    else:  # blocks of output rows, so no full float weight exists at once
+        y = x.new_empty(*x.shape[:-1], n)
+        for r in range(0, n, rows):
+            w = dequantize_int4(packed[r:r + rows], scales[r:r + rows], group_size, x.dtype)
+            y[..., r:r + rows] = F.linear(x, w, None if b is None else b[r:r + rows])
+    return y if activation == "none" else ACTIVATIONS[activation](y)
+
+
+declare(
+    "linear_w4", ["x", "packed", "scales", "*bias"],
+    [Attr("group_size", AttrKind.INT), Attr("activation", AttrKind.STR, "none")],
+    infer=_linear_w4_infer, impl=_linear_w4, category="matmul",
+    doc="act(x @ dequant(packed, scales).T (+ bias)); packed u8[N, K/2] (low nibble = even column, q + 8), "
+    "scales [N, K/group_size]",
+)

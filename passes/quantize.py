@@ -1,0 +1,163 @@
+"""quantize_weights: weight-only int8 / int4 quantization of constant linear weights.
+
+The scheme object lives here too (`QuantScheme`), so the pass and its configuration are read
+together; `CompileOptions(quantization=...)` holds one (or "int8" / "int4", which name the
+default schemes).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import torch
+
+from ..ir import Effect, Graph, Node, Value
+from ..ir.opset.quant import INT4_GROUP_SIZES, quantize_int4_grouped, quantize_int8_per_channel
+from ..ir.verifier import _types_equal
+from .manager import PassContext, graph_pass
+from .rewrite import Rebuilder
+
+DEFAULT_SKIP = ("lm_head", "embed*")
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How to quantize: weight format, group size (int4), symmetry, and module-name skip patterns.
+
+    `skip` patterns are fnmatch patterns matched against a linear's source module path, its
+    weight constant's name, and every dotted component of either (so "lm_head" matches
+    "lm_head.weight" and "model.lm_head"; "embed*" matches "model.embed_tokens.weight").
+    """
+
+    weights: str = "int8"  # "int8" (per output channel) | "int4" (group-wise, packed two per byte)
+    group_size: int = 128  # int4 only: 32 | 64 | 128
+    symmetric: bool = True  # only symmetric scales exist in this slice
+    skip: tuple[str, ...] = DEFAULT_SKIP
+
+    def __post_init__(self) -> None:
+        if isinstance(self.skip, str):
+            raise TypeError(f"QuantScheme.skip must be a sequence of patterns, got the string {self.skip!r}")
+        object.__setattr__(self, "skip", tuple(self.skip))
+        if self.weights not in ("int8", "int4"):
+            raise ValueError(f"QuantScheme.weights must be 'int8' or 'int4', got {self.weights!r}")
+        if self.weights == "int4" and self.group_size not in INT4_GROUP_SIZES:
+            raise ValueError(f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}")
+        if not self.symmetric:
+            raise ValueError("asymmetric (zero-point) quantization is not implemented yet; use symmetric=True")
+        if not all(isinstance(p, str) and p for p in self.skip):
+            raise TypeError(f"QuantScheme.skip must hold non-empty strings, got {self.skip!r}")
+
+    @classmethod
+    def parse(cls, spec: "str | QuantScheme") -> "QuantScheme":
+        """A scheme from itself or from a name: "int8" or "int4" (group 128)."""
+        if isinstance(spec, QuantScheme):
+            return spec
+        if spec in ("int8", "int4"):
+            return cls(weights=spec)
+        raise ValueError(f"unknown quantization {spec!r}; use 'int8', 'int4' or a QuantScheme")
+
+    def skips(self, *names: str) -> bool:
+        """Whether any of these module / constant names matches a skip pattern."""
+        cands = {c for name in names if name for c in (name, *name.split("."))}
+        return any(fnmatch.fnmatchcase(c, p) for c in cands for p in self.skip)
+
+
+def _written(g: Graph) -> set[Value]:
+    return {v for n in g.nodes if n.op.effect is Effect.WRITE for v in (n.inputs[:1] if n.op.name == "copy_to" else n.inputs)}
+
+
+def _candidates(g: Graph, scheme: QuantScheme, ctx: PassContext) -> dict[Value, list[Node]]:
+    """Weight constants to quantize -> the linears reading them (every reader of each is one).
+
+    A weight qualifies when it is a float 2-dim constant with data, no node writes it, it is
+    not a graph output, and all its readers are linears reading it as their weight, none of
+    them on the skip list (a weight also read elsewhere, e.g. a tied embedding, would have to
+    stay in full precision anyway, so quantizing it would only add bytes).
+    """
+    written = _written(g)
+    readers: dict[Value, list[tuple[Node, int]]] = {}
+    for n in g.nodes:
+        for k, v in enumerate(n.inputs):
+            if v.kind == "const":
+                readers.setdefault(v, []).append((n, k))
+    outputs = set(g.outputs)
+    out: dict[Value, list[Node]] = {}
+    for n in g.nodes:
+        if n.op.name != "linear" or n.inputs[1].kind != "const":
+            continue
+        w = n.inputs[1]
+        if w in out:
+            continue
+        module = n.source.module if n.source is not None else ""
+        if w in written or g.constant_data.get(w.name) is None or not w.type.dtype.is_float or w.type.dtype.bits < 16:
+            ctx.count("linears_kept_not_constant_float")
+        elif scheme.skips(module, w.name):
+            ctx.count("linears_skipped")
+        elif w in outputs or any(m.op.name != "linear" or k != 1 or scheme.skips(m.source.module if m.source else "") for m, k in readers[w]):
+            ctx.count("linears_kept_shared_weight")
+        elif scheme.weights == "int4" and w.type.shape[1] % scheme.group_size:
+            ctx.count("linears_kept_group_mismatch")
+        else:
+            out[w] = [m for m, _ in readers[w]]
+    return out
+
+
+def _fresh(g: Graph, name: str) -> str:
+    k, cand = 0, name
+    while cand in g.constants:
+        k += 1
+        cand = f"{name}{k}"
+    return cand
+
+
+def _quantized_params(rb: Rebuilder, w: Value, data: torch.Tensor, scheme: QuantScheme) -> list[Value]:
+    if scheme.weights == "int8":
+        q, scale = quantize_int8_per_channel(data)
+    else:
+        q, scale = quantize_int4_grouped(data, scheme.group_size)
+    return [rb.out.add_constant(_fresh(rb.out, f"{w.name}.{suffix}"), t) for suffix, t in (("q", q), ("scale", scale))]
+
+
+@graph_pass("replace linears over constant float weights by int8 / int4 weight-only quantized linears")
+def quantize_weights(g: Graph, ctx: PassContext) -> Graph:
+    """Weight-only quantization (a no-op unless `ctx.options.quantization` is set).
+
+    Guarantees: every `linear` whose weight is a float constant that no node writes, that only
+    linears read, and whose module / weight name is not on the scheme's skip list becomes
+    `linear_w8` (int8 per output channel) or `linear_w4` (int4 groups, two per byte) with the
+    same inputs, bias, activation and exact result type; the new constants are
+    `<weight>.q` and `<weight>.scale`, and the float weight leaves the graph. int4 weights
+    whose K is not a multiple of the group size stay in full precision (counted).
+    `linear_add` is left alone (the pipeline runs this pass before fuse_epilogues makes any).
+
+        const %wq : f32[64, 64]                        const %wq.q : i8[64, 64]
+                                                  ->   const %wq.scale : f32[64]
+        %0 = linear(%x, %wq, %b) : f32[B, S, 64]        %0 = linear_w8(%x, %wq.q, %wq.scale, %b) : f32[B, S, 64]
+    """
+    if ctx.options.quantization is None:
+        return g
+    scheme = QuantScheme.parse(ctx.options.quantization)
+    todo = _candidates(g, scheme, ctx)
+    if not todo:
+        return g
+    rb = Rebuilder(g, keep_constants=[name for name, v in g.constants.items() if v not in todo])
+    params = {w: _quantized_params(rb, w, g.constant_data[w.name], scheme) for w in todo}
+    quantized = {id(n): w for w, ns in todo.items() for n in ns}
+    op = "linear_w8" if scheme.weights == "int8" else "linear_w4"
+    extra = {} if scheme.weights == "int8" else {"group_size": scheme.group_size}
+    for n in g.nodes:
+        w = quantized.get(id(n))
+        if w is None:
+            rb.copy(n)
+            continue
+        ins = [rb.get(n.inputs[0]), *params[w], *(rb.get(v) for v in n.inputs[2:])]
+        new = rb.out.add_node(op, ins, {**extra, "activation": n.attrs["activation"]}, source=n.source)
+        if not _types_equal(new.output.type, n.output.type):  # the declared ops mirror linear's inference
+            raise RuntimeError(f"{op} changed a result type: {n.output.type} -> {new.output.type}")
+        rb.map[n.outputs[0]] = new.output
+        ctx.count("linears_quantized")
+    ctx.count("weights_quantized", len(todo))
+    ctx.count("weight_bytes_before", sum(g.constant_data[w.name].nbytes for w in todo))
+    ctx.count("weight_bytes_after", sum(rb.out.constant_data[p.name].nbytes for ps in params.values() for p in ps))
+    return rb.finish()
