@@ -34,8 +34,10 @@ class LLM:
         max_num_batched_tokens: int = 2048, max_num_seqs: int = 64, allow_pickle: bool = False,
         options: CompileOptions | None = None,
     ):
-        if quantization is not None:
-            raise KilnError(f"quantization={quantization!r} is not available yet in kiln.LLM; use quantization=None")
+        if quantization is not None:  # weight-only int8 / int4 through the quantize_weights pass
+            import dataclasses
+
+            options = dataclasses.replace(options or CompileOptions(), quantization=quantization)
         if tensor_parallel_size != 1:
             raise KilnError(f"tensor_parallel_size={tensor_parallel_size} is not available yet; use 1")
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")

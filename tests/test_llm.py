@@ -185,3 +185,14 @@ def test_a_frequency_penalty_breaks_greedy_repetition() -> None:
     assert most >= 3, "the premise: this greedy output repeats itself"
     pen = llm.generate(["Hello there"], kiln.SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True, frequency_penalty=2.0))[0].outputs[0].token_ids
     assert max(pen.count(t) for t in pen) < most
+
+
+def test_llm_quantization_int8_runs_quantized_linears_and_keeps_greedy_tokens(trained_lm) -> None:  # noqa: ANN001
+    params = kiln.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    prompt = trained_lm.heldout_ids[:20].tolist()
+    full = kiln.LLM(trained_lm.path).generate([prompt], params)[0].outputs[0].token_ids
+    llm = kiln.LLM(trained_lm.path, quantization="int8")
+    assert any(n.op.name == "linear_w8" for n in llm.runner.graph.nodes)
+    assert llm.generate([prompt], params)[0].outputs[0].token_ids == full
+    with pytest.raises(ValueError, match="quantization"):
+        kiln.LLM(trained_lm.path, quantization="int3")
