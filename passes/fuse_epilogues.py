@@ -10,6 +10,10 @@ from .rewrite import Rebuilder
 _ACT = {"relu": "relu", "silu": "silu"}
 
 
+# linears that carry an `activation` attribute (weight-only quantized ones included)
+_TAKES_ACTIVATION = ("linear", "linear_w8", "linear_w4")
+
+
 def _activation(n: Node) -> str | None:
     if n.op.name == "gelu":
         return {"none": "gelu", "tanh": "gelu_tanh"}.get(n.attrs["approximate"])
@@ -34,7 +38,7 @@ def _plan(g: Graph) -> tuple[dict[int, int], dict[int, int]]:
         src = n.inputs[0].node if n.inputs else None
         if src is None:
             continue
-        if _activation(n) and src.op.name == "linear" and src.attrs["activation"] == "none" and uses[n.inputs[0]] == 1:
+        if _activation(n) and src.op.name in _TAKES_ACTIVATION and src.attrs["activation"] == "none" and uses[n.inputs[0]] == 1:
             acts[i] = index[src]
         elif n.op.name in ("layer_norm", "rms_norm") and src.op.name == "add" and len(src.inputs) == 2:
             a, b = src.inputs
@@ -113,7 +117,7 @@ def fuse_epilogues(g: Graph, ctx: PassContext) -> Graph:
             rb.map[n.outputs[0]] = new.output
         elif i in act_of:
             act = g.nodes[act_of[i]]
-            new = rb.out.add_node("linear", [rb.get(v) for v in n.inputs], {"activation": _activation(act)}, source=n.source)
+            new = rb.out.add_node(n.op, [rb.get(v) for v in n.inputs], {**n.attrs, "activation": _activation(act)}, source=n.source)
             rb.map[act.outputs[0]] = new.output
         elif i in norms:
             norm = g.nodes[norms[i]]
