@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .passes.prune import PruneScheme
     from .passes.quantize import QuantScheme
 
 
@@ -26,6 +27,8 @@ class CompileOptions:
     # weight-only quantization (passes/quantize.py): None, "int8", "int4" or a QuantScheme;
     # stored as a QuantScheme (or None)
     quantization: "str | QuantScheme | None" = None
+    # magnitude pruning of linear weights (passes/prune.py): None, a sparsity, "2:4" or a PruneScheme
+    pruning: "str | float | PruneScheme | None" = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disable_passes", frozenset(self.disable_passes))
@@ -39,3 +42,7 @@ class CompileOptions:
             from .passes.quantize import QuantScheme  # lazily: passes import this module
 
             object.__setattr__(self, "quantization", QuantScheme.parse(self.quantization))
+        if self.pruning is not None:
+            from .passes.prune import PruneScheme
+
+            object.__setattr__(self, "pruning", PruneScheme.parse(self.pruning))

@@ -16,10 +16,11 @@ from .manager import Pass, PassContext, PassError, PassRecord, graph_pass, run_p
 from .memory import MemoryPlan, plan_memory
 from .pad import pad_matmul_dims
 from .pipeline import PIPELINE
+from .prune import PruneScheme, prune_weights
 from .quantize import QuantScheme, quantize_weights
 from .simplify import simplify
 
 __all__ = [
     "PIPELINE", "MemoryPlan", "Pass", "PassContext", "PassError", "PassRecord", "QuantScheme", "eliminate_common_subexpressions",
-    "eliminate_dead_nodes", "fold_constants", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "graph_pass", "pad_matmul_dims", "plan_memory", "quantize_weights", "run_pipeline", "simplify",
+    "eliminate_dead_nodes", "fold_constants", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "graph_pass", "pad_matmul_dims", "plan_memory", "PruneScheme", "prune_weights", "quantize_weights", "run_pipeline", "simplify",
 ]

@@ -12,6 +12,7 @@ from .fuse_projections import fuse_projections
 from .manager import Pass
 from .memory import plan_memory
 from .pad import pad_matmul_dims
+from .prune import prune_weights
 from .quantize import quantize_weights
 from .simplify import simplify
 
@@ -21,6 +22,7 @@ PIPELINE: list[Pass] = [
     eliminate_common_subexpressions,
     fold_constants,
     fuse_patterns,
+    prune_weights,  # before fuse_projections: each projection gets its own magnitude threshold
     fuse_projections,
     quantize_weights,  # after fuse_projections: a fused QKV / gate-up weight is quantized once
     fuse_epilogues,
