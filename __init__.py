@@ -6,6 +6,7 @@ Public API (stable): `kiln.compile`, `kiln.CompileOptions`, `torch.compile(model
 
 from .api import CompiledModule, CompileStats, compile
 from .errors import ConversionError, InputError, KilnError, TraceError, UnsupportedOpsError
+from .models.distill import distill
 from .options import CompileOptions
 from .runtime.engine import CompletionOutput, RequestOutput
 from .runtime.llm import LLM
@@ -22,6 +23,6 @@ _register_dynamo_backend()
 
 __all__ = [
     "LLM", "CompileOptions", "CompileStats", "CompiledModule", "CompletionOutput", "ConversionError", "InputError",
-    "KilnError", "RequestOutput", "SamplingParams", "TraceError", "UnsupportedOpsError", "compile",
+    "KilnError", "RequestOutput", "SamplingParams", "TraceError", "UnsupportedOpsError", "compile", "distill",
 ]
 __version__ = "0.1.0"
