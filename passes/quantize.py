@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 
 from ..ir import Effect, Graph, Node, Value
-from ..ir.opset.quant import INT4_GROUP_SIZES, quantize_int4_grouped, quantize_int8_per_channel
+from ..ir.opset.quant import (
+    INT4_GROUP_SIZES,
+    quantize_int4_grouped,
+    quantize_int4_minmax,
+    quantize_int8_minmax,
+    quantize_int8_per_channel,
+)
 from ..ir.verifier import _types_equal
 from .manager import PassContext, graph_pass
 from .rewrite import Rebuilder
@@ -25,6 +31,11 @@ DEFAULT_SKIP = ("lm_head", "embed*")
 class QuantScheme:
     """How to quantize: weight format, group size (int4), symmetry, and module-name skip patterns.
 
+    `symmetric=False` selects asymmetric min-max quantization with zero points over the same
+    blocks (int8: per output channel, int4: per group): unsigned codes in [0, 2^b - 1],
+    scale = (max - min) / (2^b - 1) over the block's range widened to hold 0, zero point
+    round(-min / scale), w ~= (q - zero) * scale (see kiln.ir.opset.quant).
+
     `skip` patterns are fnmatch patterns matched against a linear's source module path, its
     weight constant's name, and every dotted component of either (so "lm_head" matches
     "lm_head.weight" and "model.lm_head"; "embed*" matches "model.embed_tokens.weight").
@@ -32,7 +43,7 @@ class QuantScheme:
 
     weights: str = "int8"  # "int8" (per output channel) | "int4" (group-wise, packed two per byte)
     group_size: int = 128  # int4 only: 32 | 64 | 128
-    symmetric: bool = True  # only symmetric scales exist in this slice
+    symmetric: bool = True  # False: asymmetric min-max with zero points (unsigned codes)
     skip: tuple[str, ...] = DEFAULT_SKIP
 
     def __post_init__(self) -> None:
@@ -43,8 +54,6 @@ class QuantScheme:
             raise ValueError(f"QuantScheme.weights must be 'int8' or 'int4', got {self.weights!r}")
         if self.weights == "int4" and self.group_size not in INT4_GROUP_SIZES:
             raise ValueError(f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}")
-        if not self.symmetric:
-            raise ValueError("asymmetric (zero-point) quantization is not implemented yet; use symmetric=True")
         if not all(isinstance(p, str) and p for p in self.skip):
             raise TypeError(f"QuantScheme.skip must hold non-empty strings, got {self.skip!r}")
 
@@ -112,11 +121,11 @@ def _fresh(g: Graph, name: str) -> str:
 
 
 def _quantized_params(rb: Rebuilder, w: Value, data: torch.Tensor, scheme: QuantScheme) -> list[Value]:
-    if scheme.weights == "int8":
-        q, scale = quantize_int8_per_channel(data)
+    if scheme.symmetric:
+        parts = quantize_int8_per_channel(data) if scheme.weights == "int8" else quantize_int4_grouped(data, scheme.group_size)
     else:
-        q, scale = quantize_int4_grouped(data, scheme.group_size)
-    return [rb.out.add_constant(_fresh(rb.out, f"{w.name}.{suffix}"), t) for suffix, t in (("q", q), ("scale", scale))]
+        parts = quantize_int8_minmax(data) if scheme.weights == "int8" else quantize_int4_minmax(data, scheme.group_size)
+    return [rb.out.add_constant(_fresh(rb.out, f"{w.name}.{suffix}"), t) for suffix, t in zip(("q", "scale", "zero"), parts)]
 
 
 @graph_pass("replace linears over constant float weights by int8 / int4 weight-only quantized linears")
@@ -127,7 +136,9 @@ def quantize_weights(g: Graph, ctx: PassContext) -> Graph:
     linears read, and whose module / weight name is not on the scheme's skip list becomes
     `linear_w8` (int8 per output channel) or `linear_w4` (int4 groups, two per byte) with the
     same inputs, bias, activation and exact result type; the new constants are
-    `<weight>.q` and `<weight>.scale`, and the float weight leaves the graph. int4 weights
+    `<weight>.q` and `<weight>.scale` (and `<weight>.zero`, the zero points, passed before the
+    bias, with `asymmetric=true`, when the scheme is not symmetric), and the float weight
+    leaves the graph. int4 weights
     whose K is not a multiple of the group size stay in full precision (counted).
     `linear_add` is left alone (the pipeline runs this pass before fuse_epilogues makes any).
 
@@ -146,6 +157,8 @@ def quantize_weights(g: Graph, ctx: PassContext) -> Graph:
     quantized = {id(n): w for w, ns in todo.items() for n in ns}
     op = "linear_w8" if scheme.weights == "int8" else "linear_w4"
     extra = {} if scheme.weights == "int8" else {"group_size": scheme.group_size}
+    if not scheme.symmetric:
+        extra["asymmetric"] = True
     for n in g.nodes:
         w = quantized.get(id(n))
         if w is None:

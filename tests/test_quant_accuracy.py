@@ -14,6 +14,8 @@ from kiln.report.accuracy import compare_logits
 @pytest.mark.parametrize(("scheme", "min_top1", "max_ppl_increase"), [
     ("int8", 0.99, 0.02),
     (QuantScheme(weights="int4", group_size=32), 0.95, 0.10),
+    # asymmetric min-max with zero points; observed top-1 96.4%, ppl +0.57% (symmetric g32: 95.8%, +0.35%)
+    (QuantScheme(weights="int4", group_size=32, symmetric=False), 0.95, 0.10),
 ])
 def test_quantized_model_meets_the_accuracy_bars(trained_lm, scheme, min_top1: float, max_ppl_increase: float) -> None:  # noqa: ANN001
     model = trained_lm.model.eval()

@@ -15,11 +15,17 @@ from kiln.ir.dtypes import f32, i8, u8
 from kiln.ir.opset import quant
 from kiln.ir.opset.quant import (
     dequantize_int4,
+    dequantize_int4_minmax,
     dequantize_int8,
+    dequantize_int8_minmax,
     pack_int4,
+    pack_uint4,
     quantize_int4_grouped,
+    quantize_int4_minmax,
+    quantize_int8_minmax,
     quantize_int8_per_channel,
     unpack_int4,
+    unpack_uint4,
 )
 from kiln.options import CompileOptions
 from kiln.passes import QuantScheme
@@ -49,13 +55,17 @@ def test_scheme_strings_map_to_default_schemes() -> None:
     [
         ({"weights": "int3"}, "weights must be"),
         ({"weights": "int4", "group_size": 48}, "group_size must be one of"),
-        ({"symmetric": False}, "asymmetric"),
         ({"skip": "lm_head"}, "sequence of patterns"),
     ],
 )
 def test_scheme_rejects_bad_settings_with_a_clear_error(kwargs: dict, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         QuantScheme(**kwargs)
+
+
+def test_asymmetric_schemes_are_accepted() -> None:
+    assert not QuantScheme(symmetric=False).symmetric
+    assert QuantScheme(weights="int4", group_size=32, symmetric=False).group_size == 32
 
 
 def test_unknown_quantization_name_is_rejected() -> None:
@@ -106,6 +116,86 @@ def test_zero_rows_quantize_to_exact_zeros() -> None:
     w = torch.zeros(3, 64)
     assert torch.equal(dequantize_int8(*quantize_int8_per_channel(w)), w)
     assert torch.equal(dequantize_int4(*quantize_int4_grouped(w, 32), 32), w)
+    assert torch.equal(dequantize_int8_minmax(*quantize_int8_minmax(w)), w)
+    assert torch.equal(dequantize_int4_minmax(*quantize_int4_minmax(w, 32), 32), w)
+
+
+# --- asymmetric min-max arithmetic ------------------------------------------------------------
+
+SHIFTS = st.sampled_from([0.0, 0.5, 3.0, -2.0])  # 0: centred; > 0 mostly positive; < 0 mostly negative
+
+
+@SETTINGS
+@given(n=st.integers(1, 40), k=st.integers(1, 70), shift=SHIFTS, seed=st.integers(0, 2**16))
+def test_int8_minmax_round_trip_error_is_at_most_half_a_step(n: int, k: int, shift: float, seed: int) -> None:
+    w = _weight(n, k, seed) + shift
+    q, scale, zeros = quantize_int8_minmax(w)
+    assert q.dtype is torch.uint8 and q.shape == (n, k) and scale.shape == (n,)
+    assert zeros.dtype is torch.uint8 and zeros.shape == (n,)
+    lo, hi = w.amin(1).clamp(max=0), w.amax(1).clamp(min=0)
+    assert torch.allclose(scale, (hi - lo) / 255, rtol=1e-6)
+    err = (dequantize_int8_minmax(q, scale, zeros) - w).abs()  # (N, K)
+    assert (err <= scale[:, None] / 2 * (1 + 1e-5) + 1e-7).all()
+
+
+@SETTINGS
+@given(n=st.integers(1, 24), groups=st.integers(1, 4), group=st.sampled_from([32, 64, 128]), shift=SHIFTS,
+       seed=st.integers(0, 2**16))
+def test_int4_minmax_round_trip_error_is_at_most_half_a_step_per_group(n: int, groups: int, group: int, shift: float, seed: int) -> None:
+    w = _weight(n, groups * group, seed) + shift
+    packed, scales, zeros = quantize_int4_minmax(w, group)
+    assert packed.dtype is torch.uint8 and packed.shape == (n, groups * group // 2) and scales.shape == (n, groups)
+    assert zeros.dtype is torch.uint8 and zeros.shape == (n, groups) and int(zeros.max()) <= 15
+    err = (dequantize_int4_minmax(packed, scales, zeros, group) - w).abs().reshape(n, groups, group)
+    assert (err <= scales[..., None] / 2 * (1 + 1e-5) + 1e-7).all()
+
+
+@SETTINGS
+@given(n=st.integers(1, 8), k=st.sampled_from([32, 64, 96]), dtype=st.sampled_from([torch.bfloat16, torch.float16]),
+       shift=SHIFTS, seed=st.integers(0, 2**16))
+def test_minmax_scales_stored_in_low_precision_still_cover_the_range(n: int, k: int, dtype: torch.dtype, shift: float, seed: int) -> None:
+    w = (_weight(n, k, seed) + shift).to(dtype)
+    q, scale, zeros = quantize_int8_minmax(w)
+    assert scale.dtype is dtype
+    err = (dequantize_int8_minmax(q, scale, zeros, torch.float64) - w.double()).abs()
+    assert (err <= scale.double()[:, None] / 2 * (1 + 1e-5) + 1e-7).all()  # no code clipped at the ends
+    packed, scales, zeros4 = quantize_int4_minmax(w, 32)
+    err4 = (dequantize_int4_minmax(packed, scales, zeros4, 32, torch.float64) - w.double()).abs().reshape(n, k // 32, 32)
+    assert (err4 <= scales.double()[..., None] / 2 * (1 + 1e-5) + 1e-7).all()
+
+
+@SETTINGS
+@given(n=st.integers(1, 8), half=st.integers(1, 16), seed=st.integers(0, 2**16))
+def test_uint4_packing_round_trips_and_matches_the_signed_layout(n: int, half: int, seed: int) -> None:
+    u = torch.randint(0, 16, (n, 2 * half), generator=torch.Generator().manual_seed(seed))
+    packed = pack_uint4(u)
+    assert torch.equal(unpack_uint4(packed), u.to(torch.uint8))
+    assert torch.equal(packed, pack_int4(u - 8))  # same bytes: the signed format stores q + 8
+
+
+def test_minmax_keeps_zero_exact_and_codes_span_the_range() -> None:
+    w = torch.tensor([[-1.0, 0.0, 3.0, 0.5], [0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+    q, scale, zeros = quantize_int8_minmax(w)
+    assert int(q[0].min()) == 0 and int(q[0].max()) == 255 and int(q[0, 1]) == int(zeros[0])  # 0 -> the zero point
+    assert float(scale[1]) == 0.0 and int(zeros[1]) == 0  # all-zero row: max == min guarded
+    assert int(zeros[2]) == 0 and torch.allclose(dequantize_int8_minmax(q, scale, zeros)[2], w[2])  # constant row
+    assert float(dequantize_int8_minmax(q, scale, zeros)[0, 1]) == 0.0
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_asymmetric_beats_symmetric_on_a_skewed_weight_distribution(weights: str) -> None:
+    gen = torch.Generator().manual_seed(7)
+    w = torch.rand(64, 256, generator=gen) * torch.rand(64, 1, generator=gen).add(0.1)  # all positive
+    if weights == "int8":
+        sym = dequantize_int8(*quantize_int8_per_channel(w))
+        asym = dequantize_int8_minmax(*quantize_int8_minmax(w))
+    else:
+        sym = dequantize_int4(*quantize_int4_grouped(w, 32), 32)
+        asym = dequantize_int4_minmax(*quantize_int4_minmax(w, 32), 32)
+    sym_err, asym_err = (sym - w).abs().mean(), (asym - w).abs().mean()
+    # all-positive: symmetric spends half its codes on negatives, asymmetric uses all of them on
+    # [0, max], so its step (and error) is about half (255 vs 127 steps; 15 vs 7)
+    assert asym_err < 0.6 * sym_err, (float(asym_err), float(sym_err))
 
 
 # --- the ops --------------------------------------------------------------------------------
@@ -140,6 +230,43 @@ def test_linear_w4_matches_dequantize_then_linear(m: int, n: int, groups: int, g
     assert rel_err(got, want) <= 1e-5
 
 
+@SETTINGS
+@given(m=st.integers(1, 6), n=st.integers(1, 20), k=st.integers(1, 48), bias=st.booleans(), act=ACTIVATIONS,
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), seed=st.integers(0, 2**16))
+def test_asymmetric_linear_w8_matches_dequantize_then_linear(m: int, n: int, k: int, bias: bool, act: str, dtype: torch.dtype, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    q, scale, zeros = quantize_int8_minmax(_weight(n, k, seed, dtype) + 0.5)
+    x = torch.randn(2, m, k, generator=gen).to(dtype)
+    b = [torch.randn(n, generator=gen).to(dtype)] if bias else []
+    got = REGISTRY["linear_w8"].impl(x, q, scale, zeros, *b, act, True)
+    want = REGISTRY["linear"].impl(x, dequantize_int8_minmax(q, scale, zeros, dtype), *b, act)
+    tol = 2e-2 if dtype is torch.bfloat16 else 1e-5
+    assert got.dtype == dtype and got.shape == (2, m, n)
+    assert rel_err(got.double(), want.double()) <= tol
+
+
+@SETTINGS
+@given(m=st.integers(1, 6), n=st.integers(1, 20), groups=st.integers(1, 3), group=st.sampled_from([32, 64]),
+       bias=st.booleans(), act=ACTIVATIONS, seed=st.integers(0, 2**16))
+def test_asymmetric_linear_w4_matches_dequantize_then_linear(m: int, n: int, groups: int, group: int, bias: bool, act: str, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    k = groups * group
+    packed, scales, zeros = quantize_int4_minmax(_weight(n, k, seed) + 0.5, group)
+    x = torch.randn(m, k, generator=gen)
+    b = [torch.randn(n, generator=gen)] if bias else []
+    got = REGISTRY["linear_w4"].impl(x, packed, scales, zeros, *b, group, act, True)
+    want = REGISTRY["linear"].impl(x, dequantize_int4_minmax(packed, scales, zeros, group), *b, act)
+    assert rel_err(got, want) <= 1e-5
+
+
+def test_asymmetric_linear_w4_dequantizes_in_row_blocks_for_large_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quant, "_W4_BLOCK_ELEMENTS", 3 * 64)  # 3 output rows per block, 10 rows
+    packed, scales, zeros = quantize_int4_minmax(_weight(10, 64, 1) + 1.0, 32)
+    x, b = torch.randn(4, 64), torch.randn(10)
+    got = REGISTRY["linear_w4"].impl(x, packed, scales, zeros, b, 32, "silu", True)
+    assert rel_err(got, F.silu(F.linear(x, dequantize_int4_minmax(packed, scales, zeros, 32), b))) <= 1e-5
+
+
 def test_linear_w4_dequantizes_in_row_blocks_for_large_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(quant, "_W4_BLOCK_ELEMENTS", 3 * 64)  # 3 output rows per block, 10 rows
     packed, scales = quantize_int4_grouped(_weight(10, 64, 1), 32)
@@ -159,6 +286,29 @@ def test_quantized_linear_inference_rejects_mismatched_operands() -> None:
         w4.infer([TensorType(f32, (4, 48)), TensorType(u8, (16, 24)), TensorType(f32, (16, 1))], {"group_size": 32, "activation": "none"})
     with pytest.raises(InferenceError, match="scales must be"):
         w4.infer([x, TensorType(u8, (16, 32)), TensorType(f32, (16, 1))], {"group_size": 32, "activation": "none"})
+
+
+def test_asymmetric_quantized_linear_inference_checks_zeros_and_codes() -> None:
+    x = TensorType(f32, (4, 64))
+    w8, asym = REGISTRY["linear_w8"], {"activation": "none", "asymmetric": True}
+    q8, s8, z8 = TensorType(u8, (16, 64)), TensorType(f32, (16,)), TensorType(u8, (16,))
+    assert w8.infer([x, q8, s8, z8], asym) == (TensorType(f32, (4, 16)),)
+    assert w8.infer([x, q8, s8, z8, TensorType(f32, (16,))], asym) == (TensorType(f32, (4, 16)),)
+    with pytest.raises(InferenceError, match="zeros"):
+        w8.infer([x, q8, s8], asym)  # the zero points are missing
+    with pytest.raises(InferenceError, match="zeros must be u8"):
+        w8.infer([x, q8, s8, TensorType(f32, (16,))], asym)  # a bias where the zeros go
+    with pytest.raises(InferenceError, match="qweight u8"):
+        w8.infer([x, TensorType(i8, (16, 64)), s8, z8], asym)
+    with pytest.raises(InferenceError, match="qweight i8"):
+        w8.infer([x, q8, s8, z8], {"activation": "none"})  # symmetric wants signed codes
+    w4, asym4 = REGISTRY["linear_w4"], {"group_size": 32, "activation": "none", "asymmetric": True}
+    p, s4 = TensorType(u8, (16, 32)), TensorType(f32, (16, 2))
+    assert w4.infer([x, p, s4, TensorType(u8, (16, 2))], asym4) == (TensorType(f32, (4, 16)),)
+    with pytest.raises(InferenceError, match="zeros must be u8 shaped like the scales"):
+        w4.infer([x, p, s4, TensorType(u8, (16, 1))], asym4)
+    with pytest.raises(InferenceError, match="optional bias"):
+        w4.infer([x, p, s4, TensorType(u8, (16, 2)), TensorType(f32, (16,)), TensorType(f32, (16,))], asym4)
 
 
 # --- end to end -----------------------------------------------------------------------------
@@ -211,3 +361,15 @@ def test_int4_default_group_128_keeps_linears_with_smaller_k(llama: torch.nn.Mod
     g, out, ref = _compile_and_run(llama, "int4")
     # hidden 64 < 128: only the down projections (K = intermediate = 128) are quantized
     assert g.op_counts()["linear_w4"] == 2
+
+
+@pytest.mark.parametrize("scheme", [QuantScheme(symmetric=False), QuantScheme(weights="int4", group_size=32, symmetric=False)])
+def test_asymmetric_llama_quantizes_with_zero_points_and_stays_close(llama: torch.nn.Module, scheme: QuantScheme) -> None:
+    g, out, ref = _compile_and_run(llama, scheme)
+    op = "linear_w8" if scheme.weights == "int8" else "linear_w4"
+    nodes = [n for n in g.nodes if n.op.name == op]
+    assert len(nodes) == 8 and all(n.attrs["asymmetric"] for n in nodes)
+    for n in nodes:
+        assert n.inputs[3].name.endswith(".zero") and g.constant_data[n.inputs[3].name].dtype is torch.uint8
+        assert g.constant_data[n.inputs[1].name].dtype is torch.uint8
+    assert rel_err(out, ref) <= (2e-2 if scheme.weights == "int8" else 0.3)
