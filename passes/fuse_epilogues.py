@@ -11,7 +11,7 @@ _ACT = {"relu": "relu", "silu": "silu"}
 
 
 # linears that carry an `activation` attribute (weight-only quantized ones included)
-_TAKES_ACTIVATION = ("linear", "linear_w8", "linear_w4")
+_TAKES_ACTIVATION = ("linear", "linear_w8", "linear_w4", "linear_w8a8")
 
 
 def _activation(n: Node) -> str | None:

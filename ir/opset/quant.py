@@ -339,3 +339,68 @@ declare(
     "scales [N, K/group_size]. asymmetric=true: linear_w4(x, packed, scales, zeros u8[N, K/group_size][, bias]), "
     "codes 0..15 stored as they are, w = (code - zero) * scale per group",
 )
+
+
+# --- W8A8: int8 weights and dynamically quantized int8 activations ---------------------------
+
+
+def quantize_activations_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] float -> (x_q i8[..., K] in [-127, 127], s [..., 1] f32): one dynamic scale per
+    token (row), s = max|x_row| / 127 computed in f32; all-zero rows get s = 0 and x_q = 0."""
+    xf = x.detach().float()
+    s = xf.abs().amax(dim=-1, keepdim=True) / INT8_QMAX
+    safe = torch.where(s == 0, torch.ones_like(s), s)
+    return torch.round(xf / safe).clamp_(-INT8_QMAX, INT8_QMAX).to(torch.int8), s
+
+
+def _int_mm_fits(a: torch.Tensor, q: torch.Tensor) -> bool:
+    """Whether torch._int_mm takes a i8[M, K] @ q.T i8[K, N]: on CUDA it needs M > 16 and K, N
+    multiples of 8; on CPU (torch 2.13) it ran every shape tried, M = 1 and odd K, N included."""
+    if not hasattr(torch, "_int_mm") or a.device != q.device:
+        return False
+    m, k = a.shape
+    n = q.shape[0]
+    if a.device.type == "cuda":
+        return m > 16 and k % 8 == 0 and n % 8 == 0
+    return a.device.type == "cpu" and m > 0 and k > 0 and n > 0
+
+
+def _linear_w8a8_infer(types, a):  # noqa: ANN001, ANN202
+    ts = tensors(types)
+    if len(ts) not in (3, 4):
+        raise InferenceError(f"linear_w8a8 takes x, qweight, scale and an optional bias, got {len(ts)} inputs")
+    _check_activation(a)
+    x, q, scale = ts[:3]
+    if q.dtype.name != "i8" or q.rank != 2 or not same_dim(x.shape[-1] if x.rank else -1, q.shape[1]):
+        raise InferenceError(f"linear_w8a8 needs x[..., K] and qweight i8[N, K], got {x} and {q}")
+    if scale.rank != 1 or not same_dim(scale.shape[0], q.shape[0]):
+        raise InferenceError(f"linear_w8a8 scale must be [N] for qweight {q}, got {scale}")
+    _check_x_bias("linear_w8a8", x, q.shape[0], [scale, *ts[3:]])
+    return (TensorType(x.dtype, x.shape[:-1] + (q.shape[0],)),)
+
+
+def _linear_w8a8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, *rest: Any) -> torch.Tensor:
+    ts, (activation, *_) = _split_rest(rest)
+    b = ts[0] if ts else None
+    n, k = q.shape
+    xq, s = quantize_activations_per_token(x.reshape(-1, k))  # (M, K) i8, (M, 1) f32
+    if _int_mm_fits(xq, q):
+        acc = torch._int_mm(xq, q.t()).float()  # exact int32 accumulation
+    else:  # float path over the dequantized integer values (exact while |acc| < 2^24 in f32)
+        work = torch.float64 if x.dtype is torch.float64 else torch.float32
+        acc = (xq.to(work) @ q.to(work).t()).float()
+    y = (acc * s * scale.float()[None, :]).to(x.dtype).reshape(*x.shape[:-1], n)
+    if b is not None:
+        y = y + b
+    return y if activation == "none" else ACTIVATIONS[activation](y)
+
+
+declare(
+    "linear_w8a8", ["x", "qweight", "scale", "*bias"],
+    [Attr("activation", AttrKind.STR, "none")],
+    infer=_linear_w8a8_infer, impl=_linear_w8a8, category="matmul",
+    doc="act((q8(x) @ qweight.T) * s_token * scale[None, :] (+ bias)); qweight i8[N, K], scale [N] per output "
+    "channel; x quantized per token at run time: s = max|x_row| / 127, q8(x) = clamp(round(x / s), -127, 127). "
+    "int32 accumulation via torch._int_mm where it fits (CUDA: M > 16, K and N multiples of 8; CPU: any), "
+    "else in float",
+)
