@@ -45,6 +45,7 @@ class QuantScheme:
     group_size: int = 128  # int4 only: 32 | 64 | 128
     symmetric: bool = True  # False: asymmetric min-max with zero points (unsigned codes)
     skip: tuple[str, ...] = DEFAULT_SKIP
+    activations: str | None = None  # "int8": W8A8, activations quantized per token at run time (int8 symmetric weights only)
 
     def __post_init__(self) -> None:
         if isinstance(self.skip, str):
@@ -54,17 +55,23 @@ class QuantScheme:
             raise ValueError(f"QuantScheme.weights must be 'int8' or 'int4', got {self.weights!r}")
         if self.weights == "int4" and self.group_size not in INT4_GROUP_SIZES:
             raise ValueError(f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}")
+        if self.activations not in (None, "int8"):
+            raise ValueError(f"QuantScheme.activations must be None or 'int8', got {self.activations!r}")
+        if self.activations == "int8" and (self.weights != "int8" or not self.symmetric):
+            raise ValueError("activations='int8' (W8A8) needs symmetric int8 weights")
         if not all(isinstance(p, str) and p for p in self.skip):
             raise TypeError(f"QuantScheme.skip must hold non-empty strings, got {self.skip!r}")
 
     @classmethod
     def parse(cls, spec: "str | QuantScheme") -> "QuantScheme":
-        """A scheme from itself or from a name: "int8" or "int4" (group 128)."""
+        """A scheme from itself or from a name: "int8", "int4" (group 128) or "w8a8" (int8 weights and activations)."""
         if isinstance(spec, QuantScheme):
             return spec
         if spec in ("int8", "int4"):
             return cls(weights=spec)
-        raise ValueError(f"unknown quantization {spec!r}; use 'int8', 'int4' or a QuantScheme")
+        if spec == "w8a8":
+            return cls(weights="int8", activations="int8")
+        raise ValueError(f"unknown quantization {spec!r}; use 'int8', 'int4', 'w8a8' or a QuantScheme")
 
     def skips(self, *names: str) -> bool:
         """Whether any of these module / constant names matches a skip pattern."""
@@ -138,7 +145,9 @@ def quantize_weights(g: Graph, ctx: PassContext) -> Graph:
     same inputs, bias, activation and exact result type; the new constants are
     `<weight>.q` and `<weight>.scale` (and `<weight>.zero`, the zero points, passed before the
     bias, with `asymmetric=true`, when the scheme is not symmetric), and the float weight
-    leaves the graph. int4 weights
+    leaves the graph. With `activations="int8"` (W8A8, symmetric int8 weights) the op is
+    `linear_w8a8` over the same `.q` / `.scale` constants; it quantizes x per token at run time.
+    int4 weights
     whose K is not a multiple of the group size stay in full precision (counted).
     `linear_add` is left alone (the pipeline runs this pass before fuse_epilogues makes any).
 
@@ -156,6 +165,8 @@ def quantize_weights(g: Graph, ctx: PassContext) -> Graph:
     params = {w: _quantized_params(rb, w, g.constant_data[w.name], scheme) for w in todo}
     quantized = {id(n): w for w, ns in todo.items() for n in ns}
     op = "linear_w8" if scheme.weights == "int8" else "linear_w4"
+    if scheme.activations == "int8":
+        op = "linear_w8a8"
     extra = {} if scheme.weights == "int8" else {"group_size": scheme.group_size}
     if not scheme.symmetric:
         extra["asymmetric"] = True

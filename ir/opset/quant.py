@@ -1,4 +1,4 @@
-"""Weight-only quantized matmuls (`linear_w8`, `linear_w4`) and the quantization arithmetic.
+"""Weight-only quantized matmuls (`linear_w8`, `linear_w4`), W8A8 (`linear_w8a8`) and the quantization arithmetic.
 
 Formats (symmetric, round to nearest, scale = max|w| / qmax over the scaling block):
 
@@ -31,6 +31,12 @@ f32/f16/bf16 activations with matching scale dtype), else dequantizes per call a
 `_W4_BLOCK_ELEMENTS` float weights exist at once (PyTorch's CPU int4 kernel wants its own
 pre-tiled layout and asymmetric scale/zero pairs; wiring it in is left to a later slice).
 The asymmetric paths of both ops dequantize per call (the int8 kernel has no zero points).
+
+W8A8 (`linear_w8a8(x, qweight i8[N, K], scale [N][, bias])`): the symmetric int8 weight format
+above, and the activations quantized at run time per token (row of x): s = max|x_row| / 127 (in
+f32; 0 for an all-zero row), x_q = clamp(round(x / s), -127, 127) as int8, then
+y = (x_q @ qweight.T) * s * scale[None, :] (+ bias), in x's dtype. The integer product runs in
+int32 through `torch._int_mm` where it fits, else in float over the same integer values.
 """
 
 from __future__ import annotations
@@ -384,12 +390,12 @@ def _linear_w8a8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, *rest: A
     b = ts[0] if ts else None
     n, k = q.shape
     xq, s = quantize_activations_per_token(x.reshape(-1, k))  # (M, K) i8, (M, 1) f32
+    work = torch.float64 if x.dtype is torch.float64 else torch.float32
     if _int_mm_fits(xq, q):
-        acc = torch._int_mm(xq, q.t()).float()  # exact int32 accumulation
-    else:  # float path over the dequantized integer values (exact while |acc| < 2^24 in f32)
-        work = torch.float64 if x.dtype is torch.float64 else torch.float32
-        acc = (xq.to(work) @ q.to(work).t()).float()
-    y = (acc * s * scale.float()[None, :]).to(x.dtype).reshape(*x.shape[:-1], n)
+        acc = torch._int_mm(xq, q.t()).to(work)  # exact int32 accumulation
+    else:  # float path over the integer values (exact while partial sums stay below 2^24 in f32)
+        acc = xq.to(work) @ q.to(work).t()
+    y = (acc * s.to(work) * scale.to(work)[None, :]).to(x.dtype).reshape(*x.shape[:-1], n)
     if b is not None:
         y = y + b
     return y if activation == "none" else ACTIVATIONS[activation](y)
