@@ -181,10 +181,7 @@ def _lm_head(g: Graph) -> Node | None:
     if not g.outputs or g.outputs[0].node is None:
         return None
     n = g.outputs[0].node
-    if n.op.name != "linear" or n.inputs[0].type.rank != 3:
-        return None
-    uses = g.uses().get(n.inputs[0], [])
-    return n if len(uses) >= 1 else None
+    return n if n.op.name == "linear" and n.inputs[0].type.rank == 3 else None
 
 
 def kv_cache_pass(caches: list[tuple[torch.Tensor, torch.Tensor]]) -> Pass:

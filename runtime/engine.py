@@ -85,8 +85,9 @@ class Engine:
         if len(prompt_ids) >= self.max_model_len:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens but max_model_len is {self.max_model_len}; shorten it or raise max_model_len")
         max_new = min(params.max_tokens, self.max_model_len - len(prompt_ids))
-        for _ in range(params.n):  # each sample is checked alone: they share only full prompt blocks
-            self.alloc.check_fits(len(prompt_ids), max_new)
+        # each sample is its own sequence and must fit alone (the pool need not hold all n at
+        # once: the scheduler admits them as blocks free up)
+        self.alloc.check_fits(len(prompt_ids), max_new)
         rid = request_id if request_id is not None else f"req-{next(self._req_ids)}"
         if rid in self.requests:
             raise ValueError(f"request id {rid!r} is already in use")
@@ -113,13 +114,14 @@ class Engine:
         return self.scheduler.has_work()
 
     # ---- the step ---------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
-        """Run one batch; returns the current output of every request that changed."""
+    def step(self) -> set[str]:
+        """Run one batch; returns the ids of the requests that got a token (outputs are built
+        only when asked for, with `output`)."""
         plan = self.scheduler.schedule()
         if not plan.chunks:
             if self.scheduler.has_work():
                 raise KilnError("the scheduler found nothing to run with requests pending (no free KV blocks?)")
-            return []
+            return set()
         self.runner.copy_blocks(plan.copies)
         logits = self.runner.execute([c.chunk for c in plan.chunks])
         self.steps += 1
@@ -133,8 +135,7 @@ class Engine:
                          [s.output for s in seqs] if any(s.params.presence_penalty or s.params.frequency_penalty for s in seqs) else None)
             for s, tok, lp in zip(seqs, out.token_ids.tolist(), out.logprobs):
                 self._append(s, tok, lp)
-        touched = {c.seq.request_id for c in plan.chunks if c.chunk.want_logits}
-        return [self.output(rid) for rid in touched]
+        return {c.seq.request_id for c in wanting}
 
     def _append(self, s: Sequence, tok: int, lp: Any) -> None:
         s.output.append(tok)
@@ -146,23 +147,40 @@ class Engine:
             reason, s.stop_reason = "stop", tok
         elif not p.ignore_eos and tok in self.eos:
             reason, s.stop_reason = "stop", tok
-        if self.tokenizer is not None:
+        at_length = len(s.output) >= p.max_tokens or s.num_tokens >= self.max_model_len
+        # Text is decoded now only when stop strings need it or the sequence ends; otherwise
+        # lazily by `output` / `stream_delta` (no O(length) decode per generated token).
+        if self.tokenizer is not None and (p.stop or reason is not None or at_length):
             keep = s.output if reason is None or s.stop_reason not in self.eos else s.output[:-1]
             text = self.tokenizer.decode(keep, skip_special_tokens=p.skip_special_tokens)
             match = find_stop(text, p.stop, len(s.text)) if p.stop else None
             if match is not None:
                 text, reason, s.stop_reason = text[:match.cut], "stop", match.stop
-            s.text = text
-        if reason is None and (len(s.output) >= p.max_tokens or len(s.tokens) >= self.max_model_len):
+            s.text, s.text_stale = text, False
+        else:
+            s.text_stale = self.tokenizer is not None
+        if reason is None and at_length:
             reason = "length"
         if reason is not None:
             self.scheduler.finish(s, reason)
+
+    def _text(self, s: Sequence) -> str:
+        """`s.text`, decoded now if generation ran ahead of it (never for a finished sequence:
+        its text was fixed, stop strings and EOS trimmed, when it finished)."""
+        if s.text_stale:
+            s.text = self.tokenizer.decode(s.output, skip_special_tokens=s.params.skip_special_tokens)
+            s.text_stale = False
+        return s.text
+
+    def is_finished(self, request_id: str) -> bool:
+        """Whether every sample of the request is done (cheap: no output is built)."""
+        return all(s.status is Status.FINISHED for s in self.requests[request_id].seqs)
 
     # ---- outputs ----------------------------------------------------------------------------
     def output(self, request_id: str) -> RequestOutput:
         req = self.requests[request_id]
         outs = [
-            CompletionOutput(s.index, s.text, list(s.output), s.finish_reason, s.stop_reason, list(s.logprobs) if s.params.logprobs is not None else None)
+            CompletionOutput(s.index, self._text(s), list(s.output), s.finish_reason, s.stop_reason, list(s.logprobs) if s.params.logprobs is not None else None)
             for s in req.seqs
         ]
         done = all(s.status is Status.FINISHED for s in req.seqs)
@@ -170,12 +188,13 @@ class Engine:
 
     def stream_delta(self, s: Sequence) -> str:
         """New text of `s` safe to show now (held back while a stop string may be forming)."""
-        upto = len(s.text)
+        text = self._text(s)
+        upto = len(text)
         if s.status is not Status.FINISHED:
             # A trailing U+FFFD may be an incomplete UTF-8 sequence that the next byte token
             # turns into a different character: hold it back until the text after it settles.
-            upto = min(safe_text_len(s.text, s.params.stop), len(s.text.rstrip("\ufffd")))
-        delta = s.text[s.streamed:upto] if upto > s.streamed else ""
+            upto = min(safe_text_len(text, s.params.stop), len(text.rstrip("\ufffd")))
+        delta = text[s.streamed:upto] if upto > s.streamed else ""
         s.streamed = max(s.streamed, upto)
         return delta
 

@@ -128,7 +128,7 @@ class LLM:
         try:
             for (tok, text), sp in zip(encoded, plist_params):
                 ids.append(self.engine.add_request(tok, sp, prompt=text))
-            while any(not self.engine.output(r).finished for r in ids):
+            while not all(self.engine.is_finished(r) for r in ids):
                 self.engine.step()
             return [self.engine.output(r) for r in ids]
         finally:
@@ -145,7 +145,7 @@ class LLM:
         seq = self.engine.requests[rid].seqs[0]
         try:
             while True:
-                done = self.engine.output(rid).finished
+                done = self.engine.is_finished(rid)
                 delta = self.engine.stream_delta(seq)
                 if delta:
                     yield delta

@@ -103,7 +103,7 @@ class PagedModelRunner:
         self.plan = build_plan(g, device, traced.symbol_ranges, kernel_for=hook, arena=self.options.arena)
         # CUDA graphs only when paged attention runs as kernels: the reference reads the block
         # tables on the host, and a capture that fails mid-way leaves CUDA's RNG unusable.
-        capturable = hook is not None and all(hook(n) is not None for n in g.nodes if n.op.name == "paged_attention")
+        capturable = all(i in self.plan.launched for i, n in enumerate(g.nodes) if n.op.name == "paged_attention")
         vocab = g.outputs[0].type.shape[-1]
         self.info = RunnerInfo(sites, block_size, n, per_block, int(vocab), {"compile": t1 - t0, "plan": time.perf_counter() - t1})
         self._pin = device.type == "cuda"

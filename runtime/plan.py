@@ -43,6 +43,7 @@ class Plan:
     cached_calls: int = 0  # the PyTorch calls those nodes make (fusion-group bodies op by op)
     kernels: int = 0  # fusion groups that run as one generated kernel
     arena: Any = None  # runtime.arena.Arena holding kernel outputs, when there is one
+    launched: frozenset[int] = frozenset()  # indices of the graph's nodes run by backend launchers
 
     def retained(self) -> tuple:
         """Everything a CUDA graph captured over this plan may point to besides its inputs and
@@ -160,6 +161,7 @@ def build_plan(
     plan.cached_nodes = len(cached)
     plan.cached_calls = sum(_calls(g.nodes[i], emit.launched) for i in cached)
     plan.kernels = len(emit.launched)
+    plan.launched = frozenset(i for i, n in enumerate(g.nodes) if id(n) in emit.launched)
     plan.arena = ar
     return plan
 

@@ -52,9 +52,22 @@ class Sequence:
     logprobs: list = field(default_factory=list)
     preemptions: int = 0
 
+    text_stale: bool = False  # `text` lags `output` (decoded lazily: see Engine._text)
+
     @property
     def tokens(self) -> list[int]:
         return self.prompt + self.output
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    def token_slice(self, start: int, stop: int) -> list[int]:
+        """tokens[start:stop] without building prompt + output (the per-step path)."""
+        p = len(self.prompt)
+        if start >= p:
+            return self.output[start - p:stop - p]
+        return self.prompt[start:stop] + self.output[:max(0, stop - p)]
 
 
 @dataclass(slots=True)
@@ -108,7 +121,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(len(seq.tokens) - seq.num_computed, budget)
+            n = min(seq.num_tokens - seq.num_computed, budget)
             if n <= 0:  # nothing to compute (cannot happen for a live sequence); keep it honest
                 i += 1
                 continue
@@ -120,7 +133,7 @@ class Scheduler:
                     break
             if seq.status is not Status.RUNNING:
                 break  # it preempted itself: the pool is full of earlier sequences
-            copies += self.alloc.append_tokens(seq.seq_id, seq.tokens[seq.num_computed:seq.num_computed + n])
+            copies += self.alloc.append_tokens(seq.seq_id, seq.token_slice(seq.num_computed, seq.num_computed + n))
             chunks.append(self._chunk(seq, n))
             budget -= n
             i += 1
@@ -144,8 +157,8 @@ class Scheduler:
     def _chunk(self, seq: Sequence, n: int) -> ScheduledChunk:
         start = seq.num_computed
         table = list(self.alloc.sequence(seq.seq_id).block_ids)
-        want = start + n == len(seq.tokens)
-        return ScheduledChunk(seq, SeqChunk(seq.tokens[start:start + n], start, table, want), n)
+        want = start + n == seq.num_tokens
+        return ScheduledChunk(seq, SeqChunk(seq.token_slice(start, start + n), start, table, want), n)
 
     def _preempt(self, seq: Sequence) -> None:
         """Recomputation: free its blocks, back to the front of the waiting queue."""

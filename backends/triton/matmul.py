@@ -231,7 +231,7 @@ class LinearLauncher:
     otherwise the first call per (M bucket) times the candidates and remembers the winner.
     """
 
-    __slots__ = ("activation", "has_bias", "has_residual", "config", "chosen", "_mod")
+    __slots__ = ("activation", "has_bias", "has_residual", "config", "chosen", "_mod", "_by_shape")
 
     def __init__(self, activation: str, has_bias: bool, has_residual: bool, config: str | None = None):
         if config is not None and config != TORCH and config not in CONFIGS:
@@ -239,12 +239,13 @@ class LinearLauncher:
         self.activation, self.has_bias, self.has_residual, self.config = activation, has_bias, has_residual, config
         self.chosen: dict[str, str] = {}  # autotune key -> candidate name, for this node
         self._mod: dict[bool, Any] = {}  # fp32? -> loaded kernel module
+        self._by_shape: dict[tuple, str] = {}  # (x shape, dtype) -> choice: no key string per call
 
     def __call__(self, *ins: torch.Tensor) -> torch.Tensor:
         x, w = ins[0], ins[1]
         residual = ins[2] if self.has_residual else None
         bias = ins[-1] if self.has_bias else None
-        name = self.config or self._choose(x, w, bias, residual)
+        name = self.config or self._by_shape.get((x.shape, x.dtype)) or self._choose(x, w, bias, residual)
         return self.run(name, x, w, bias, residual)
 
     def run(self, name: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None) -> torch.Tensor:
@@ -329,15 +330,15 @@ class LinearLauncher:
         key = (f"linear|{str(x.dtype).removeprefix('torch.')}|{self.activation}|bias={int(self.has_bias)}|"
                f"res={int(self.has_residual)}|M{bucket(m)}|N{w.shape[0]}|K{x.shape[-1]}")
         hit = self.chosen.get(key)
-        if hit is not None:
-            return hit
-        if x.is_cuda and torch.cuda.is_current_stream_capturing():
-            return TORCH  # never time inside graph capture; not remembered, so a later call tunes
-        cands: dict[str, Callable[[], object]] = {
-            name: (lambda name=name: self.run(name, x, w, bias, residual)) for name in self.candidates(m)
-        }
-        best = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
-        return best
+        if hit is None:
+            if x.is_cuda and torch.cuda.is_current_stream_capturing():
+                return TORCH  # never time inside graph capture; not remembered, so a later call tunes
+            cands: dict[str, Callable[[], object]] = {
+                name: (lambda name=name: self.run(name, x, w, bias, residual)) for name in self.candidates(m)
+            }
+            hit = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
+        self._by_shape[(x.shape, x.dtype)] = hit
+        return hit
 
 
 def linear_kernel(node: Any, config: str | None = None) -> LinearLauncher | None:
