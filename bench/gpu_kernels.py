@@ -14,6 +14,8 @@ The matmul rows are the exception: the GEMM with its fused epilogue is compute-b
 next to the measured bf16 dense peak, 791 TFLOP/s on an H200), the M = 1 matvec memory-bound
 (bytes = the weight read once, GB/s next to the copy ceiling). Each row reports the fastest kiln
 config (the autotuner also offers PyTorch itself, so kiln never runs slower than the eager column).
+The quantized matvec rows (int8 per channel, int4 group 128, dequantization fused) count the
+quantized bytes (codes + scales) and compare against the dense bf16 F.linear of the same shape.
 """
 
 from __future__ import annotations
@@ -174,6 +176,34 @@ def matvec_case(n: int, k: int, dtype: torch.dtype) -> tuple[str, float, float, 
     return f"matvec x@W.T {dtype} M=1 N={n} K={k}", k_ms, median_ms(torch.nn.functional.linear, sets), nbytes, name
 
 
+def quant_matvec_case(op: str, n: int, k: int) -> tuple[str, float, float, int, str]:
+    """y = x @ dequant(W).T at M = 1 in bf16 with the dequantization fused (linear_w8: int8 per
+    channel; linear_w4: int4, group 128) vs bf16 F.linear on a dense W of the same shape;
+    bytes = the codes + scales read once, x read, y written."""
+    from kiln.backends.triton.quant_matmul import GEMM_CONFIGS, MATVEC_CONFIGS, QuantLinearLauncher, torch_reference
+    from kiln.ir.opset import quant
+
+    dtype, attrs = torch.bfloat16, {"activation": "none", "group_size": 128}
+
+    def one() -> tuple:
+        w = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+        codes = quant.quantize_int8_per_channel(w) if op == "linear_w8" else quant.quantize_int4_grouped(w, 128)
+        return (torch.randn(1, k, device="cuda", dtype=dtype), *codes)
+
+    first = one()
+    nbytes = sum(t.numel() * t.element_size() for t in first) + n * dtype.itemsize
+    sets = [first] + _sets(one, nbytes)[1:]
+    make = lambda name: QuantLinearLauncher(op, attrs, False, config=name)  # noqa: E731
+    ref = torch_reference(op, first, make(MATVEC_CONFIGS[0].name)._attrs).float()
+    torch.testing.assert_close(make(MATVEC_CONFIGS[0].name)(*first).float(), ref, rtol=3e-2, atol=3e-2)
+    name, k_ms = _best_config([c.name for c in MATVEC_CONFIGS] + [GEMM_CONFIGS[3].name], make, sets)
+    del sets, first
+    dense = _sets(lambda: (torch.randn(1, k, device="cuda", dtype=dtype), torch.randn(n, k, device="cuda", dtype=dtype)),
+                  (n * k + k + n) * dtype.itemsize)
+    bits = "int8" if op == "linear_w8" else "int4 g128"
+    return f"{op} {bits} matvec bf16 M=1 N={n} K={k}", k_ms, median_ms(torch.nn.functional.linear, dense), nbytes, name
+
+
 def matmul_rows(ceil: float) -> None:
     """The GEMM against the bf16 peak, the 1.1B-Llama decode matvecs against the copy ceiling."""
     print("\n| matmul | kiln ms | eager ms | eager/kiln | kiln rate | % of ceiling | kiln config |")
@@ -186,6 +216,12 @@ def matmul_rows(ceil: float) -> None:
         name, k_ms, e_ms, nbytes, cfg = matvec_case(n, k, torch.bfloat16)
         gbs = nbytes / k_ms / 1e6
         print(f"| {name} | {k_ms:.4f} | {e_ms:.4f} | {e_ms / k_ms:.2f}x | {gbs:.0f} GB/s | {100 * gbs / ceil:.0f}% of copy | {cfg} |")
+    for op in ("linear_w8", "linear_w4"):  # fused dequant; the eager column is the dense bf16 F.linear
+        for n, k in LLAMA_1B_MATVEC:
+            name, k_ms, e_ms, nbytes, cfg = quant_matvec_case(op, n, k)
+            gbs = nbytes / k_ms / 1e6
+            print(f"| {name} | {k_ms:.4f} | {e_ms:.4f} (bf16 dense) | {e_ms / k_ms:.2f}x | {gbs:.0f} GB/s (quantized bytes) | "
+                  f"{100 * gbs / ceil:.0f}% of copy | {cfg} |")
 
 
 def attention_rows() -> None:

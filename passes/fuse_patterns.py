@@ -198,7 +198,7 @@ def _addmm_linear(n: Node, rb: Rebuilder) -> Value | None:
     return _fused(rb, n, "linear", [x, wt, bias])
 
 
-# --- rotary embedding: x*cos + cat(-x2, x1)*sin  ->  addcmul(x*cos, roll(x, D/2), sin_signed) ------
+# --- rotary embedding: x*cos + cat(-x[..., h:], x[..., :h])*sin  ->  rotary(x, cos, sin) -------------
 def _rotate_half_of(v: Value) -> Value | None:
     """x when v = cat(neg(x[..., h:]), x[..., :h]) along the last dim with h = D/2."""
     cat = _prod(v, "cat")
@@ -226,17 +226,10 @@ def _rotary(n: Node, rb: Rebuilder) -> Value | None:
             continue
         for rot, sin in (rs.inputs, reversed(rs.inputs)):
             x = _rotate_half_of(rot)
-            if x is None or x not in xc.inputs or sin.type.rank == 0 or sin.type.shape[-1] != x.type.shape[-1]:
+            if x is None or x not in xc.inputs:
                 continue
-            h, last = x.type.shape[-1] // 2, x.type.rank - 1
-            s_last = sin.type.rank - 1
-            out = rb.out
-            s_lo = out.add_node("slice", [sin], {"dim": s_last, "start": 0, "end": h}).output
-            s_hi = out.add_node("slice", [sin], {"dim": s_last, "start": h, "end": 2 * h}).output
-            neg = out.add_node("neg", [s_lo]).output
-            signed = out.add_node("cat", [neg, s_hi], {"dim": s_last}).output  # shape-only: cached
-            rolled = out.add_node("roll", [x], {"shifts": (h,), "dims": (last,)}, source=n.source).output
-            return _fused(rb, n, "addcmul", [a, rolled, signed])
+            cos = xc.inputs[1] if xc.inputs[0] is x else xc.inputs[0]
+            return _fused(rb, n, "rotary", [x, cos, sin])
     return None
 
 

@@ -495,6 +495,19 @@ def test_add_norm_inference_matches_reference(data: st.DataObject) -> None:
 
 
 @SETTINGS
+@given(data=cases())
+def test_rotary_inference_matches_reference(data: st.DataObject) -> None:
+    c = Case(data.draw)
+    dt = c.dtype([f32, f64])
+    lead = c.shape(min_rank=0, max_rank=3)
+    shape = lead + (c.draw(st.sampled_from([6, 8])),)  # a static even last dim (sizes 2-5 may be symbolic)
+    # cos/sin broadcast over some leading dims (size 1) and may have fewer dims
+    cut = c.draw(st.integers(0, len(lead)))
+    bshape = tuple(1 if c.draw(st.booleans()) else n for n in shape[cut:-1]) + shape[-1:]
+    c.check("rotary", [c.tensor(shape, dt), c.tensor(bshape, dt), c.tensor(bshape, dt)], {})
+
+
+@SETTINGS
 @given(data=cases(), act=st.sampled_from(["none", "relu", "silu", "gelu", "gelu_tanh"]))
 def test_linear_with_activation_inference_matches_reference(data: st.DataObject, act: str) -> None:
     c = Case(data.draw)
@@ -552,7 +565,7 @@ def test_every_declared_op_is_covered_here() -> None:
         "gelu", "clamp", "cast", "where", "masked_fill", "sum", "mean", "amax", "amin", "any", "var",
         "max_dim", "argmax", "cumsum", "softmax", "log_softmax", "reshape", "permute", "expand",
         "unsqueeze", "squeeze", "slice", "select", "cat", "split", "clone", "index_select", "gather",
-        "embedding", "index", "tril", "triu", "matmul", "linear", "addmm", "layer_norm", "rms_norm", "attention", "roll", "addcmul", "add_layer_norm", "add_rms_norm", "full", "arange",
+        "embedding", "index", "tril", "triu", "matmul", "linear", "addmm", "layer_norm", "rms_norm", "attention", "roll", "addcmul", "rotary", "add_layer_norm", "add_rms_norm", "full", "arange",
     }
     # copy_to: an in-place write with no outputs; fusion_group: types come from its body (tests/test_fusion_groups.py);
     # paged_attention: writes a KV cache (tests/test_kv_cache_pass.py, tests/test_triton_paged.py);

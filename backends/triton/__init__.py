@@ -41,6 +41,10 @@ def kernel_for(device: Any) -> Callable[[Any], Any]:
             from .paged import paged_attention_kernel
 
             return paged_attention_kernel(node)
+        if node.op.name == "rotary":
+            from .rotary import rotary_kernel
+
+            return rotary_kernel(node)
         if node.op.name == "attention":
             from .attention import attention_kernel
 
@@ -49,6 +53,10 @@ def kernel_for(device: Any) -> Callable[[Any], Any]:
             from .matmul import linear_kernel
 
             return linear_kernel(node)
+        if node.op.name in ("linear_w8", "linear_w4", "linear_w8a8"):
+            from .quant_matmul import quant_linear_kernel
+
+            return quant_linear_kernel(node)
         if node.subgraph is None:
             return row_kernel(node)
         gen = generate_reduction if node.attrs.get("kind") == "reduction" else generate

@@ -260,3 +260,28 @@ declare(
     infer=_add_norm_infer("rms_norm"), impl=_add_rms_norm, category="norm", num_outputs=2,
     doc="residual add fused with RMSNorm: (a + b, rms_norm(a + b))",
 )
+
+
+def _rotary_infer(types, a):  # noqa: ANN001, ANN202
+    x, cos, sin = tensors(types)
+    _check_float_same("rotary", [x, cos, sin])
+    d = x.shape[-1] if x.rank else None
+    if not isinstance(d, int) or d % 2:
+        raise InferenceError(f"rotary needs x[..., D] with a static even D, got {x}")
+    for name, t in (("cos", cos), ("sin", sin)):
+        dims = list(zip(reversed(t.shape), reversed(x.shape)))
+        if t.rank > x.rank or not all(s == 1 or same_dim(s, xs) for s, xs in dims) or not same_dim(t.shape[-1], d):
+            raise InferenceError(f"rotary {name} must broadcast to x {x} without expanding it (last dim D), got {t}")
+    return (x,)
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., h:], x[..., :h]), dim=-1) * sin
+
+
+declare(
+    "rotary", ["x", "cos", "sin"], infer=_rotary_infer, impl=_rotary, category="norm",
+    doc="rotary position embedding, half-split form: x * cos + cat(-x[..., D/2:], x[..., :D/2]) * sin "
+        "(cos/sin broadcast to x)",
+)

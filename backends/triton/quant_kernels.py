@@ -1,0 +1,279 @@
+"""Triton source for the quantized linears (`linear_w8`, `linear_w4`, `linear_w8a8`), fused dequant.
+
+No float copy of a weight ever exists: each kernel loads the packed codes, turns them into floats
+in registers and multiplies. Formats are those of ir/opset/quant.py: int8 codes per output channel
+(i8 q, or u8 codes with a zero point per channel), int4 codes two per byte (low nibble = even
+column, high nibble = odd column; q + 8, or codes with a zero point per group).
+
+Codes become floats through the exponent trick `bitcast(0x4B000000 | c) - 2^23 = c` for integer
+0 <= c < 2^23 (`decode`): an OR and a subtract at full rate instead of an int->float conversion,
+which runs at a quarter of the fp32 rate on H100 and would otherwise cap the int8 matvec near
+HBM speed. The zero point (or the +128 / +8 bias of the signed formats) folds into the subtracted
+constant, so `(code - zero)` costs nothing extra.
+
+* `mv_w8` / `mv_w4` (decode, M <= 16): memory-bound. Bytes = N*K (int8) or N*K/2 + N*K/group*2
+  (int4, bf16 scales) + x + y. 1.1B Llama down-projection N=2048, K=5632: int8 11.5 MB, 2.7 us at
+  4.25 TB/s; int4 5.8 MB + 0.18 MB scales, 1.4 us. Each program streams a [BLOCK_N, BLOCK_K] slab of
+  codes with K contiguous (16-byte vector loads), accumulating fp32 products in a register tile
+  reduced over K once at the end. int8: the channel scale multiplies the reduced fp32 sum once;
+  int4: BLOCK_K divides the group, so a step lies in one group and its [BLOCK_N] scales dequantize
+  the slab in registers; even/odd columns are two half-products against x's even/odd elements
+  (no interleave). Split-K as in matmul.py: fp32 partials [SPLIT, M, N] summed in a fixed order by
+  `finish` (deterministic).
+* `gemm_w8` / `gemm_w4` (prefill): the W.T tile's codes are dequantized to the activation dtype in
+  registers and fed to `tl.dot` (int8: integers (q - zero), exact in bf16, channel scale on the fp32
+  accumulator at the end; int4: (q - zero) * group scale, rounded once to the activation dtype,
+  exactly the reference's dequantized weight). int4 uses two dots per step: x's even columns
+  against the low nibbles, odd columns against the high nibbles.
+* W8A8: `quant_rows` quantizes each row of x to int8 with its f32 scale (per row, or the static
+  calibrated `act_scale` for all rows; division `div_rn` and round-half-to-even via the
+  1.5 * 2^23 trick, bit-exact with torch.round(x / s)), then `gemm_a8` runs an int8 x int8 -> int32 `tl.dot` and the epilogue y = (acc * s_row * scale) rounded to
+  the output dtype, then bias, then activation (the reference's order and roundings).
+"""
+
+from __future__ import annotations
+
+from .matmul import _ACT, _loops
+
+_SOURCE = '''import triton
+import triton.language as tl
+
+
+@triton.jit
+def decode(code, off):
+    # integer codes 0 <= code < 2^23 (int32) minus `off`, as fp32: OR into the mantissa of 2^23
+    f = (code | 0x4B000000).to(tl.float32, bitcast=True)
+    return f - (off + 8388608.0)
+
+
+@triton.jit
+def mm(a, b, acc):
+    return {dot}
+
+
+@triton.jit
+def epilogue(acc, rm, rn, M, N, b, y, HAS_BIAS: tl.constexpr):
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_BIAS:
+        acc += tl.load(b + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+{act}    tl.store(y + rm[:, None] * N + rn[None, :], acc.to(y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def finish(part, b, y, M, N, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in tl.static_range(SPLIT):  # a fixed order: deterministic sums
+        acc += tl.load(part + s * M * N + rm[:, None] * N + rn[None, :], mask=mask, other=0.0)
+    epilogue(acc, rm, rn, M, N, b, y, HAS_BIAS)
+
+
+@triton.jit
+def partial_or_epilogue(out, rm, rn, pid_k, M, N, b, y, part, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+    if SPLIT == 1:
+        epilogue(out, rm, rn, M, N, b, y, HAS_BIAS)
+    else:
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        tl.store(part + pid_k * M * N + rm[:, None] * N + rn[None, :], out, mask=mask)
+
+
+@triton.jit
+def mv_w8(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk,
+          HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_k = tl.program_id(1)
+    rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    if ASYM:
+        off = tl.load(zp + ln).to(tl.float32)[:, None]  # (BLOCK_N, 1) zero-point codes
+    else:
+        off = 128.0  # signed q is shifted by +128 into a code below
+    k_lo = pid_k * K_SPLIT
+    xp = x + (rm % M)[:, None] * sxm + (k_lo + rk)[None, :] * sxk  # (BLOCK_M, BLOCK_K)
+    wp = w + ln[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    k_hi = min(k_lo + K_SPLIT, K)
+{loop:k0:k_lo:k_hi}
+        if EVEN_K:
+            code = tl.load(wp).to(tl.int32)
+            xv = tl.load(xp)
+        else:  # past K: x is 0, so whatever the code decodes to adds nothing
+            code = tl.load(wp, mask=rk[None, :] < K - k0, other=0).to(tl.int32)
+            xv = tl.load(xp, mask=rk[None, :] < K - k0, other=0.0)
+        if not ASYM:
+            code += 128
+        acc += xv.to(tl.float32)[:, None, :] * decode(code, off)[None, :, :]
+        xp += BLOCK_K * sxk
+        wp += BLOCK_K * swk
+{step:k0}    out = tl.sum(acc, axis=2) * tl.load(sc + ln).to(tl.float32)[None, :]  # (BLOCK_M, BLOCK_N)
+    partial_or_epilogue(out, rm, rn, pid_k, M, N, b, y, part, HAS_BIAS, SPLIT)
+
+
+@triton.jit
+def mv_w4(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, ssn, ssg,
+          HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, GS: tl.constexpr, SPLIT: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # BLOCK_K (unpacked columns per step) divides GS, and GS divides K: no ragged step
+    HALF: tl.constexpr = BLOCK_K // 2
+    pid_k = tl.program_id(1)
+    rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rj = tl.arange(0, HALF)
+    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    k_lo = pid_k * K_SPLIT
+    xp = x + (rm % M)[:, None] * sxm + (k_lo + 2 * rj)[None, :] * sxk  # (BLOCK_M, HALF): even columns
+    wp = w + ln[:, None] * swn + (k_lo // 2 + rj)[None, :] * swk  # (BLOCK_N, HALF) bytes, contiguous
+    acc = tl.zeros((BLOCK_M, BLOCK_N, HALF), dtype=tl.float32)
+    k_hi = min(k_lo + K_SPLIT, K)
+{loop:k0:k_lo:k_hi}
+        byte = tl.load(wp).to(tl.int32)
+        xe = tl.load(xp).to(tl.float32)
+        xo = tl.load(xp + sxk).to(tl.float32)
+        g = ln * ssn + (k0 // GS) * ssg  # (BLOCK_N,) this step's group
+        s = tl.load(sc + g).to(tl.float32)[:, None]
+        if ASYM:
+            off = tl.load(zp + g).to(tl.float32)[:, None]
+        else:
+            off = 8.0
+        lo = decode(byte & 15, off) * s  # (BLOCK_N, HALF) even columns
+        hi = decode(byte >> 4, off) * s  # odd columns
+        acc += xe[:, None, :] * lo[None, :, :] + xo[:, None, :] * hi[None, :, :]
+        xp += BLOCK_K * sxk
+        wp += HALF * swk
+{step:k0}    out = tl.sum(acc, axis=2)
+    partial_or_epilogue(out, rm, rn, pid_k, M, N, b, y, part, HAS_BIAS, SPLIT)
+
+
+@triton.jit
+def tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    # programs in groups of GROUP_M tile rows, so the W tiles a group reads stay in L2
+    pid = tl.program_id(0)
+    width = GROUP_M * tl.cdiv(N, BLOCK_N)
+    first_m = (pid // width) * GROUP_M
+    rows = min(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
+    rm = (first_m + (pid % width) % rows) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = ((pid % width) // rows) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # ragged edges: rows/columns past M/N wrap around for the loads; the store masks them
+    lm = tl.max_contiguous(tl.multiple_of(rm % M, BLOCK_M), BLOCK_M)
+    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    return rm, rn, lm, ln
+
+
+@triton.jit
+def gemm_w8(x, w, sc, zp, b, y, M, N, K, sxm, sxk, swn, swk,
+            HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, EVEN_K: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    rm, rn, lm, ln = tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rk = tl.arange(0, BLOCK_K)
+    if ASYM:
+        off = tl.load(zp + ln).to(tl.float32)[None, :]
+    else:
+        off = 128.0
+    xp = x + lm[:, None] * sxm + rk[None, :] * sxk  # (BLOCK_M, BLOCK_K)
+    wp = w + ln[None, :] * swn + rk[:, None] * swk  # (BLOCK_K, BLOCK_N): a tile of W.T
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+{loop:k0:0:K}
+        if EVEN_K:
+            a = tl.load(xp)
+            code = tl.load(wp).to(tl.int32)
+        else:
+            a = tl.load(xp, mask=rk[None, :] < K - k0, other=0.0)
+            code = tl.load(wp, mask=rk[:, None] < K - k0, other=0).to(tl.int32)
+        if not ASYM:
+            code += 128
+        acc = mm(a, decode(code, off).to(x.dtype.element_ty), acc)  # q - zero: exact integers
+        xp += BLOCK_K * sxk
+        wp += BLOCK_K * swk
+{step:k0}    acc = acc * tl.load(sc + ln).to(tl.float32)[None, :]
+    epilogue(acc, rm, rn, M, N, b, y, HAS_BIAS)
+
+
+@triton.jit
+def gemm_w4(x, w, sc, zp, b, y, M, N, K, sxm, sxk, swn, swk, ssn, ssg,
+            HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, GS: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    HALF: tl.constexpr = BLOCK_K // 2
+    rm, rn, lm, ln = tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rj = tl.arange(0, HALF)
+    xp = x + lm[:, None] * sxm + (2 * rj)[None, :] * sxk  # (BLOCK_M, HALF): even columns
+    wp = w + ln[None, :] * swn + rj[:, None] * swk  # (HALF, BLOCK_N) bytes of W.T
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+{loop:k0:0:K}
+        byte = tl.load(wp).to(tl.int32)
+        g = ln * ssn + (k0 // GS) * ssg
+        s = tl.load(sc + g).to(tl.float32)[None, :]
+        if ASYM:
+            off = tl.load(zp + g).to(tl.float32)[None, :]
+        else:
+            off = 8.0
+        lo = (decode(byte & 15, off) * s).to(x.dtype.element_ty)
+        hi = (decode(byte >> 4, off) * s).to(x.dtype.element_ty)
+        acc = mm(tl.load(xp), lo, acc)
+        acc = mm(tl.load(xp + sxk), hi, acc)
+        xp += BLOCK_K * sxk
+        wp += HALF * swk
+{step:k0}    epilogue(acc, rm, rn, M, N, b, y, HAS_BIAS)
+
+
+@triton.jit
+def quant_rows(x, xq, s, K, K_AMAX, sxm, sxk, STATIC: tl.constexpr, BLOCK_K: tl.constexpr):
+    # one program per row: s = max|x| / 127 (f32), or the given static s (then K_AMAX = 0 skips the
+    # max pass); xq = clamp(round_half_even(x / s), -127, 127)
+    row = tl.program_id(0)
+    rk = tl.arange(0, BLOCK_K)
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+{loop:k0:0:K_AMAX}
+        v = tl.load(x + row * sxm + (k0 + rk) * sxk, mask=rk < K - k0, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(v))
+{step:k0}    if STATIC:
+        sr = tl.load(s + row)
+    else:
+        sr = tl.math.div_rn(tl.max(amax, axis=0), 127.0)
+    safe = tl.zeros((BLOCK_K,), dtype=tl.float32) + tl.where(sr == 0.0, 1.0, sr)
+{loop:k1:0:K}
+        v = tl.load(x + row * sxm + (k1 + rk) * sxk, mask=rk < K - k1, other=0.0).to(tl.float32)
+        # round half to even, exact for |v / s| < 2^22; beyond that (static s, saturating) the clamp decides
+        r = (tl.math.div_rn(v, safe) + 12582912.0) - 12582912.0
+        r = tl.minimum(tl.maximum(r, -127.0), 127.0)
+        tl.store(xq + row * K + k1 + rk, r.to(tl.int8), mask=rk < K - k1)
+{step:k1}    tl.store(s + row, sr)
+
+
+@triton.jit
+def gemm_a8(xq, w, s, sc, b, y, M, N, K, swn, swk,
+            HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    rm, rn, lm, ln = tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rk = tl.arange(0, BLOCK_K)
+    xp = xq + lm[:, None] * K + rk[None, :]  # (BLOCK_M, BLOCK_K) int8, contiguous rows
+    wp = w + ln[None, :] * swn + rk[:, None] * swk  # (BLOCK_K, BLOCK_N) int8 tile of W.T
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+{loop:k0:0:K}
+        if EVEN_K:
+            a = tl.load(xp)
+            bt = tl.load(wp)
+        else:
+            a = tl.load(xp, mask=rk[None, :] < K - k0, other=0)
+            bt = tl.load(wp, mask=rk[:, None] < K - k0, other=0)
+        acc = tl.dot(a, bt, acc, out_dtype=tl.int32)  # exact int32 accumulation
+        xp += BLOCK_K
+        wp += BLOCK_K * swk
+{step:k0}    out = acc.to(tl.float32) * tl.load(s + lm)[:, None] * tl.load(sc + ln).to(tl.float32)[None, :]
+    out = out.to(y.dtype.element_ty).to(tl.float32)  # the reference rounds before the bias
+    if HAS_BIAS:
+        out = (out + tl.load(b + ln).to(tl.float32)[None, :]).to(y.dtype.element_ty).to(tl.float32)
+    epilogue(out, rm, rn, M, N, b, y, False)
+'''
+
+
+def kernel_source(activation: str, fp32: bool, interpreted: bool = False) -> str:
+    """The Triton module for one activation (fp32 activations get IEEE-exact float dots)."""
+    if interpreted:  # the interpreter multiplies bf16 tiles as raw integers: widen them first
+        dot = 'tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")'
+    else:
+        dot = 'tl.dot(a, b, acc, input_precision="ieee")' if fp32 else "tl.dot(a, b, acc)"
+    return _loops(_SOURCE.replace("{act}", _ACT[activation]).replace("{dot}", dot), interpreted)

@@ -1,0 +1,218 @@
+"""Launchers for the quantized linears `linear_w8`, `linear_w4` and `linear_w8a8` (fused dequant).
+
+Inputs in IR order: x [..., K], the codes (i8/u8 [N, K] or packed u8 [N, K/2]), the scales,
+the zero points when `asymmetric`, then the optional bias. Kernels live in quant_kernels.py (its
+docstring has the napkin math). Like matmul.LinearLauncher, each problem key (op, dtype,
+activation, group, zero points, bias, M bucket, N, K) picks among a few Triton configs and the
+op's own reference implementation ("torch") through `autotune.choose`: timed on CUDA once, the
+first candidate untimed on CPU, never timed during CUDA-graph capture.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ... import debug
+from ...ir import REGISTRY
+from .autotune import bucket, choose
+from .cache import load_module
+from .matmul import _ACT, _DTYPES, _INT32, _MATVEC_TILE, SMALL_M, TORCH, GemmConfig, MatvecConfig, _pow2
+from .quant_kernels import kernel_source
+
+OPS = ("linear_w8", "linear_w4", "linear_w8a8")
+_KNOWN_ATTRS = frozenset({"activation", "group_size", "asymmetric", "act_scale"})
+_FINISH_N = 128  # columns per program of the split-K finish kernel
+
+MATVEC_CONFIGS = (MatvecConfig(64, 256, 1, 4), MatvecConfig(32, 256, 4, 4), MatvecConfig(128, 128, 2, 8))
+GEMM_CONFIGS = (
+    GemmConfig(64, 64, 32, 8, 4, 3),
+    GemmConfig(128, 128, 64, 8, 8, 3),
+    GemmConfig(64, 128, 64, 8, 4, 4),
+    GemmConfig(16, 64, 128, 1, 4, 4),
+    GemmConfig(128, 256, 64, 8, 8, 3),
+)
+CONFIGS: dict[str, GemmConfig | MatvecConfig] = {c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS}
+
+
+def torch_reference(op: str, ins: tuple, attrs: tuple) -> torch.Tensor:
+    """The PyTorch candidate: the op's reference implementation, what the reference plan runs."""
+    return REGISTRY[op].impl(*ins, *attrs)
+
+
+class QuantLinearLauncher:
+    """Runs one linear_w8 / linear_w4 / linear_w8a8 node (inputs in IR order).
+
+    `config` names a kernel config (see CONFIGS) or "torch" to skip autotuning (tests, benchmarks);
+    otherwise the first call per problem key picks one. Matvec configs do not apply to W8A8 (its
+    small-M path is the 16-row GEMM tile); a config that does not apply runs the reference.
+    """
+
+    __slots__ = ("op", "activation", "group_size", "asymmetric", "act_scale", "has_bias", "config", "chosen",
+                 "_attrs", "_mod", "_by_shape")
+
+    def __init__(self, op: str, attrs: dict[str, Any], has_bias: bool, config: str | None = None):
+        if config is not None and config != TORCH and config not in CONFIGS:
+            raise ValueError(f"unknown quantized matmul config {config!r}; known: {', '.join(CONFIGS)}, {TORCH}")
+        if op not in OPS:
+            raise ValueError(f"not a quantized linear op: {op!r}")
+        declared = REGISTRY[op].attrs
+        self._attrs = tuple(attrs.get(a.name, a.default) for a in declared)  # the reference's trailing arguments
+        values = {a.name: v for a, v in zip(declared, self._attrs)}
+        self.op, self.has_bias, self.config = op, has_bias, config
+        self.activation = str(values["activation"])
+        self.group_size = int(values.get("group_size", 0))
+        self.asymmetric = bool(values.get("asymmetric", False))
+        self.act_scale = float(values.get("act_scale", 0.0))  # W8A8: > 0 is one static activation scale
+        self.chosen: dict[str, str] = {}  # autotune key -> candidate name, for this node
+        self._mod: dict[bool, Any] = {}  # fp32? -> loaded kernel module
+        self._by_shape: dict[tuple, str] = {}  # (x shape, dtype) -> choice: no key string per call
+
+    def __call__(self, *ins: torch.Tensor) -> torch.Tensor:
+        x = ins[0]
+        name = self.config or self._by_shape.get((x.shape, x.dtype)) or self._choose(ins)
+        return self.run(name, ins)
+
+    def run(self, name: str, ins: tuple) -> torch.Tensor:
+        """One launch of candidate `name` (a config name or "torch")."""
+        x, q = ins[0], ins[1]
+        cfg = CONFIGS.get(name)
+        if cfg is None or not self._fits(x, q) or (self.op == "linear_w8a8" and not isinstance(cfg, GemmConfig)):
+            return torch_reference(self.op, ins, self._attrs)
+        k, n = x.shape[-1], q.shape[0]
+        x2 = x.reshape(-1, k)
+        scale = ins[2].contiguous()
+        zeros = ins[3].contiguous() if self.asymmetric else scale  # an unused pointer when symmetric
+        bias = ins[-1] if self.has_bias else None
+        y = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
+        if self.op == "linear_w8a8":
+            self._w8a8(cfg, x2, q, scale, bias, y)
+        elif isinstance(cfg, GemmConfig):
+            self._gemm(cfg, x2, q, scale, zeros, bias, y)
+        else:
+            self._matvec(cfg, x2, q, scale, zeros, bias, y)
+        return y.view(*x.shape[:-1], n)
+
+    def _fits(self, x: torch.Tensor, q: torch.Tensor) -> bool:
+        """Non-empty, a float dtype the kernels take, every operand addressable with int32 offsets
+        (split-K partials included), and for int4 a power-of-two group of at least 32."""
+        m, k, n = x.numel() // max(x.shape[-1], 1), x.shape[-1], q.shape[0]
+        g = self.group_size
+        group_ok = self.op != "linear_w4" or (g >= 32 and not g & (g - 1))
+        return group_ok and x.dtype in _DTYPES and min(m, n, k) > 0 and max(m * k, n * k, 4 * m * n) < _INT32
+
+    def _module(self, x: torch.Tensor) -> Any:
+        fp32 = x.dtype == torch.float32
+        mod = self._mod.get(fp32)
+        if mod is None:
+            mod = self._mod[fp32] = load_module(kernel_source(self.activation, fp32, debug.TRITON_INTERPRET))
+        return mod
+
+    def _block_k(self, block_k: int) -> int:
+        """int4 steps never straddle a group: BLOCK_K is capped at the group size (a power of two)."""
+        return min(block_k, self.group_size) if self.op == "linear_w4" else block_k
+
+    def _gemm(self, cfg: GemmConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
+              bias: Any, y: torch.Tensor) -> None:
+        (m, k), n = x2.shape, q.shape[0]
+        block_k = self._block_k(cfg.block_k)
+        grid = (-(-m // cfg.block_m) * -(-n // cfg.block_n),)
+        common = (x2, q, scale, zeros, bias if bias is not None else y, y, m, n, k, *x2.stride(), *q.stride())
+        blocks = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": block_k, "GROUP_M": cfg.group_m,
+                  "num_warps": cfg.warps, "num_stages": cfg.stages}
+        mod = self._module(x2)
+        if self.op == "linear_w4":
+            mod.gemm_w4[grid](*common, *scale.stride(), HAS_BIAS=bias is not None, ASYM=self.asymmetric,
+                              GS=self.group_size, **blocks)
+        else:
+            mod.gemm_w8[grid](*common, HAS_BIAS=bias is not None, ASYM=self.asymmetric, EVEN_K=k % block_k == 0, **blocks)
+
+    def _matvec(self, cfg: MatvecConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
+                bias: Any, y: torch.Tensor) -> None:
+        (m, k), n = x2.shape, q.shape[0]
+        w4 = self.op == "linear_w4"
+        block_m, block_n, block_k = min(_pow2(m), SMALL_M), cfg.block_n, self._block_k(cfg.block_k)
+        lanes = lambda: block_m * block_n * (block_k // 2 if w4 else block_k)  # noqa: E731 - fp32 accumulator size
+        while lanes() > _MATVEC_TILE and block_k > 32:  # keep the register tile
+            block_k //= 2
+        while lanes() > _MATVEC_TILE and block_n > 16:
+            block_n //= 2
+        steps = -(-k // block_k)
+        split = min(cfg.split_k, steps)
+        k_split = -(-steps // split) * block_k  # a multiple of BLOCK_K: splits never share a step
+        split = -(-k // k_split)
+        part = torch.empty((split, m, n), dtype=torch.float32, device=y.device) if split > 1 else y
+        b = bias if bias is not None else y
+        tiles_m = -(-m // block_m)
+        mod = self._module(x2)
+        args = (x2, q, scale, zeros, b, y, part, m, n, k, k_split, *x2.stride(), *q.stride())
+        flags = {"HAS_BIAS": bias is not None, "ASYM": self.asymmetric, "SPLIT": split, "BLOCK_M": block_m,
+                 "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": cfg.warps}
+        grid = (-(-n // block_n), split, tiles_m)
+        if w4:
+            mod.mv_w4[grid](*args, *scale.stride(), GS=self.group_size, **flags)
+        else:
+            mod.mv_w8[grid](*args, EVEN_K=k % block_k == 0, **flags)
+        if split > 1:
+            mod.finish[(-(-n // _FINISH_N), tiles_m)](part, b, y, m, n, HAS_BIAS=bias is not None, SPLIT=split,
+                                                      BLOCK_M=block_m, BLOCK_N=_FINISH_N)
+
+    def _w8a8(self, cfg: GemmConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: Any, y: torch.Tensor) -> None:
+        """Per-row int8 activations (one program per row), then the int8 x int8 -> int32 GEMM."""
+        (m, k), n = x2.shape, q.shape[0]
+        xq = torch.empty((m, k), dtype=torch.int8, device=x2.device)
+        static = self.act_scale > 0  # s as the reference rounds it: act_scale in f32
+        s = torch.full((m,), self.act_scale, dtype=torch.float32, device=x2.device) if static else \
+            torch.empty((m,), dtype=torch.float32, device=x2.device)
+        mod = self._module(x2)
+        mod.quant_rows[(m,)](x2, xq, s, k, 0 if static else k, *x2.stride(), STATIC=static,
+                             BLOCK_K=min(_pow2(k), 1024), num_warps=4)
+        block_k = max(cfg.block_k, 32)  # int8 tensor-core steps are 32 deep
+        grid = (-(-m // cfg.block_m) * -(-n // cfg.block_n),)
+        mod.gemm_a8[grid](
+            xq, q, s, scale, bias if bias is not None else y, y, m, n, k, *q.stride(),
+            HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            BLOCK_K=block_k, GROUP_M=cfg.group_m, num_warps=cfg.warps, num_stages=cfg.stages,
+        )
+
+    def candidates(self, m: int) -> list[str]:
+        """Candidate names for M rows, in CPU preference order (the first wins untimed)."""
+        if self.op == "linear_w8a8":
+            return [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name, TORCH] if m <= SMALL_M else \
+                [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
+        if m <= SMALL_M:
+            return [MATVEC_CONFIGS[1].name, MATVEC_CONFIGS[0].name, MATVEC_CONFIGS[2].name, TORCH]
+        return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
+
+    def _choose(self, ins: tuple) -> str:
+        x, q = ins[0], ins[1]
+        m = x.numel() // max(x.shape[-1], 1)
+        key = (f"{self.op}|{str(x.dtype).removeprefix('torch.')}|{self.activation}|g{self.group_size}|"
+               f"asym={int(self.asymmetric)}|static={int(self.act_scale > 0)}|bias={int(self.has_bias)}|M{bucket(m)}|N{q.shape[0]}|K{x.shape[-1]}")
+        hit = self.chosen.get(key)
+        if hit is None:
+            if x.is_cuda and torch.cuda.is_current_stream_capturing():
+                return TORCH  # never time inside graph capture; not remembered, so a later call tunes
+            cands: dict[str, Callable[[], object]] = {name: (lambda name=name: self.run(name, ins)) for name in self.candidates(m)}
+            hit = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
+        self._by_shape[(x.shape, x.dtype)] = hit
+        return hit
+
+
+def quant_linear_kernel(node: Any, config: str | None = None) -> QuantLinearLauncher | None:
+    """A launcher for a linear_w8 / linear_w4 / linear_w8a8 node with fp32, fp16 or bf16
+    activations, else None (the node stays in PyTorch). int4 needs a power-of-two group >= 32
+    (every group kiln's quantizer makes); `config` pins a candidate instead of autotuning."""
+    if node.op.name not in OPS:
+        return None
+    attrs = dict(node.attrs)
+    if set(attrs) - _KNOWN_ATTRS:  # an attribute these kernels do not implement: stay in PyTorch
+        return None
+    if node.inputs[0].type.dtype.torch not in _DTYPES or attrs["activation"] not in _ACT:
+        return None
+    group = int(attrs.get("group_size", 0))
+    if node.op.name == "linear_w4" and (group < 32 or group & (group - 1)):
+        return None
+    has_bias = len(node.inputs) == 4 + bool(attrs.get("asymmetric", False))
+    return QuantLinearLauncher(node.op.name, attrs, has_bias, config)
