@@ -171,7 +171,8 @@ class CompiledModule:
         symbols = bind_symbols(traced.graph, example)
         self.stats.captured = traced.graph
         traced.graph, self.stats.passes = run_pipeline(
-            traced.graph, PIPELINE, self.options, self.dump_dir, prefix=f"trace{n}_", symbol_values=symbols, device=_device_of(args, kwargs)
+            traced.graph, PIPELINE, self.options, self.dump_dir, prefix=f"trace{n}_", symbol_values=symbols, device=_device_of(args, kwargs),
+            calibration=_calibration_feed(self.options, traced),
         )
         t1 = time.perf_counter()
         device = _device_of(args, kwargs)
@@ -230,6 +231,17 @@ class CompiledModule:
         from .viz import write_passes_html
 
         write_passes_html(self.dump_dir, f"trace{n}_", self.stats.captured, self.stats.passes)
+
+
+def _calibration_feed(options: CompileOptions, traced: Any) -> Any:
+    """The quantization scheme's calibration examples (each given as the model is called) as the
+    traced graph's flat inputs, or None when the scheme needs no calibration."""
+    scheme = options.quantization
+    if scheme is None or not scheme.needs_calibration:
+        return None
+    from .passes.calibrate import CalibrationFeed, flat_inputs
+
+    return CalibrationFeed(tuple(flat_inputs(ex, traced.in_spec, traced.leaf_roles, i) for i, ex in enumerate(scheme.calibration)))
 
 
 def _top_level_tensors(args: tuple, kwargs: dict) -> bool:

@@ -60,3 +60,8 @@ class RequestTooLargeError(KVCacheError):
             f" blocks of {block_size} tokens, but the whole pool has {num_blocks} blocks"
             f" ({num_blocks * block_size} tokens). Raise kv_cache_memory, or lower max_model_len / max_tokens."
         )
+
+
+class QuantizationError(KilnError):
+    """A quantization scheme cannot be applied: missing or unusable calibration data, or a format
+    this PyTorch build lacks. Names the layer or example at fault and what to do."""

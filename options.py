@@ -24,7 +24,7 @@ class CompileOptions:
     arena: bool = True  # generated kernels write into one preallocated arena (runtime.arena)
     print_ir: str = "never"  # "never" | "after_change" | "always": print IR to stderr after passes
     fold_max_elements: int = 1 << 16  # constant folding never creates constants larger than this
-    # quantization (passes/quantize.py): None, "int8", "int4", "w8a8" or a QuantScheme;
+    # quantization (passes/quantize.py): None, "int8", "int4", "w8a8", "fp8" or a QuantScheme;
     # stored as a QuantScheme (or None)
     quantization: "str | QuantScheme | None" = None
     # magnitude pruning of linear weights (passes/prune.py): None, a sparsity, "2:4" or a PruneScheme

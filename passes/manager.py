@@ -13,13 +13,16 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import KilnError
 from ..ir import Graph, verify
 from ..ir.printer import format_graph
 from ..options import CompileOptions
 from ..viz import write_dot
+
+if TYPE_CHECKING:
+    from .calibrate import CalibrationFeed
 
 
 @dataclass
@@ -30,6 +33,7 @@ class PassContext:
     stats: dict[str, int] = field(default_factory=dict)
     symbol_values: dict = field(default_factory=dict)  # shape symbols at the traced example
     device: object = None  # the target device (inputs' device), when known
+    calibration: CalibrationFeed | None = None  # the scheme's calibration examples as graph inputs (quantize_weights)
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -80,7 +84,7 @@ class PassError(KilnError):
 
 def run_pipeline(
     g: Graph, passes: list[Pass], options: CompileOptions, dump_dir: str | None = None, prefix: str = "",
-    symbol_values: dict | None = None, device: object = None,
+    symbol_values: dict | None = None, device: object = None, calibration: CalibrationFeed | None = None,
 ) -> tuple[Graph, list[PassRecord]]:
     """Run enabled passes in order; returns the final graph and one record per pass run."""
     records: list[PassRecord] = []
@@ -91,7 +95,7 @@ def run_pipeline(
     if dump_dir:
         _dump(dump_dir, f"{prefix}000_captured.txt", g)
     for i, p in enumerate(enabled, start=1):
-        ctx = PassContext(options, symbol_values=dict(symbol_values or {}), device=device)
+        ctx = PassContext(options, symbol_values=dict(symbol_values or {}), device=device, calibration=calibration)
         t0 = time.perf_counter()
         try:
             out = p(g, ctx)

@@ -10,12 +10,15 @@ No per-architecture model code: the model is traced once and `insert_kv_cache` m
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import KilnError
 from ..options import CompileOptions
+
+if TYPE_CHECKING:
+    from ..passes.quantize import QuantScheme
 from .engine import Engine, RequestOutput
 from .kv_cache import KVCacheConfig, size_kv_cache
 from .model_runner import PagedModelRunner
@@ -29,12 +32,14 @@ class LLM:
 
     def __init__(
         self, model: Any, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
-        max_model_len: int | None = None, kv_cache_memory: float | int | None = None, quantization: str | None = None,
+        max_model_len: int | None = None, kv_cache_memory: float | int | None = None, quantization: "str | QuantScheme | None" = None,
         tensor_parallel_size: int = 1, tokenizer: Any = None, block_size: int = 16, enable_prefix_caching: bool = True,
         max_num_batched_tokens: int = 2048, max_num_seqs: int = 64, allow_pickle: bool = False,
         options: CompileOptions | None = None,
     ):
-        if quantization is not None:  # weight-only int8 / int4 through the quantize_weights pass
+        # quantize_weights: "int8", "int4", "w8a8", "fp8" or a QuantScheme, whose calibration
+        # examples are token-id sequences or prompt strings (tokenized here), one prefill each
+        if quantization is not None:
             import dataclasses
 
             options = dataclasses.replace(options or CompileOptions(), quantization=quantization)
@@ -82,6 +87,7 @@ class LLM:
             useful = 2 * max_num_seqs * -(-self.max_model_len // cfg.block_size)
             return min(sizing.num_blocks, max(useful, 1))
 
+        options = self._tokenize_calibration(options)
         with torch.no_grad():
             self.runner = PagedModelRunner(
                 module, block_size=block_size, device=dev, num_blocks=blocks, options=options, max_model_len=self.max_model_len,
@@ -94,6 +100,16 @@ class LLM:
             self.runner, tokenizer=self.tokenizer, eos_token_ids=eos_ids, max_model_len=self.max_model_len,
             enable_prefix_caching=enable_prefix_caching, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
         )
+
+    def _tokenize_calibration(self, options: CompileOptions | None) -> CompileOptions | None:
+        """Options whose quantization scheme's string calibration examples are token ids."""
+        scheme = options.quantization if options is not None else None
+        if scheme is None or not any(isinstance(ex, str) for ex in scheme.calibration):
+            return options
+        import dataclasses
+
+        examples = tuple(self.tokenize(ex) if isinstance(ex, str) else ex for ex in scheme.calibration)
+        return dataclasses.replace(options, quantization=dataclasses.replace(scheme, calibration=examples))
 
     # ---- text <-> ids -----------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:

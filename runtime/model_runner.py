@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import KVCacheError
+from ..errors import KVCacheError, QuantizationError
 from ..options import CompileOptions
+from ..passes.calibrate import CalibrationFeed
 from ..passes.kv_cache import AttentionSite, find_attention_sites, kv_cache_pass
 from .blocks import CopyOp
 from .kv_cache import KVCacheConfig, KVCachePool
@@ -58,6 +59,45 @@ def _bucket(n: int) -> int:
     return -(-n // 64) * 64
 
 
+class _StepBuffers:
+    """Pinned host staging and device tensors for one padded step shape (P tokens, N sequences,
+    table width W, R logits rows): int64 ids/positions/slots/rows, int32 tables/lengths/starts.
+
+    Invariant: the host buffer is rewritten only after the previous copy out of it completed
+    (`done` is recorded after the copies and waited on before the next fill)."""
+
+    __slots__ = ("p", "n", "w", "r", "host64", "host32", "np64", "np32", "dev64", "dev32", "args", "done")
+
+    def __init__(self, p: int, n: int, w: int, r: int, device: torch.device):
+        self.p, self.n, self.w, self.r = p, n, w, r
+        self.host64 = torch.empty(3 * p + r, dtype=torch.int64, pin_memory=True)
+        self.host32 = torch.empty(n * w + 2 * n + 1, dtype=torch.int32, pin_memory=True)
+        self.np64, self.np32 = self.host64.numpy(), self.host32.numpy()
+        self.dev64 = torch.empty_like(self.host64, device=device)
+        self.dev32 = torch.empty_like(self.host32, device=device)
+        d64, d32, nw = self.dev64, self.dev32, n * w
+        self.args = (
+            d64[:p].view(1, p), d64[p:2 * p].view(1, p), d64[2 * p:3 * p], d32[:nw].view(n, w),
+            d32[nw:nw + n], d32[nw + n:], d64[3 * p:],
+        )
+        self.done = torch.cuda.Event()
+
+    def fill(self, ids: list[int], pos: list[int], slots: list[int], tables: list[list[int]],
+             lens: list[int], starts: list[int], pick: list[int]) -> None:
+        self.done.synchronize()
+        p, w, nw = self.p, self.w, self.n * self.w
+        a, b = self.np64, self.np32
+        a[:p], a[p:2 * p], a[2 * p:3 * p], a[3 * p:] = ids, pos, slots, pick
+        b[:nw] = 0
+        for i, t in enumerate(tables):
+            if t:
+                b[i * w:i * w + len(t)] = t
+        b[nw:nw + self.n], b[nw + self.n:] = lens, starts
+        self.dev64.copy_(self.host64, non_blocking=True)
+        self.dev32.copy_(self.host32, non_blocking=True)
+        self.done.record()
+
+
 class PagedModelRunner:
     """Compiles `model` for paged execution; `execute(chunks)` runs one step."""
 
@@ -76,6 +116,8 @@ class PagedModelRunner:
 
         self.device = device
         self.block_size = block_size
+        self._pin = device.type == "cuda"
+        self._buffers: dict[tuple, _StepBuffers] = {}  # padded step shape -> staging buffers (CUDA)
         self.options = options or CompileOptions()
         t0 = time.perf_counter()
         example = torch.randint(0, 2, (1, 8), device=device)
@@ -96,7 +138,8 @@ class PagedModelRunner:
         self.pool = KVCachePool(config, n)
         self.kv_cache = [(self.pool.key_cache(i), self.pool.value_cache(i)) for i in range(len(sites))]
         per_block = config.bytes_per_block
-        g, _ = run_pipeline(g, [kv_cache_pass(self.kv_cache)] + passes[split:], self.options, device=device)
+        feed = self._calibration_feed(n)
+        g, _ = run_pipeline(g, [kv_cache_pass(self.kv_cache)] + passes[split:], self.options, device=device, calibration=feed)
         t1 = time.perf_counter()
         self.graph = g
         hook = kernel_hook(self.options.backend, device)
@@ -106,14 +149,13 @@ class PagedModelRunner:
         capturable = all(i in self.plan.launched for i, n in enumerate(g.nodes) if n.op.name == "paged_attention")
         vocab = g.outputs[0].type.shape[-1]
         self.info = RunnerInfo(sites, block_size, n, per_block, int(vocab), {"compile": t1 - t0, "plan": time.perf_counter() - t1})
-        self._pin = device.type == "cuda"
         self.max_blocks = -(-max_model_len // block_size)
         self.run: Callable[..., tuple] = self.plan.fn
         if self._pin and self.options.cuda_graphs and capturable:
             from .cudagraph import GraphRunner
 
             # decode steps repeat a few bucketed shapes: replay them as CUDA graphs
-            self.run = GraphRunner(self.plan.fn, max_graphs=16, retained=self.plan.retained)
+            self.run = GraphRunner(self.plan.fn, max_graphs=16, retained=self.plan.retained, stable_inputs=True)
 
     @property
     def num_blocks(self) -> int:
@@ -121,6 +163,14 @@ class PagedModelRunner:
 
     def execute(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """Run one step; returns float32 logits [number of chunks wanting logits, vocab]."""
+        args, wanted = self._step_args(chunks, bucket=self._pin)
+        with torch.no_grad():
+            logits = self.run(*args)[0][0]
+        return logits[:wanted].float()
+
+    def _step_args(self, chunks: list[SeqChunk], bucket: bool) -> tuple[tuple[torch.Tensor, ...], int]:
+        """The plan's inputs for one step and the number of logit rows wanted; `bucket` pads the
+        flat batch, sequence count and table width to CUDA-graph buckets."""
         bs = self.block_size
         ids: list[int] = []
         pos: list[int] = []
@@ -142,13 +192,13 @@ class PagedModelRunner:
                 pick.append(starts[-1] - 1)
         total = len(ids)
         wanted = len(pick)
-        padded = _bucket(total) if self._pin else max(2, total)
+        padded = _bucket(total) if bucket else max(2, total)
         ids += [0] * (padded - total)
         pos += [0] * (padded - total)
         slots += [-1] * (padded - total)
         width = max(len(c.block_table) for c in chunks)
         tables = [c.block_table for c in chunks]
-        if self._pin:  # stable shapes on CUDA: bucketed sequence count, fixed table width
+        if bucket:  # stable shapes on CUDA: bucketed sequence count, fixed table width
             width = max(width, self.max_blocks)
             extra = _bucket(len(chunks)) - len(chunks)
             tables += [[]] * extra
@@ -157,19 +207,53 @@ class PagedModelRunner:
             pick += [0] * (_bucket(max(wanted, 1)) - wanted)
         elif not pick:
             pick = [0]  # the plan needs one row; the caller asked for none
-        tables = [t + [0] * (width - len(t)) for t in tables]
-        args = (
-            self._tensor([ids], torch.int64), self._tensor([pos], torch.int64), self._tensor(slots, torch.int64),
-            self._tensor(tables, torch.int32), self._tensor(lens, torch.int32), self._tensor(starts, torch.int32),
-            self._tensor(pick, torch.int64),
-        )
-        with torch.no_grad():
-            logits = self.run(*args)[0][0]
-        return logits[:wanted].float()
+        if self._pin:
+            args = self._staged(ids, pos, slots, tables, width, lens, starts, pick)
+        else:
+            tables = [t + [0] * (width - len(t)) for t in tables]
+            args = (
+                torch.tensor([ids]), torch.tensor([pos]), torch.tensor(slots), torch.tensor(tables, dtype=torch.int32),
+                torch.tensor(lens, dtype=torch.int32), torch.tensor(starts, dtype=torch.int32), torch.tensor(pick),
+            )
+        return args, wanted
 
-    def _tensor(self, data: Any, dtype: torch.dtype) -> torch.Tensor:
-        t = torch.tensor(data, dtype=dtype)
-        return t.pin_memory().to(self.device, non_blocking=True) if self._pin else t
+    def _staged(self, ids: list[int], pos: list[int], slots: list[int], tables: list[list[int]], width: int,
+                lens: list[int], starts: list[int], pick: list[int]) -> tuple[torch.Tensor, ...]:
+        """The step's inputs on the device through one pinned staging buffer per padded shape:
+        two host-to-device copies per step, and the same device tensors every time the shape
+        repeats (a CUDA graph replay then copies nothing)."""
+        key = (len(ids), len(tables), width, len(pick))
+        buf = self._buffers.get(key)
+        if buf is None:
+            if len(self._buffers) >= 64:
+                del self._buffers[next(iter(self._buffers))]
+            buf = self._buffers[key] = _StepBuffers(*key, self.device)
+        buf.fill(ids, pos, slots, tables, lens, starts, pick)
+        return buf.args
+
+    def _calibration_feed(self, num_blocks: int) -> CalibrationFeed | None:
+        """The quantization scheme's calibration examples (token-id sequences) as one prefill step
+        each over blocks 0.. of the pool (scratch until serving starts), or None when the scheme
+        needs no calibration."""
+        scheme = self.options.quantization
+        if scheme is None or not scheme.needs_calibration:
+            return None
+        batches = []
+        for i, ex in enumerate(scheme.calibration):
+            tokens = ex.tolist() if isinstance(ex, torch.Tensor) else list(ex) if isinstance(ex, (list, tuple)) else None
+            if not tokens or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+                raise QuantizationError(
+                    f"calibration example {i} must be a non-empty sequence of token ids (or a prompt string given to kiln.LLM), got {ex!r:.60}"
+                )
+            blocks = -(-len(tokens) // self.block_size)
+            if blocks > num_blocks:
+                raise QuantizationError(
+                    f"calibration example {i} has {len(tokens)} tokens, more than the KV pool's {num_blocks} blocks of "
+                    f"{self.block_size} hold; use shorter calibration sequences"
+                )
+            args, _ = self._step_args([SeqChunk(tokens, 0, list(range(blocks)))], bucket=False)
+            batches.append(tuple(a.clone() for a in args))  # staged device buffers are reused per shape
+        return CalibrationFeed(tuple(batches), state_is_scratch=True)
 
     def copy_blocks(self, copies: list[CopyOp]) -> None:
         """Perform the allocator's copy-on-write copies (every layer, K and V)."""

@@ -571,8 +571,9 @@ def test_every_declared_op_is_covered_here() -> None:
     # paged_attention: writes a KV cache (tests/test_kv_cache_pass.py, tests/test_triton_paged.py);
     # linear_add: checked against its reference in tests/test_triton_matmul.py;
     # linear_w8 / linear_w4: quantized weights, checked against dequantize + F.linear in tests/test_quantize.py;
-    # linear_w8a8: against a float W8A8 simulation there
-    not_generated = {"copy_to", "fusion_group", "paged_attention", "linear_add", "linear_w8", "linear_w4", "linear_w8a8"}
+    # linear_w8a8: against a float W8A8 simulation there; linear_fp8: fp8 codes, against dequantize + F.linear in
+    # tests/test_calibration.py
+    not_generated = {"copy_to", "fusion_group", "paged_attention", "linear_add", "linear_w8", "linear_w4", "linear_w8a8", "linear_fp8"}
     assert set(ir.REGISTRY) - covered - not_generated == set()
 
 

@@ -37,6 +37,9 @@ above, and the activations quantized at run time per token (row of x): s = max|x
 f32; 0 for an all-zero row), x_q = clamp(round(x / s), -127, 127) as int8, then
 y = (x_q @ qweight.T) * s * scale[None, :] (+ bias), in x's dtype. The integer product runs in
 int32 through `torch._int_mm` where it fits, else in float over the same integer values.
+Static W8A8: the attribute `act_scale` (f64 in the IR, used as f32; default 0.0 = dynamic) > 0
+replaces the per-token s by that one calibrated per-tensor scale, x_q = clamp(round(x / act_scale),
+-127, 127); the inputs are unchanged (`linear_w8a8(x, qweight, scale[, bias]) {act_scale=...}`).
 """
 
 from __future__ import annotations
@@ -385,11 +388,23 @@ def _linear_w8a8_infer(types, a):  # noqa: ANN001, ANN202
     return (TensorType(x.dtype, x.shape[:-1] + (q.shape[0],)),)
 
 
+def quantize_activations_static(x: torch.Tensor, act_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] float -> (x_q i8[..., K] in [-127, 127], s f32[1, 1]) with one calibrated scale
+    for the whole tensor: x_q = clamp(round(x / act_scale), -127, 127) (values beyond the
+    calibrated range saturate)."""
+    s = torch.tensor([[act_scale]], dtype=torch.float32, device=x.device)
+    return torch.round(x.detach().float() / s).clamp_(-INT8_QMAX, INT8_QMAX).to(torch.int8), s
+
+
 def _linear_w8a8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, *rest: Any) -> torch.Tensor:
-    ts, (activation, *_) = _split_rest(rest)
+    ts, (activation, *more) = _split_rest(rest)
+    act_scale = float(more[0]) if more else 0.0
     b = ts[0] if ts else None
     n, k = q.shape
-    xq, s = quantize_activations_per_token(x.reshape(-1, k))  # (M, K) i8, (M, 1) f32
+    if act_scale > 0:  # static: one calibrated per-tensor scale
+        xq, s = quantize_activations_static(x.reshape(-1, k), act_scale)  # (M, K) i8, (1, 1) f32
+    else:
+        xq, s = quantize_activations_per_token(x.reshape(-1, k))  # (M, K) i8, (M, 1) f32
     work = torch.float64 if x.dtype is torch.float64 else torch.float32
     if _int_mm_fits(xq, q):
         acc = torch._int_mm(xq, q.t()).to(work)  # exact int32 accumulation
@@ -403,10 +418,11 @@ def _linear_w8a8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, *rest: A
 
 declare(
     "linear_w8a8", ["x", "qweight", "scale", "*bias"],
-    [Attr("activation", AttrKind.STR, "none")],
+    [Attr("activation", AttrKind.STR, "none"), Attr("act_scale", AttrKind.FLOAT, 0.0)],
     infer=_linear_w8a8_infer, impl=_linear_w8a8, category="matmul",
-    doc="act((q8(x) @ qweight.T) * s_token * scale[None, :] (+ bias)); qweight i8[N, K], scale [N] per output "
-    "channel; x quantized per token at run time: s = max|x_row| / 127, q8(x) = clamp(round(x / s), -127, 127). "
+    doc="act((q8(x) @ qweight.T) * s * scale[None, :] (+ bias)); qweight i8[N, K], scale [N] per output "
+    "channel; x quantized per token at run time: s = max|x_row| / 127, q8(x) = clamp(round(x / s), -127, 127); "
+    "act_scale > 0 (static, calibrated): s = act_scale for every token. "
     "int32 accumulation via torch._int_mm where it fits (CUDA: M > 16, K and N multiples of 8; CPU: any), "
     "else in float",
 )

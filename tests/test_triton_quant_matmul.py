@@ -1,0 +1,237 @@
+"""Triton fused-dequant kernels for linear_w8 / linear_w4 / linear_w8a8 vs the ops' reference.
+
+On CPU they run in Triton's interpreter (conftest sets TRITON_INTERPRET=1): small shapes, every
+kernel config pinned so the interpreter really runs each kernel. The interpreter truncates
+fp32 -> bf16 casts (the GPU rounds to nearest even), hence bf16's looser tolerance.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+import kiln  # noqa: E402
+from kiln import ir  # noqa: E402
+from kiln.backends.triton import quant_matmul  # noqa: E402
+from kiln.backends.triton.matmul import TORCH  # noqa: E402
+from kiln.backends.triton.quant_matmul import CONFIGS, GEMM_CONFIGS, quant_linear_kernel  # noqa: E402
+from kiln.ir.dtypes import from_torch  # noqa: E402
+from kiln.ir.opset import quant  # noqa: E402
+from kiln.options import CompileOptions  # noqa: E402
+from kiln.passes import QuantScheme  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+# (op, asymmetric, group_size): every weight format the kernels take
+VARIANTS = [("linear_w8", False, 0), ("linear_w8", True, 0), ("linear_w4", False, 32), ("linear_w4", True, 64),
+            ("linear_w4", False, 128), ("linear_w4", True, 128)]
+GEMMS = [c.name for c in GEMM_CONFIGS]
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # sigmoid(-large) in numpy
+
+
+def _rand(shape: tuple, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) + 0.1).to(dtype)
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.cpu().double(), b.cpu().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def _weights(op: str, asym: bool, group: int, w: torch.Tensor) -> tuple:
+    """The op's quantized operands (codes, scales[, zeros]) for the float weight w."""
+    if op == "linear_w4":
+        return quant.quantize_int4_minmax(w, group) if asym else quant.quantize_int4_grouped(w, group)
+    return quant.quantize_int8_minmax(w) if asym else quant.quantize_int8_per_channel(w)
+
+
+def _node(op: str, attrs: dict, m: int, n: int, k: int, dtype: torch.dtype, bias: bool, seed: int = 0) -> tuple:
+    """A one-node graph and fresh random inputs in IR order: x, codes, scales[, zeros][, bias]."""
+    w = _rand((n, k), dtype, seed + 2) * _rand((n, 1), torch.float32, seed + 3).abs().to(dtype)
+    vals = [_rand((m, k), dtype, seed + 1), *_weights(op, attrs.get("asymmetric", False), attrs.get("group_size", 0), w)]
+    vals += [_rand((n,), dtype, seed + 4)] * bias
+    g = ir.Graph()
+    ins = [g.add_input(f"a{i}", ir.TensorType(from_torch(v.dtype), tuple(v.shape))) for i, v in enumerate(vals)]
+    node = g.add_node(op, ins, attrs)
+    g.outputs = list(node.outputs)
+    return g, node, [v.to(DEVICE) for v in vals]
+
+
+def _variant(op: str, asym: bool, group: int, act: str = "silu") -> dict:
+    return {"activation": act, "asymmetric": asym, **({"group_size": group} if op == "linear_w4" else {})}
+
+
+def _check(g: ir.Graph, launcher: quant_matmul.QuantLinearLauncher, vals: list, dtype: torch.dtype) -> None:
+    got = launcher(*vals)
+    (ref,) = ir.run_graph(g, [v.cpu() for v in vals])
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    assert _err(got, ref) <= TOL[dtype], _err(got, ref)
+
+
+@pytest.fixture
+def no_torch_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail if a launcher quietly runs the op's reference instead of a Triton kernel."""
+    monkeypatch.setattr(quant_matmul, "torch_reference", lambda *a: pytest.fail("ran the reference, not a Triton kernel"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{'asym' if v[1] else 'sym'}-g{v[2]}")
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_every_config_and_weight_format_matches_the_reference(config: str, variant: tuple, dtype: torch.dtype,
+                                                              no_torch_fallback: None) -> None:
+    """N = 70 is ragged for every BLOCK_N; int8's K = 300 is ragged for every BLOCK_K and gives the
+    split-K matvecs several splits (int4's K is a multiple of the group by definition)."""
+    op, asym, group = variant
+    m, k = (3 if config.startswith("matvec") else 17), (256 if op == "linear_w4" else 300)
+    g, node, vals = _node(op, _variant(op, asym, group), m, 70, k, dtype, True)
+    _check(g, quant_linear_kernel(node, config), vals, dtype)
+
+
+@settings(max_examples=14, deadline=None, derandomize=True)
+@given(
+    variant=st.sampled_from(VARIANTS),
+    m=st.sampled_from([1, 3, 16, 17, 40]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    bias=st.booleans(),
+    act=st.sampled_from(["none", "relu", "gelu", "gelu_tanh"]),
+)
+def test_autotuned_launcher_matches_the_reference_over_m_dtypes_and_epilogues(variant: tuple, m: int, dtype: torch.dtype,
+                                                                            bias: bool, act: str) -> None:
+    op, asym, group = variant
+    g, node, vals = _node(op, _variant(op, asym, group, act), m, 24, 128, dtype, bias, seed=m)
+    _check(g, quant_linear_kernel(node), vals, dtype)
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+@pytest.mark.parametrize(("config", "m"), [(GEMMS[3], 1), (GEMMS[3], 5), *((c, 33) for c in GEMMS)])
+def test_w8a8_configs_match_the_reference_to_fp32_rounding(config: str, m: int, static: bool, no_torch_fallback: None) -> None:
+    """The same integers, scales and rounding order as the reference: fp32 agrees to the last bits
+    (only the bias add and activation's order of fp32 ops may differ), K = 300 ragged."""
+    attrs = {"activation": "gelu_tanh", **({"act_scale": 0.02} if static else {})}  # static: |x| > 2.54 saturates
+    g, node, vals = _node("linear_w8a8", attrs, m, 70, 300, torch.float32, True, seed=m)
+    _check(g, quant_linear_kernel(node, config), vals, torch.float32)
+
+
+def test_w8a8_activation_rounding_is_half_to_even_like_torch_round(no_torch_fallback: None) -> None:
+    """max|x| = 127 makes s = 1, so x / s lands exactly on .5 ties; the weight is 127 * identity with
+    scale 1/127, so y shows x_q itself (times 1 in fp32)."""
+    x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.0] * 4], dtype=torch.float32)  # (1, 32)
+    q, scale = quant.quantize_int8_per_channel(torch.eye(32))
+    g = ir.Graph()
+    ins = [g.add_input(f"a{i}", ir.TensorType(from_torch(v.dtype), tuple(v.shape))) for i, v in enumerate((x, q, scale))]
+    node = g.add_node("linear_w8a8", ins, {"activation": "none"})
+    g.outputs = list(node.outputs)
+    got = quant_linear_kernel(node, GEMMS[3])(x.to(DEVICE), q.to(DEVICE), scale.to(DEVICE))
+    (ref,) = ir.run_graph(g, [x, q, scale])
+    assert torch.equal(got.cpu(), ref)
+    assert ref[0, :8].tolist() == pytest.approx([0, 2, 2, 0, -2, -2, 126, 127], abs=1e-5)
+
+
+def test_reference_candidate_and_empty_inputs_match_the_reference() -> None:
+    g, node, vals = _node("linear_w4", _variant("linear_w4", True, 32, "relu"), 4, 6, 64, torch.float16, True)
+    _check(g, quant_linear_kernel(node, TORCH), vals, torch.float16)
+    g, node, vals = _node("linear_w8", _variant("linear_w8", False, 0), 1, 6, 8, torch.float32, False)
+    assert quant_linear_kernel(node, GEMMS[0])(_rand((0, 8), torch.float32, 1).to(DEVICE), *vals[1:]).shape == (0, 6)
+
+
+def test_unsupported_nodes_stay_in_pytorch() -> None:
+    g, node, _ = _node("linear_w4", _variant("linear_w4", False, 32), 2, 4, 64, torch.float32, False)
+    assert quant_linear_kernel(node) is not None
+    g2 = ir.Graph()
+    x = g2.add_input("x", ir.TensorType(ir.by_name("f32"), (2, 96)))
+    p = g2.add_input("p", ir.TensorType(ir.by_name("u8"), (4, 48)))
+    s = g2.add_input("s", ir.TensorType(ir.by_name("f32"), (4, 2)))
+    assert quant_linear_kernel(g2.add_node("linear_w4", [x, p, s], {"group_size": 48})) is None  # not a power of two
+    assert quant_linear_kernel(g2.add_node("relu", [x], {})) is None
+    with pytest.raises(ValueError, match="unknown quantized matmul config"):
+        quant_matmul.QuantLinearLauncher("linear_w8", {"activation": "none"}, False, config="gemm_1x1x1")
+
+
+def test_autotune_keys_by_m_bucket_offers_the_reference_and_matvecs_only_for_weight_only_small_m(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, list[str]]] = []
+
+    def fake_choose(key: str, candidates: dict, on_cuda: bool) -> str:
+        calls.append((key, list(candidates)))
+        return next(iter(candidates))
+
+    monkeypatch.setattr(quant_matmul, "choose", fake_choose)
+    g, node, vals = _node("linear_w8", _variant("linear_w8", False, 0), 3, 5, 32, torch.float32, True)
+    launcher = quant_linear_kernel(node)
+    launcher(*vals)
+    launcher(_rand((4, 32), torch.float32, 9).to(DEVICE), *vals[1:])  # M = 4: the same bucket, no new choice
+    launcher(_rand((40, 32), torch.float32, 9).to(DEVICE), *vals[1:])
+    assert [key for key, _ in calls] == ["linear_w8|float32|silu|g0|asym=0|static=0|bias=1|M4|N5|K32",
+                                         "linear_w8|float32|silu|g0|asym=0|static=0|bias=1|M64|N5|K32"]
+    small, large = calls[0][1], calls[1][1]
+    assert small[0].startswith("matvec") and small[-1] == TORCH
+    assert not any(c.startswith("matvec") for c in large) and large[-1] == TORCH
+    g, node, vals = _node("linear_w8a8", {"activation": "none"}, 2, 5, 32, torch.float32, False)
+    quant_linear_kernel(node)(*vals)
+    assert not any(c.startswith("matvec") for c in calls[-1][1]) and calls[-1][1][-1] == TORCH
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA autotuning may rightly pick the reference")
+@pytest.mark.parametrize(("quantization", "op", "tol"), [
+    ("int8", "linear_w8", 1e-5),
+    ("int4", "linear_w4", 1e-5),
+    (QuantScheme(weights="int4", group_size=32, symmetric=False), "linear_w4", 1e-5),
+    ("w8a8", "linear_w8a8", 1e-5),  # observed 8e-8: the layers' x_q agree bit for bit
+], ids=["int8", "int4", "int4-asym-g32", "w8a8"])
+def test_compiled_quantized_mlp_runs_every_linear_as_a_triton_kernel(quantization: object, op: str, tol: float,
+                                                                    no_torch_fallback: None) -> None:
+    """Linear + SiLU + Linear: both quantized linears launch kernels (the matvec at M = 3, the
+    GEMM at M = 20) and agree with the reference backend under the same quantization."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.SiLU(), torch.nn.Linear(256, 128)).eval()
+    x = _rand((3, 128), torch.float32, 1)
+    fn = kiln.compile(model, (x,), options=CompileOptions(backend="triton", quantization=quantization))
+    ref_fn = kiln.compile(model, (x,), options=CompileOptions(backend="reference", quantization=quantization))
+    assert [n.op.name for n in fn.graph.nodes if n.op.category == "matmul"] == [op, op]
+    assert fn.plan.kernels == 2
+    for m in (3, 20):
+        x = _rand((m, 128), torch.float32, m)
+        with torch.no_grad():
+            assert _err(fn(x), ref_fn(x)) <= tol
+
+
+# --- CUDA ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("variant", [*VARIANTS, ("linear_w8a8", False, 0)], ids=lambda v: f"{v[0]}-{int(v[1])}-g{v[2]}")
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_configs_match_the_reference_at_model_shapes(config: str, variant: tuple, dtype: torch.dtype) -> None:
+    from triton.runtime.errors import OutOfResources
+
+    op, asym, group = variant
+    if op == "linear_w8a8" and config.startswith("matvec"):
+        pytest.skip("W8A8 has no matvec kernel (its small-M path is the 16-row GEMM tile)")
+    m = 7 if config.startswith("matvec") else 300
+    attrs = {"activation": "gelu_tanh"} if op == "linear_w8a8" else _variant(op, asym, group, "gelu_tanh")
+    g, node, vals = _node(op, attrs, m, 1000, 2048, dtype, True)
+    try:
+        _check(g, quant_linear_kernel(node, config), vals, dtype)
+    except OutOfResources:  # the largest tiles may exceed shared memory; autotune skips them
+        pytest.skip(f"{config} does not fit this GPU")
+
+
+@pytest.mark.parametrize("m", [1, 16, 512])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_autotuned_launcher_is_correct_and_replays_in_a_cuda_graph(m: int) -> None:
+    g, node, vals = _node("linear_w4", _variant("linear_w4", False, 128), m, 2048, 1024, torch.bfloat16, False)
+    launcher = quant_linear_kernel(node)
+    _check(g, launcher, vals, torch.bfloat16)  # the first call tunes, outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = launcher(*vals)
+    graph.replay()
+    torch.cuda.synchronize()
+    (ref,) = ir.run_graph(g, [v.cpu() for v in vals])
+    assert _err(out, ref) <= TOL[torch.bfloat16]
