@@ -2,6 +2,8 @@
 
 Public API (stable): `kiln.compile`, `kiln.CompileOptions`, `torch.compile(model, backend="kiln")`,
 `kiln.LLM(...).generate(prompts, kiln.SamplingParams(...))`.
+Compression analysis (loaded on first use, report/): `kiln.sensitivity_scan`, `kiln.propose_plan`,
+`kiln.compression_report`.
 """
 
 from .api import CompiledModule, CompileStats, compile
@@ -21,8 +23,20 @@ def _register_dynamo_backend() -> None:
 
 _register_dynamo_backend()
 
+# Loaded on first use: kiln.report pulls in matplotlib, which `import kiln` should not pay for.
+_LAZY = {"sensitivity_scan": "sensitivity", "propose_plan": "sensitivity", "compression_report": "compression"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".report.{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "LLM", "CompileOptions", "CompileStats", "CompiledModule", "CompletionOutput", "ConversionError", "InputError",
-    "KilnError", "RequestOutput", "SamplingParams", "TraceError", "UnsupportedOpsError", "compile", "distill",
+    "KilnError", "RequestOutput", "SamplingParams", "TraceError", "UnsupportedOpsError", "compile", "compression_report", "distill",
+    "propose_plan", "sensitivity_scan",
 ]
 __version__ = "0.1.0"

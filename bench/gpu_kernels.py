@@ -16,6 +16,8 @@ next to the measured bf16 dense peak, 791 TFLOP/s on an H200), the M = 1 matvec 
 config (the autotuner also offers PyTorch itself, so kiln never runs slower than the eager column).
 The quantized matvec rows (int8 per channel, int4 group 128, dequantization fused) count the
 quantized bytes (codes + scales) and compare against the dense bf16 F.linear of the same shape.
+The 2:4 rows time PyTorch's semi-structured sparse kernel (kiln's "sparse24" matmul candidate, the
+weight compressed once) against dense F.linear on the same pruned bf16 weight.
 """
 
 from __future__ import annotations
@@ -204,6 +206,47 @@ def quant_matvec_case(op: str, n: int, k: int) -> tuple[str, float, float, int, 
     return f"{op} {bits} matvec bf16 M=1 N={n} K={k}", k_ms, median_ms(torch.nn.functional.linear, dense), nbytes, name
 
 
+SPARSE24_SHAPES = ((11264, 2048), (2048, 5632))  # (N, K): the 1.1B Llama's fused gate/up and down
+
+
+def sparse24_case(m: int, n: int, k: int) -> tuple[str, float, float, int, str]:
+    """y = x @ W.T in bf16, W 2:4-pruned: kiln's pinned "sparse24" candidate vs dense F.linear on
+    the same W. FLOPs are counted dense (2*M*N*K), so the rate is the dense-equivalent one. Each
+    input set has its own launcher (one compressed weight per launcher, as in a plan)."""
+    from kiln.backends.triton.matmul import LinearLauncher
+    from kiln.backends.triton.sparse24 import SPARSE24, backend
+    from kiln.passes.prune import PruneScheme, prune_tensor
+
+    dt, scheme = torch.bfloat16, PruneScheme(pattern="2:4")
+
+    def one() -> tuple:
+        w = prune_tensor(torch.randn(n, k, device="cuda", dtype=dt) / k**0.5, scheme)
+        return torch.randn(m, k, device="cuda", dtype=dt), w, LinearLauncher("none", False, False, config=SPARSE24)
+
+    sets = _sets(one, (m * k + n * k + m * n) * dt.itemsize)
+    for x, w, launcher in sets:  # compress every weight before timing; prove the sparse path ran
+        torch.testing.assert_close(launcher(x, w).float(), torch.nn.functional.linear(x, w).float(), rtol=3e-2, atol=3e-2)
+        assert launcher.sparse.packed is not None, "sparse24 fell back to dense F.linear"
+    s_ms = median_ms(lambda x, w, launcher: launcher(x, w), sets)
+    d_ms = median_ms(lambda x, w, launcher: torch.nn.functional.linear(x, w), sets)
+    del sets
+    return f"2:4 sparse x@W.T bf16 M={m} N={n} K={k}", s_ms, d_ms, 2 * m * n * k, getattr(backend(), "BACKEND", "?")
+
+
+def sparse24_rows() -> None:
+    """bf16 2:4 sparse vs dense at decode (M = 1, 16) and prefill (M = 512, 4096) sizes."""
+    print("\n| 2:4 sparse linear | sparse ms | dense ms | dense/sparse | sparse TFLOP/s (dense-equivalent) | backend |")
+    print("|---|---|---|---|---|---|")
+    for n, k in SPARSE24_SHAPES:
+        for m in (1, 16, 512, 4096):
+            try:
+                name, s_ms, d_ms, flops, be = sparse24_case(m, n, k)
+            except Exception as e:  # noqa: BLE001 - no sparse kernels in this build / GPU: say so, keep going
+                print(f"| 2:4 sparse bf16 M={m} N={n} K={k} | n/a | n/a | n/a | n/a | {type(e).__name__}: {e} |")
+                continue
+            print(f"| {name} | {s_ms:.4f} | {d_ms:.4f} | {d_ms / s_ms:.2f}x | {flops / s_ms / 1e9:.1f} | {be} |")
+
+
 def matmul_rows(ceil: float) -> None:
     """The GEMM against the bf16 peak, the 1.1B-Llama decode matvecs against the copy ceiling."""
     print("\n| matmul | kiln ms | eager ms | eager/kiln | kiln rate | % of ceiling | kiln config |")
@@ -222,6 +265,7 @@ def matmul_rows(ceil: float) -> None:
             gbs = nbytes / k_ms / 1e6
             print(f"| {name} | {k_ms:.4f} | {e_ms:.4f} (bf16 dense) | {e_ms / k_ms:.2f}x | {gbs:.0f} GB/s (quantized bytes) | "
                   f"{100 * gbs / ceil:.0f}% of copy | {cfg} |")
+    sparse24_rows()
 
 
 def attention_rows() -> None:

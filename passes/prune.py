@@ -4,9 +4,12 @@ Configured by `CompileOptions(pruning=PruneScheme(...))` (or "2:4" / a float spa
 otherwise. Runs before `fuse_projections`, so every original projection gets its own magnitude
 threshold (fused QKV would otherwise share one across q, k and v) and the fused weight is built
 from the pruned parts. Each pruned weight becomes a new constant `<name>.pruned`; the dense
-weight leaves the graph. The result is still a dense matmul: pruning here is about size and
-accuracy trade-offs (and the 2:4 pattern PyTorch's semi-structured sparse kernels need), not speed
-by itself.
+weight leaves the graph. The IR stays a dense `linear` on a weight with zeros: unstructured
+pruning is about size and accuracy trade-offs, not speed. A 2:4 weight (fp16/bf16, on CUDA) also
+gets PyTorch's semi-structured sparse kernels as an autotuned candidate of the Triton backend's
+linear launcher (`backends/triton/sparse24.py`), used only where it measures faster than the
+dense kernels; the launcher reads the 2:4 structure from the weight values, so it survives
+`fuse_projections` and needs no marking here.
 
     const %w : f32[8, 16]                      const %w.pruned : f32[8, 16]   (half of it zeros)
     %0 = linear(%x, %w) : f32[B, 8]     ->     %0 = linear(%x, %w.pruned) : f32[B, 8]

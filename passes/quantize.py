@@ -12,7 +12,8 @@ the examples (passes/calibrate.py), so they are keyed by the weights this pass q
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -60,6 +61,16 @@ class QuantScheme:
     per linear: range / 127, the range from `observer` "minmax" or "percentile" at
     `percentile`) and `smoothing=alpha` (SmoothQuant factors, passes/smooth.py; W8A8 or fp8).
     The examples are not part of the scheme's equality or hash.
+
+    `overrides` give layers their own format (mixed precision): a mapping (or sequence of pairs)
+    from fnmatch pattern, matched like `skip`, to "int8" | "int4" | "fp8" | "w8a8" | "skip" or a
+    QuantScheme. The first matching pattern wins, and an override beats `skip` (so
+    `{"lm_head": "int8"}` quantizes an untied lm_head). A format name inherits this scheme's
+    `group_size` and `symmetric` where they apply ("int8" is weight-only); an override needing
+    calibration is refused (static scales and smoothing apply to the layers using this scheme).
+    A fused weight (QKV, gate/up) is one layer, addressed by its first projection's module
+    (`q_proj`, `gate_proj`) and its constant's name. Stored as a tuple of
+    `(pattern, QuantScheme | None)` pairs, None meaning full precision.
     """
 
     weights: str = "int8"  # "int8" (per output channel) | "int4" (group-wise, packed two per byte) | "fp8" (e4m3)
@@ -72,6 +83,7 @@ class QuantScheme:
     calibration: tuple[Any, ...] = field(default=(), compare=False, repr=False)
     observer: str = "minmax"  # static range: "minmax" | "percentile"
     percentile: float = 99.99  # the percentile observer's percentile of |x|
+    overrides: tuple[tuple[str, QuantScheme | None], ...] = ()  # per-layer formats, first match wins
 
     def __post_init__(self) -> None:
         if isinstance(self.skip, str):
@@ -93,6 +105,7 @@ class QuantScheme:
         if not all(isinstance(p, str) and p for p in self.skip):
             raise TypeError(f"QuantScheme.skip must hold non-empty strings, got {self.skip!r}")
         self._check_calibration()
+        object.__setattr__(self, "overrides", _normalize_overrides(self, self.overrides))
 
     def _check_calibration(self) -> None:
         if isinstance(self.calibration, (str, torch.Tensor)):
@@ -128,21 +141,70 @@ class QuantScheme:
 
     def skips(self, *names: str) -> bool:
         """Whether any of these module / constant names matches a skip pattern."""
-        cands = {c for name in names if name for c in (name, *name.split("."))}
-        return any(fnmatch.fnmatchcase(c, p) for c in cands for p in self.skip)
+        return any(_matches(p, names) for p in self.skip)
+
+    def scheme_for(self, *names: str) -> QuantScheme | None:
+        """The scheme for the layer with these module / constant names: the first matching
+        override's, else None when a skip pattern matches, else this scheme (without overrides)."""
+        for pattern, scheme in self.overrides:
+            if _matches(pattern, names):
+                return scheme
+        return None if self.skips(*names) else self.base
+
+    @property
+    def base(self) -> QuantScheme:
+        """This scheme without its overrides (what layers no override names get)."""
+        return replace(self, overrides=()) if self.overrides else self
+
+
+def _matches(pattern: str, names: tuple[str, ...]) -> bool:
+    """fnmatch `pattern` against each name and each dotted component of it."""
+    return any(fnmatch.fnmatchcase(c, pattern) for name in names if name for c in (name, *name.split(".")))
+
+
+def _normalize_overrides(base: QuantScheme, overrides: object) -> tuple[tuple[str, QuantScheme | None], ...]:
+    if isinstance(overrides, str):
+        raise TypeError(f"QuantScheme.overrides maps patterns to formats, got the string {overrides!r}")
+    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else list(overrides)
+    out = []
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str) and pair[0]):
+            raise TypeError(f"QuantScheme.overrides needs (pattern, format) pairs with non-empty patterns, got {pair!r}")
+        out.append((pair[0], _override_scheme(base, pair[0], pair[1])))
+    return tuple(out)
+
+
+def _override_scheme(base: QuantScheme, pattern: str, value: object) -> QuantScheme | None:
+    """An override's value as a scheme (None: full precision); ValueError naming the pattern."""
+    if value is None or value == "skip":
+        return None
+    if isinstance(value, QuantScheme):
+        scheme = value
+    elif value in ("int8", "int4", "fp8", "w8a8"):
+        scheme = QuantScheme.parse(value)
+        if scheme.weights == "int4":
+            scheme = replace(scheme, group_size=base.group_size, symmetric=base.symmetric)
+        elif scheme.weights == "int8" and scheme.activations is None:
+            scheme = replace(scheme, symmetric=base.symmetric)
+    else:
+        raise ValueError(f"QuantScheme.overrides[{pattern!r}] must be 'int8', 'int4', 'fp8', 'w8a8', 'skip' or a QuantScheme, got {value!r}")
+    if scheme.overrides or scheme.needs_calibration:
+        raise ValueError(f"QuantScheme.overrides[{pattern!r}]: an override's scheme cannot have overrides of its own or need calibration")
+    return scheme
 
 
 def _written(g: Graph) -> set[Value]:
     return {v for n in g.nodes if n.op.effect is Effect.WRITE for v in (n.inputs[:1] if n.op.name == "copy_to" else n.inputs)}
 
 
-def _candidates(g: Graph, scheme: QuantScheme, ctx: PassContext) -> dict[Value, list[Node]]:
-    """Weight constants to quantize -> the linears reading them (every reader of each is one).
+def _candidates(g: Graph, scheme: QuantScheme, ctx: PassContext) -> dict[Value, tuple[QuantScheme, list[Node]]]:
+    """Weight constants to quantize -> (their scheme, the linears reading them: every reader).
 
     A weight qualifies when it is a float 2-dim constant with data, no node writes it, it is
-    not a graph output, and all its readers are linears reading it as their weight, none of
-    them on the skip list (a weight also read elsewhere, e.g. a tied embedding, would have to
-    stay in full precision anyway, so quantizing it would only add bytes).
+    not a graph output, and all its readers are linears reading it as their weight whose module
+    and weight names resolve (`QuantScheme.scheme_for`: overrides, then skip) to one scheme
+    (a weight also read elsewhere, e.g. a tied embedding, would have to stay in full precision
+    anyway, so quantizing it would only add bytes).
     """
     written = _written(g)
     readers: dict[Value, list[tuple[Node, int]]] = {}
@@ -151,25 +213,27 @@ def _candidates(g: Graph, scheme: QuantScheme, ctx: PassContext) -> dict[Value, 
             if v.kind == "const":
                 readers.setdefault(v, []).append((n, k))
     outputs = set(g.outputs)
-    out: dict[Value, list[Node]] = {}
+    out: dict[Value, tuple[QuantScheme, list[Node]]] = {}
     for n in g.nodes:
-        if n.op.name != "linear" or n.inputs[1].kind != "const":
+        if n.op.name != "linear" or n.inputs[1].kind != "const" or n.inputs[1] in out:
             continue
         w = n.inputs[1]
-        if w in out:
-            continue
-        module = n.source.module if n.source is not None else ""
+        chosen = scheme.scheme_for(_module(n), w.name)
         if w in written or g.constant_data.get(w.name) is None or not w.type.dtype.is_float or w.type.dtype.bits < 16:
             ctx.count("linears_kept_not_constant_float")
-        elif scheme.skips(module, w.name):
+        elif chosen is None:
             ctx.count("linears_skipped")
-        elif w in outputs or any(m.op.name != "linear" or k != 1 or scheme.skips(m.source.module if m.source else "") for m, k in readers[w]):
+        elif w in outputs or any(m.op.name != "linear" or k != 1 or scheme.scheme_for(_module(m), w.name) != chosen for m, k in readers[w]):
             ctx.count("linears_kept_shared_weight")
-        elif scheme.weights == "int4" and w.type.shape[1] % scheme.group_size:
+        elif chosen.weights == "int4" and w.type.shape[1] % chosen.group_size:
             ctx.count("linears_kept_group_mismatch")
         else:
-            out[w] = [m for m, _ in readers[w]]
+            out[w] = (chosen, [m for m, _ in readers[w]])
     return out
+
+
+def _module(n: Node) -> str:
+    return n.source.module if n.source is not None else ""
 
 
 def _fresh(g: Graph, name: str) -> str:
@@ -201,21 +265,24 @@ def _op_and_attrs(scheme: QuantScheme) -> tuple[str, dict]:
     return ("linear_w8" if scheme.weights == "int8" else "linear_w4"), extra
 
 
-def _calibrate(g: Graph, todo: dict[Value, list[Node]], scheme: QuantScheme, ctx: PassContext) -> tuple[Graph, dict[Value, list[Node]], dict[str, float]]:
-    """Smoothing and static activation scales from the calibration examples: the (possibly
-    smoothed) graph, its quantization candidates and `act_scale` per weight name (static only)."""
+def _calibrate(g: Graph, todo: dict[Value, tuple[QuantScheme, list[Node]]], scheme: QuantScheme, ctx: PassContext) -> tuple[Graph, dict[Value, tuple[QuantScheme, list[Node]]], dict[str, float]]:
+    """Smoothing and static activation scales from the calibration examples, for the weights that
+    use the base scheme (overrides never need calibration): the (possibly smoothed) graph, its
+    quantization candidates and `act_scale` per weight name (static only)."""
+    base = scheme.base
     feed = ctx.calibration if ctx.calibration is not None else graph_feed(g, scheme.calibration)
     stats = observe_activations(g, feed, scheme.percentile)
     ctx.count("calibration_examples", len(feed.batches))
     if scheme.smoothing is not None:
-        smoothed = smooth_linears(g, todo, stats, scheme.smoothing, ctx)
+        mine = {w: ns for w, (s, ns) in todo.items() if s == base}
+        smoothed = smooth_linears(g, mine, stats, scheme.smoothing, ctx) if mine else g
         if smoothed is not g:
             g, todo = smoothed, _candidates(smoothed, scheme, PassContext(ctx.options))
             if scheme.static:  # the ranges of x / s: observe the smoothed graph
                 stats = observe_activations(g, feed, scheme.percentile)
     if not scheme.static:
         return g, todo, {}
-    return g, todo, {w.name: _static_scale(stats.get(w.name), ns[0], scheme, ctx) for w, ns in todo.items()}
+    return g, todo, {w.name: _static_scale(stats.get(w.name), ns[0], scheme, ctx) for w, (s, ns) in todo.items() if s == base}
 
 
 def _static_scale(st: ActivationStats | None, n: Node, scheme: QuantScheme, ctx: PassContext) -> float:
@@ -234,8 +301,9 @@ def quantize_weights(g: Graph, ctx: PassContext) -> Graph:
     """Weight quantization (a no-op unless `ctx.options.quantization` is set).
 
     Guarantees: every `linear` whose weight is a float constant that no node writes, that only
-    linears read, and whose module / weight name is not on the scheme's skip list becomes
-    `linear_w8` (int8 per output channel) or `linear_w4` (int4 groups, two per byte) with the
+    linears read, and whose module / weight name is not on the scheme's skip list (or is given a
+    format by one of its `overrides`: each weight gets the format of the first matching pattern)
+    becomes `linear_w8` (int8 per output channel) or `linear_w4` (int4 groups, two per byte) with the
     same inputs, bias, activation and exact result type; the new constants are
     `<weight>.q` and `<weight>.scale` (and `<weight>.zero`, the zero points, passed before the
     bias, with `asymmetric=true`, when the scheme is not symmetric), and the float weight
@@ -264,14 +332,14 @@ def quantize_weights(g: Graph, ctx: PassContext) -> Graph:
     if scheme.needs_calibration:
         g, todo, act_scales = _calibrate(g, todo, scheme, ctx)
     rb = Rebuilder(g, keep_constants=[name for name, v in g.constants.items() if v not in todo])
-    params = {w: _quantized_params(rb, w, g.constant_data[w.name], scheme) for w in todo}
-    quantized = {id(n): w for w, ns in todo.items() for n in ns}
-    op, extra = _op_and_attrs(scheme)
+    params = {w: _quantized_params(rb, w, g.constant_data[w.name], s) for w, (s, _) in todo.items()}
+    quantized = {id(n): w for w, (_, ns) in todo.items() for n in ns}
     for n in g.nodes:
         w = quantized.get(id(n))
         if w is None:
             rb.copy(n)
             continue
+        op, extra = _op_and_attrs(todo[w][0])
         ins = [rb.get(n.inputs[0]), *params[w], *(rb.get(v) for v in n.inputs[2:])]
         attrs = {**extra, "activation": n.attrs["activation"]}
         if act_scales.get(w.name):

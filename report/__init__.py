@@ -5,10 +5,16 @@ runs the pipeline one pass at a time, plans every stage and measures it: compile
 kernel counts, estimated FLOPs and bytes, steady-state latency, the leave-one-out latency delta,
 numerical error vs eager and the (estimated) arena peak. Gives a JSON dict and writes
 report.json / report.md / report.html plus two matplotlib plots (see README, "Pass-by-pass report").
+
+Also the compression analyses: `sensitivity_scan` / `propose_plan` (sensitivity.py: per-layer
+quantization error and a verified mixed-precision QuantScheme) and `compression_report`
+(compression.py: size / accuracy / CPU latency of variants), exported as `kiln.<name>` too.
 """
 
 from .build import pass_report
+from .compression import compression_report
 from .render import write_report
+from .sensitivity import propose_plan, sensitivity_scan
 from .target import load_target
 
-__all__ = ["load_target", "pass_report", "write_report"]
+__all__ = ["compression_report", "load_target", "pass_report", "propose_plan", "sensitivity_scan", "write_report"]

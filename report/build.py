@@ -17,6 +17,7 @@ from ..options import CompileOptions
 from ..passes import PIPELINE, Pass, PassContext, PassRecord, plan_memory, run_pipeline
 from ..runtime.plan import Plan, _shape_only, build_plan
 from .cost import graph_cost
+from .layers import layer_rows
 from .measure import WARMUP_CALLS, WARMUP_S, max_errors, median_ms, spread, syncer, time_interleaved, tolerance_for
 
 CAPTURED = "captured"  # the label of stage 0
@@ -60,7 +61,7 @@ def pass_report(
     tol = tolerance_for(ref)
     rows = [_row(i, s, setup, ref, tol, samples) for i, s in enumerate(stages)]
     _add_loo(rows, loo, samples)
-    return _top(name, setup, passes, rows, samples, tol, iters, rounds, leave_one_out)
+    return {**_top(name, setup, passes, rows, samples, tol, iters, rounds, leave_one_out), "quantization": _quantization(stages, rows)}
 
 
 def _trace(model: Any, args: tuple, kwargs: dict, options: CompileOptions) -> tuple[_Setup, list[Any]]:
@@ -145,6 +146,19 @@ def _row(i: int, s: _Stage, setup: _Setup, ref: list[Any], tol: float, samples: 
         "loo_latency_ms": None, "loo_delta_ms": None,
         "max_abs_err": err_abs, "max_rel_err": err_rel, "within_tolerance": bool(err_rel <= tol),
         "peak_bytes_est": peak, "peak_source": peak_source, "pass_stats": dict(rec.stats) if rec else {},
+    }
+
+
+def _quantization(stages: list[_Stage], rows: list[dict]) -> dict | None:
+    """The quantize_weights stage's layers (format and bytes of every linear weight) and its
+    error vs eager; None when no stage quantized anything."""
+    k = next((i for i, s in enumerate(stages) if s.label == "quantize_weights" and s.record is not None and s.record.changed), None)
+    if k is None:
+        return None
+    layers = [r.as_dict() for r in layer_rows(stages[k].graph)]
+    return {
+        "stage": k, "layers": layers, "bytes_fp": sum(r["bytes_fp"] for r in layers), "bytes": sum(r["bytes"] for r in layers),
+        "max_abs_err": rows[k]["max_abs_err"], "max_rel_err": rows[k]["max_rel_err"],
     }
 
 

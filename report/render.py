@@ -16,7 +16,7 @@ from .plots import write_plots
 TOP_KEYS = (
     "schema_version", "model", "created_utc", "torch_version", "device", "threads", "inputs", "symbol_values",
     "passes", "timing", "leave_one_out", "capture_s", "eager_latency_ms", "full_latency_ms", "tolerance_rel",
-    "first_stage_over_tolerance", "first_pass_over_tolerance", "peak_memory_note", "stages",
+    "first_stage_over_tolerance", "first_pass_over_tolerance", "peak_memory_note", "stages", "quantization",
 )
 STAGE_KEYS = (
     "stage", "pass", "label", "changed", "compile_s", "plan_s", "nodes_before", "nodes_after", "fusion_groups",
@@ -89,9 +89,33 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+QUANT_HEADER = ("layer", "weight", "fused", "format", "params", "fp KiB", "stored KiB")
+
+
+def quant_rows(report: dict) -> list[list[str]]:
+    """One list of cells per linear weight of the quantization section (QUANT_HEADER order), plus a total."""
+    q = report.get("quantization")
+    if not q:
+        return []
+    out = [[r["name"], r["weight"], str(r["fused"]), r["format"], str(r["params"]), f"{r['bytes_fp'] / 1024:.1f}", f"{r['bytes'] / 1024:.1f}"] for r in q["layers"]]
+    out.append(["total", "", "", "", str(sum(r["params"] for r in q["layers"])), f"{q['bytes_fp'] / 1024:.1f}", f"{q['bytes'] / 1024:.1f} ({q['bytes'] / max(q['bytes_fp'], 1):.1%})"])
+    return out
+
+
+def quant_summary(report: dict) -> str:
+    q = report["quantization"]
+    return (f"quantize_weights (stage {q['stage']}): linear weights {q['bytes_fp'] / 1024:.1f} KiB in full precision -> "
+            f"{q['bytes'] / 1024:.1f} KiB stored; max abs err {q['max_abs_err']:.1e}, max rel err {q['max_rel_err']:.1e} vs eager.")
+
+
 def markdown(report: dict) -> str:
     head = f"# Pass-by-pass report: {report['model']}\n\n" + "".join(f"- {ln}\n" for ln in summary_lines(report))
-    return head + "\n" + markdown_table(report)
+    body = head + "\n" + markdown_table(report)
+    rows = quant_rows(report)
+    if rows:
+        body += "\n## Quantization\n\n" + quant_summary(report) + "\n\n| " + " | ".join(QUANT_HEADER) + " |\n|" + "---|" * len(QUANT_HEADER) + "\n"
+        body += "".join("| " + " | ".join(cells) + " |\n" for cells in rows)
+    return body
 
 
 def _png_b64(path: str) -> str:
@@ -105,12 +129,16 @@ def html_page(report: dict, pngs: dict[str, str]) -> str:
     head = "".join(f"<th>{e(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>\n" for cells in table_rows(report))
     items = "".join(f"<li>{e(ln)}</li>" for ln in summary_lines(report))
+    qrows = quant_rows(report)
+    quant = "" if not qrows else (
+        f"<h2>Quantization</h2>\n<p>{e(quant_summary(report))}</p>\n<table><thead><tr>{''.join(f'<th>{e(h)}</th>' for h in QUANT_HEADER)}</tr></thead><tbody>\n"
+        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>\n" for cells in qrows) + "</tbody></table>\n")
     imgs = "".join(f'<p><img alt="{e(k)}" src="data:image/png;base64,{_png_b64(p)}"></p>\n' for k, p in pngs.items())
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>kiln pass report: {e(report['model'])}</title>"
         f"<style>{style}</style></head>\n<body><h1>Pass-by-pass report: {e(report['model'])}</h1>\n<ul>{items}</ul>\n"
-        f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n{imgs}</body></html>\n"
+        f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n{quant}{imgs}</body></html>\n"
     )
 
 

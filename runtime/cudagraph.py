@@ -9,11 +9,14 @@ Invariants: outputs are cloned before they are returned, so a caller never holds
 next replay overwrites; buffer writes (`copy_to`) replay into the same module tensors; a plan
 that cannot be captured (an op that syncs with the host) runs uncaptured from then on; cached
 tensors and arena storage the plan held at capture stay referenced by the graph's entry; at most
-`max_graphs` signatures keep a graph (oldest dropped), bounding the memory their pools hold.
+`max_graphs` signatures keep a graph (oldest dropped). All captures share one memory pool: replays
+run one at a time on one stream and outputs are cloned at once, so a graph may reuse memory another
+graph's capture freed (the pool grows with the largest capture, not with their number).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import torch
@@ -31,6 +34,7 @@ class GraphRunner:
         replay copies nothing (a different tensor for a known signature is still copied in)."""
         self.fn = fn
         self.stable_inputs = stable_inputs
+        self._pool: Any = None  # one memory pool shared by every capture (replays never overlap)
         self.retained = retained  # what a capture may point to beyond its inputs/outputs (Plan.retained)
         self.max_graphs = max_graphs
         self.capture_after = capture_after
@@ -38,6 +42,7 @@ class GraphRunner:
         self.seen: dict[tuple, int] = {}
         self.disabled = False
         self.captures = 0
+        self.capture_seconds = 0.0  # host time spent capturing (reports)
 
     def __call__(self, *inputs: Any) -> tuple:
         if self.disabled:
@@ -58,6 +63,13 @@ class GraphRunner:
         return self._capture(sig, inputs)
 
     def _capture(self, sig: tuple, inputs: tuple) -> tuple:
+        t0 = time.perf_counter()
+        try:
+            return self._capture_now(sig, inputs)
+        finally:
+            self.capture_seconds += time.perf_counter() - t0
+
+    def _capture_now(self, sig: tuple, inputs: tuple) -> tuple:
         static = inputs if self.stable_inputs else tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
         try:
             # No extra warm-up run: earlier uncaptured calls of this signature already did the lazy
@@ -65,7 +77,9 @@ class GraphRunner:
             # buffer writes (a KV cache, a step counter) one time too many.
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self._pool):
                 outs = self.fn(*static)
         except Exception as e:  # an op that cannot be captured: run the plan as it is from now on
             debug.log.info("CUDA graph capture failed, running uncaptured: %s", e)

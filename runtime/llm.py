@@ -192,6 +192,8 @@ class LLM:
             "steps": self.engine.steps, "num_blocks": a.num_blocks, "block_size": a.block_size,
             "prefix_hit_rate": a.stats.prefix_hit_rate, "preemptions": a.stats.preemptions,
             "compile_seconds": self.runner.info.seconds,
+            "cuda_graphs": getattr(self.runner.run, "captures", 0),
+            "capture_seconds": round(getattr(self.runner.run, "capture_seconds", 0.0), 3),
         }
 
 

@@ -108,7 +108,8 @@ class PagedModelRunner:
     ):
         """`num_blocks`: a count, or a function of the cache geometry (the engine sizes the pool
         from its memory budget once the traced model's attention sites are known).
-        `max_model_len` fixes the block-table width on CUDA (stable shapes for graph replay)."""
+        `max_model_len` bounds the block-table width (on CUDA bucketed to powers of two, min 8
+        blocks: stable shapes for graph replay, and short contexts need no split-K attention)."""
         from ..backends import kernel_hook
         from ..frontend.export import trace_export
         from ..passes import PIPELINE, run_pipeline
@@ -155,7 +156,7 @@ class PagedModelRunner:
             from .cudagraph import GraphRunner
 
             # decode steps repeat a few bucketed shapes: replay them as CUDA graphs
-            self.run = GraphRunner(self.plan.fn, max_graphs=16, retained=self.plan.retained, stable_inputs=True)
+            self.run = GraphRunner(self.plan.fn, max_graphs=64, retained=self.plan.retained, stable_inputs=True)
 
     @property
     def num_blocks(self) -> int:
@@ -164,8 +165,12 @@ class PagedModelRunner:
     def execute(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """Run one step; returns float32 logits [number of chunks wanting logits, vocab]."""
         args, wanted = self._step_args(chunks, bucket=self._pin)
+        # CUDA graphs for decode steps only (one token per sequence): their shapes repeat and
+        # launch overhead dominates them; steps with prefill chunks run the plan directly
+        # (their work amortises the launches, and capturing every mixed shape would cost more).
+        run = self.run if all(len(c.tokens) == 1 for c in chunks) else self.plan.fn
         with torch.no_grad():
-            logits = self.run(*args)[0][0]
+            logits = run(*args)[0][0]
         return logits[:wanted].float()
 
     def _step_args(self, chunks: list[SeqChunk], bucket: bool) -> tuple[tuple[torch.Tensor, ...], int]:
@@ -198,8 +203,8 @@ class PagedModelRunner:
         slots += [-1] * (padded - total)
         width = max(len(c.block_table) for c in chunks)
         tables = [c.block_table for c in chunks]
-        if bucket:  # stable shapes on CUDA: bucketed sequence count, fixed table width
-            width = max(width, self.max_blocks)
+        if bucket:  # stable shapes on CUDA: bucketed sequence count and table width
+            width = min(self.max_blocks, max(8, 1 << (width - 1).bit_length()))  # few widths; short contexts stay short
             extra = _bucket(len(chunks)) - len(chunks)
             tables += [[]] * extra
             lens += [0] * extra

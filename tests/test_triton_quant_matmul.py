@@ -86,7 +86,7 @@ def test_every_config_and_weight_format_matches_the_reference(config: str, varia
     """N = 70 is ragged for every BLOCK_N; int8's K = 300 is ragged for every BLOCK_K and gives the
     split-K matvecs several splits (int4's K is a multiple of the group by definition)."""
     op, asym, group = variant
-    m, k = (3 if config.startswith("matvec") else 17), (256 if op == "linear_w4" else 300)
+    m, k = (3 if config.startswith(("matvec", "dmv")) else 17), (256 if op == "linear_w4" else 300)
     g, node, vals = _node(op, _variant(op, asym, group), m, 70, k, dtype, True)
     _check(g, quant_linear_kernel(node, config), vals, dtype)
 
@@ -167,8 +167,8 @@ def test_autotune_keys_by_m_bucket_offers_the_reference_and_matvecs_only_for_wei
     assert [key for key, _ in calls] == ["linear_w8|float32|silu|g0|asym=0|static=0|bias=1|M4|N5|K32",
                                          "linear_w8|float32|silu|g0|asym=0|static=0|bias=1|M64|N5|K32"]
     small, large = calls[0][1], calls[1][1]
-    assert small[0].startswith("matvec") and small[-1] == TORCH
-    assert not any(c.startswith("matvec") for c in large) and large[-1] == TORCH
+    assert small[0].startswith("dmv") and small[-1] == TORCH
+    assert not any(c.startswith(("matvec", "dmv")) for c in large) and large[-1] == TORCH
     g, node, vals = _node("linear_w8a8", {"activation": "none"}, 2, 5, 32, torch.float32, False)
     quant_linear_kernel(node)(*vals)
     assert not any(c.startswith("matvec") for c in calls[-1][1]) and calls[-1][1][-1] == TORCH
@@ -235,3 +235,17 @@ def test_cuda_autotuned_launcher_is_correct_and_replays_in_a_cuda_graph(m: int) 
     torch.cuda.synchronize()
     (ref,) = ir.run_graph(g, [v.cpu() for v in vals])
     assert _err(out, ref) <= TOL[torch.bfloat16]
+
+
+def test_cuda_candidates_are_the_tensor_core_matvecs_and_pytorch_only() -> None:
+    """On CUDA: decode gets the dmv tilings (+ PyTorch); prefill and W8A8 run PyTorch until the
+    GEMM kernels' misaligned-address fault on the H200 is fixed (see quant_matmul.candidates)."""
+    from kiln.backends.triton.quant_matmul import DMV_W4, DMV_W8, QuantLinearLauncher
+
+    w8 = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
+    w4 = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False)
+    a8 = QuantLinearLauncher("linear_w8a8", {"activation": "none"}, False)
+    assert w8.candidates(2, on_cuda=True) == [c.name for c in DMV_W8] + [TORCH]
+    assert w4.candidates(16, on_cuda=True) == [c.name for c in DMV_W4] + [TORCH]
+    assert w8.candidates(17, on_cuda=True) == [TORCH] == a8.candidates(1, on_cuda=True)
+    assert any(c in GEMMS for c in w8.candidates(17))  # the interpreter still runs the GEMMs

@@ -38,6 +38,7 @@ from ... import debug
 from ...ir.opset.nn import ACTIVATIONS
 from .autotune import bucket, choose
 from .cache import load_module
+from .sparse24 import SPARSE24, SparseWeight
 
 SMALL_M = 16  # at most this many rows: the matvec configs join the candidates
 _INT32 = 2**31  # offsets are int32: larger operands run in PyTorch
@@ -218,7 +219,11 @@ def _pow2(n: int) -> int:
 
 def torch_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None, activation: str) -> torch.Tensor:
     """The PyTorch candidate: what the reference plan runs for linear / linear_add."""
-    y = F.linear(x, w, bias)
+    return torch_epilogue(F.linear(x, w, bias), residual, activation)
+
+
+def torch_epilogue(y: torch.Tensor, residual: torch.Tensor | None, activation: str) -> torch.Tensor:
+    """act(y) (+ residual) in PyTorch, in place on the fresh `y`."""
     if activation != "none":
         y = ACTIVATIONS[activation](y)
     return y if residual is None else y.add_(residual)
@@ -227,19 +232,23 @@ def torch_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, re
 class LinearLauncher:
     """Runs one linear / linear_add node: inputs in IR order (x, weight[, residual][, bias]).
 
-    `config` names a kernel config (see CONFIGS) or "torch" to skip autotuning (tests, benchmarks);
-    otherwise the first call per (M bucket) times the candidates and remembers the winner.
+    `config` names a kernel config (see CONFIGS), "torch" or "sparse24" to skip autotuning (tests,
+    benchmarks); otherwise the first call per (M bucket) times the candidates and remembers the
+    winner. "sparse24" (PyTorch's 2:4 semi-structured kernels, sparse24.py) is a candidate only for
+    a CUDA fp16/bf16 weight whose values have 2:4 structure; where it cannot run, PyTorch's dense
+    F.linear does.
     """
 
-    __slots__ = ("activation", "has_bias", "has_residual", "config", "chosen", "_mod", "_by_shape")
+    __slots__ = ("activation", "has_bias", "has_residual", "config", "chosen", "_mod", "_by_shape", "sparse")
 
     def __init__(self, activation: str, has_bias: bool, has_residual: bool, config: str | None = None):
-        if config is not None and config != TORCH and config not in CONFIGS:
-            raise ValueError(f"unknown matmul config {config!r}; known: {', '.join(CONFIGS)}, {TORCH}")
+        if config is not None and config not in (TORCH, SPARSE24) and config not in CONFIGS:
+            raise ValueError(f"unknown matmul config {config!r}; known: {', '.join(CONFIGS)}, {TORCH}, {SPARSE24}")
         self.activation, self.has_bias, self.has_residual, self.config = activation, has_bias, has_residual, config
         self.chosen: dict[str, str] = {}  # autotune key -> candidate name, for this node
         self._mod: dict[bool, Any] = {}  # fp32? -> loaded kernel module
         self._by_shape: dict[tuple, str] = {}  # (x shape, dtype) -> choice: no key string per call
+        self.sparse = SparseWeight()  # the weight's 2:4-compressed form, built on first use
 
     def __call__(self, *ins: torch.Tensor) -> torch.Tensor:
         x, w = ins[0], ins[1]
@@ -249,8 +258,12 @@ class LinearLauncher:
         return self.run(name, x, w, bias, residual)
 
     def run(self, name: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None) -> torch.Tensor:
-        """One launch of candidate `name` (a config name or "torch")."""
-        if name == TORCH or not self._fits(x, w):
+        """One launch of candidate `name` (a config name, "torch" or "sparse24")."""
+        if name == SPARSE24:
+            y = self.sparse.linear(x, w, bias) if self._fits(x, w) else None
+            if y is not None:
+                return torch_epilogue(y, residual, self.activation)
+        if name in (TORCH, SPARSE24) or not self._fits(x, w):
             return torch_linear(x, w, bias, residual, self.activation)
         k, n = x.shape[-1], w.shape[0]
         x2 = x.reshape(-1, k)
@@ -315,28 +328,38 @@ class LinearLauncher:
         if split > 1:
             mod.finish[(-(-n // 128), tiles_m)](part, b, r, y_, m, n, *rs, **flags, SPLIT=split, BLOCK_M=block_m, BLOCK_N=128)
 
-    def candidates(self, m: int) -> list[str]:
+    def candidates(self, m: int, w: torch.Tensor | None = None) -> list[str]:
         """Candidate names for M rows, in CPU preference order (the first wins untimed).
 
         Three Triton configs per side (those that won on the H200 bench, bench/RESULTS.md) plus
         PyTorch: every candidate is compiled on the first call, so the list is kept short to
-        keep first-call time under torch.compile's; `config=` reaches any config."""
+        keep first-call time under torch.compile's; `config=` reaches any config. Given the
+        weight `w`, "sparse24" joins (before "torch") where `w` is eligible (CUDA only)."""
         if m <= SMALL_M:
-            return [MATVEC_CONFIGS[1].name, MATVEC_CONFIGS[0].name, GEMM_CONFIGS[5].name, TORCH]
-        return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[3].name, TORCH]
+            names = [MATVEC_CONFIGS[1].name, MATVEC_CONFIGS[0].name, GEMM_CONFIGS[5].name, TORCH]
+        else:
+            names = [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[3].name, TORCH]
+        if w is not None and self.sparse.usable(w):
+            names.insert(-1, SPARSE24)
+        return names
 
     def _choose(self, x: torch.Tensor, w: torch.Tensor, bias: Any, residual: Any) -> str:
         m = x.numel() // max(x.shape[-1], 1)
+        names = self.candidates(m, w)
+        # 2:4 weights get their own key: a dense weight of the same shape must not read (or
+        # overwrite) a cached "sparse24" choice
         key = (f"linear|{str(x.dtype).removeprefix('torch.')}|{self.activation}|bias={int(self.has_bias)}|"
-               f"res={int(self.has_residual)}|M{bucket(m)}|N{w.shape[0]}|K{x.shape[-1]}")
+               f"res={int(self.has_residual)}|M{bucket(m)}|N{w.shape[0]}|K{x.shape[-1]}" + ("|2:4" if SPARSE24 in names else ""))
         hit = self.chosen.get(key)
         if hit is None:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
                 return TORCH  # never time inside graph capture; not remembered, so a later call tunes
             cands: dict[str, Callable[[], object]] = {
-                name: (lambda name=name: self.run(name, x, w, bias, residual)) for name in self.candidates(m)
+                name: (lambda name=name: self.run(name, x, w, bias, residual)) for name in names
             }
             hit = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
+            if SPARSE24 in names and SPARSE24 not in self.chosen.values():
+                self.sparse.release()  # timing compressed the weight; keep that memory only if used
         self._by_shape[(x.shape, x.dtype)] = hit
         return hit
 

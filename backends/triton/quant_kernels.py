@@ -20,6 +20,10 @@ constant, so `(code - zero)` costs nothing extra.
   the slab in registers; even/odd columns are two half-products against x's even/odd elements
   (no interleave). Split-K as in matmul.py: fp32 partials [SPLIT, M, N] summed in a fixed order by
   `finish` (deterministic).
+* `dmv_w8` / `dmv_w4` (decode, M <= 16, the candidates that win on an H200; bench/quant_sweep.py):
+  x's rows padded to one 16-row tile, the code tile dequantized in registers to x's dtype (int8:
+  exact integers q - zero, channel scale on the fp32 result; int4: (q - zero) * group scale rounded
+  once, as the reference) and multiplied on tensor cores with `tl.dot`; split-K with `finish`.
 * `gemm_w8` / `gemm_w4` (prefill): the W.T tile's codes are dequantized to the activation dtype in
   registers and fed to `tl.dot` (int8: integers (q - zero), exact in bf16, channel scale on the fp32
   accumulator at the end; int4: (q - zero) * group scale, rounded once to the activation dtype,
@@ -146,6 +150,80 @@ def mv_w4(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, ssn, s
         wp += HALF * swk
 {step:k0}    out = tl.sum(acc, axis=2)
     partial_or_epilogue(out, rm, rn, pid_k, M, N, b, y, part, HAS_BIAS, SPLIT)
+
+
+@triton.jit
+def dmv_w8(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk,
+           HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
+           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # decode on tensor cores: x's M <= 16 rows padded to a 16-row tile, the [BLOCK_N, BLOCK_K]
+    # code tile turned into exact integers (q - zero) of x's dtype, one tl.dot per step
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    mrow = rm[:, None] < M
+    if ASYM:
+        off = tl.load(zp + ln).to(tl.float32)[:, None]
+    else:
+        off = 0.0
+    k_lo = pid_k * K_SPLIT
+    xp = x + rm[:, None] * sxm + (k_lo + rk)[None, :] * sxk  # (BLOCK_M, BLOCK_K)
+    wp = w + ln[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_hi = min(k_lo + K_SPLIT, K)
+{loop:k0:k_lo:k_hi}
+        if EVEN_K:
+            wq = tl.load(wp)
+            xv = tl.load(xp, mask=mrow, other=0.0)
+        else:  # past K: x is 0, so the code there adds nothing
+            wq = tl.load(wp, mask=rk[None, :] < K - k0, other=0)
+            xv = tl.load(xp, mask=mrow & (rk[None, :] < K - k0), other=0.0)
+        wf = (wq.to(tl.float32) - off).to(xv.dtype)
+        acc = mm(xv, tl.trans(wf), acc)
+        xp += BLOCK_K * sxk
+        wp += BLOCK_K * swk
+{step:k0}    out = acc * tl.load(sc + ln).to(tl.float32)[None, :]
+    partial_or_epilogue(out, rm, rn, pid_k, M, N, b, y, part, HAS_BIAS, SPLIT)
+
+
+@triton.jit
+def dmv_w4(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, ssn, ssg,
+           HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, GS: tl.constexpr, SPLIT: tl.constexpr,
+           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # as dmv_w8; BLOCK_K divides the group, so a step has one scale (and zero) per row: the
+    # nibbles become (code - zero) * scale rounded to x's dtype (the reference's weight), two
+    # dots per step (x's even columns with the low nibbles, odd columns with the high ones)
+    HALF: tl.constexpr = BLOCK_K // 2
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rj = tl.arange(0, HALF)
+    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    mrow = rm[:, None] < M
+    k_lo = pid_k * K_SPLIT
+    xp = x + rm[:, None] * sxm + (k_lo + 2 * rj)[None, :] * sxk  # (BLOCK_M, HALF): even columns
+    wp = w + ln[:, None] * swn + (k_lo // 2 + rj)[None, :] * swk  # (BLOCK_N, HALF) bytes
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_hi = min(k_lo + K_SPLIT, K)
+{loop:k0:k_lo:k_hi}
+        byte = tl.load(wp).to(tl.int32)
+        xe = tl.load(xp, mask=mrow, other=0.0)
+        xo = tl.load(xp + sxk, mask=mrow, other=0.0)
+        g = ln * ssn + (k0 // GS) * ssg
+        s = tl.load(sc + g).to(tl.float32)[:, None]
+        if ASYM:
+            off = tl.load(zp + g).to(tl.float32)[:, None]
+        else:
+            off = 8.0
+        lo = (((byte & 15).to(tl.float32) - off) * s).to(xe.dtype)
+        hi = (((byte >> 4).to(tl.float32) - off) * s).to(xe.dtype)
+        acc = mm(xe, tl.trans(lo), acc)
+        acc = mm(xo, tl.trans(hi), acc)
+        xp += BLOCK_K * sxk
+        wp += HALF * swk
+{step:k0}    partial_or_epilogue(acc, rm, rn, pid_k, M, N, b, y, part, HAS_BIAS, SPLIT)
 
 
 @triton.jit

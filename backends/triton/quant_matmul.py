@@ -10,6 +10,7 @@ first candidate untimed on CPU, never timed during CUDA-graph capture.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -25,7 +26,27 @@ OPS = ("linear_w8", "linear_w4", "linear_w8a8")
 _KNOWN_ATTRS = frozenset({"activation", "group_size", "asymmetric", "act_scale"})
 _FINISH_N = 128  # columns per program of the split-K finish kernel
 
+@dataclass(frozen=True, slots=True)
+class DotMatvecConfig:
+    """A decode tiling of `dmv_w8` / `dmv_w4`: output columns and K per step per program, K
+    splits, warps, pipeline stages (x's rows are one 16-row tile)."""
+
+    block_n: int
+    block_k: int
+    split_k: int
+    warps: int
+    stages: int
+
+    @property
+    def name(self) -> str:
+        return f"dmv_{self.block_n}x{self.block_k}_k{self.split_k}_w{self.warps}_s{self.stages}"
+
+
 MATVEC_CONFIGS = (MatvecConfig(64, 256, 1, 4), MatvecConfig(32, 256, 4, 4), MatvecConfig(128, 128, 2, 8))
+# the fastest tilings per 1.1B-Llama shape on an H200 (bench/quant_sweep.py, bench/RESULTS.md)
+DMV_W8 = (DotMatvecConfig(32, 256, 1, 4, 4), DotMatvecConfig(32, 128, 4, 4, 4), DotMatvecConfig(64, 128, 1, 4, 4))
+DMV_W4 = (DotMatvecConfig(32, 128, 8, 4, 3), DotMatvecConfig(64, 128, 8, 4, 3), DotMatvecConfig(64, 128, 1, 4, 3),
+          DotMatvecConfig(128, 128, 4, 4, 3))
 GEMM_CONFIGS = (
     GemmConfig(64, 64, 32, 8, 4, 3),
     GemmConfig(128, 128, 64, 8, 8, 3),
@@ -33,7 +54,9 @@ GEMM_CONFIGS = (
     GemmConfig(16, 64, 128, 1, 4, 4),
     GemmConfig(128, 256, 64, 8, 8, 3),
 )
-CONFIGS: dict[str, GemmConfig | MatvecConfig] = {c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS}
+CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig] = {
+    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4
+}
 
 
 def torch_reference(op: str, ins: tuple, attrs: tuple) -> torch.Tensor:
@@ -90,6 +113,10 @@ class QuantLinearLauncher:
             self._w8a8(cfg, x2, q, scale, bias, y)
         elif isinstance(cfg, GemmConfig):
             self._gemm(cfg, x2, q, scale, zeros, bias, y)
+        elif isinstance(cfg, DotMatvecConfig):
+            if x2.shape[0] > SMALL_M:  # one 16-row tile: more rows are a GEMM's job
+                return torch_reference(self.op, ins, self._attrs)
+            self._dot_matvec(cfg, x2, q, scale, zeros, bias, y)
         else:
             self._matvec(cfg, x2, q, scale, zeros, bias, y)
         return y.view(*x.shape[:-1], n)
@@ -158,6 +185,30 @@ class QuantLinearLauncher:
             mod.finish[(-(-n // _FINISH_N), tiles_m)](part, b, y, m, n, HAS_BIAS=bias is not None, SPLIT=split,
                                                       BLOCK_M=block_m, BLOCK_N=_FINISH_N)
 
+    def _dot_matvec(self, cfg: DotMatvecConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                    zeros: torch.Tensor, bias: Any, y: torch.Tensor) -> None:
+        (m, k), n = x2.shape, q.shape[0]
+        w4 = self.op == "linear_w4"
+        block_k = self._block_k(cfg.block_k)
+        steps = -(-k // block_k)
+        split = min(cfg.split_k, steps)
+        k_split = -(-steps // split) * block_k  # a multiple of BLOCK_K: splits never share a step
+        split = -(-k // k_split)
+        part = torch.empty((split, m, n), dtype=torch.float32, device=y.device) if split > 1 else y
+        b = bias if bias is not None else y
+        mod = self._module(x2)
+        args = (x2, q, scale, zeros, b, y, part, m, n, k, k_split, *x2.stride(), *q.stride())
+        flags = {"HAS_BIAS": bias is not None, "ASYM": self.asymmetric, "SPLIT": split, "BLOCK_M": SMALL_M,
+                 "BLOCK_N": cfg.block_n, "BLOCK_K": block_k, "num_warps": cfg.warps, "num_stages": cfg.stages}
+        grid = (-(-n // cfg.block_n), split)
+        if w4:
+            mod.dmv_w4[grid](*args, *scale.stride(), GS=self.group_size, **flags)
+        else:
+            mod.dmv_w8[grid](*args, EVEN_K=k % block_k == 0, **flags)
+        if split > 1:
+            mod.finish[(-(-n // _FINISH_N), 1)](part, b, y, m, n, HAS_BIAS=bias is not None, SPLIT=split,
+                                                BLOCK_M=SMALL_M, BLOCK_N=_FINISH_N)
+
     def _w8a8(self, cfg: GemmConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: Any, y: torch.Tensor) -> None:
         """Per-row int8 activations (one program per row), then the int8 x int8 -> int32 GEMM."""
         (m, k), n = x2.shape, q.shape[0]
@@ -176,14 +227,21 @@ class QuantLinearLauncher:
             BLOCK_K=block_k, GROUP_M=cfg.group_m, num_warps=cfg.warps, num_stages=cfg.stages,
         )
 
-    def candidates(self, m: int) -> list[str]:
-        """Candidate names for M rows, in CPU preference order (the first wins untimed)."""
+    def candidates(self, m: int, on_cuda: bool = False) -> list[str]:
+        """Candidate names for M rows, in CPU preference order (the first wins untimed).
+
+        Decode (M <= 16) weight-only: the tensor-core matvec tilings that won per shape on an
+        H200. On CUDA the GEMM kernels (prefill, and all of W8A8) are left out for now: on the
+        H200 some GEMM configs stopped with a misaligned-address fault (2026-11-21, open), so
+        PyTorch runs those shapes there until they are fixed; the interpreter tests keep them."""
         if self.op == "linear_w8a8":
+            if on_cuda:
+                return [TORCH]
             return [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name, TORCH] if m <= SMALL_M else \
                 [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
         if m <= SMALL_M:
-            return [MATVEC_CONFIGS[1].name, MATVEC_CONFIGS[0].name, MATVEC_CONFIGS[2].name, TORCH]
-        return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
+            return [c.name for c in (DMV_W4 if self.op == "linear_w4" else DMV_W8)] + [TORCH]
+        return [TORCH] if on_cuda else [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
 
     def _choose(self, ins: tuple) -> str:
         x, q = ins[0], ins[1]
@@ -194,7 +252,7 @@ class QuantLinearLauncher:
         if hit is None:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
                 return TORCH  # never time inside graph capture; not remembered, so a later call tunes
-            cands: dict[str, Callable[[], object]] = {name: (lambda name=name: self.run(name, ins)) for name in self.candidates(m)}
+            cands: dict[str, Callable[[], object]] = {name: (lambda name=name: self.run(name, ins)) for name in self.candidates(m, x.is_cuda)}
             hit = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
         self._by_shape[(x.shape, x.dtype)] = hit
         return hit
