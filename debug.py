@@ -13,6 +13,7 @@ import os
 DEBUG = os.environ.get("KILN_DEBUG", "") not in ("", "0")
 DUMP_DIR = os.environ.get("KILN_DUMP_DIR") or None
 CACHE_DIR = os.environ.get("KILN_CACHE_DIR") or None
+PAGED_ROPE = os.environ.get("KILN_PAGED_ROPE", "1") not in ("", "0")  # 0: keep rotary nodes out of paged attention
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")  # Triton's own knob, read here once  # generated-kernel cache (default ~/.cache/kiln/kernels)
 
 log = logging.getLogger("kiln")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import debug
 from ..errors import KilnError
 from ..ir import Graph, Node, Value
 from ..ir.dtypes import i32, i64
@@ -154,12 +155,18 @@ def insert_kv_cache(g: Graph, ctx: PassContext, caches: list[tuple[torch.Tensor,
         consts.append((rb.out.add_constant(f"kv.{s.layer}.k", kc), rb.out.add_constant(f"kv.{s.layer}.v", vc)))
     by_node = {id(s.node): s for s in sites}
     head = _lm_head(g)
+    uses, outputs = g.uses(), set(g.outputs)
     for n in g.nodes:
         s = by_node.get(id(n))
         if s is not None:
             q, k, v = (rb.get(x) for x in n.inputs[:3])
+            rope = _shared_rotary(n.inputs[0], n.inputs[1], uses, outputs) if debug.PAGED_ROPE else None
+            if rope is not None:  # the paged op applies the rotary embedding itself (no separate launches)
+                q, k = rb.get(rope[0]), rb.get(rope[1])
+                rope = [rb.get(rope[2]), rb.get(rope[3])]
             kc, vc = consts[s.layer]
-            new = rb.out.add_node("paged_attention", [q, k, v, kc, vc, slot, tables, lens, starts], {"scale": n.attrs["scale"]}, source=n.source)
+            new = rb.out.add_node("paged_attention", [q, k, v, kc, vc, slot, tables, lens, starts, *(rope or [])],
+                                  {"scale": n.attrs["scale"]}, source=n.source)
             rb.map[n.outputs[0]] = new.outputs[0]
         elif n is head:
             x = rb.out.call("index_select", rb.get(n.inputs[0]), pick, dim=1)
@@ -174,6 +181,19 @@ def insert_kv_cache(g: Graph, ctx: PassContext, caches: list[tuple[torch.Tensor,
     from .dce import eliminate_dead_nodes
 
     return eliminate_dead_nodes(out, ctx)
+
+
+def _shared_rotary(q: Value, k: Value, uses: dict[Value, list[Node]], outputs: set[Value]) -> tuple[Value, Value, Value, Value] | None:
+    """(q before rotary, k before rotary, cos, sin) when q and k are `rotary` outputs of the same
+    cos and sin whose only reader is this attention (then the paged op can rotate them itself)."""
+    pq, pk = q.node, k.node
+    if pq is None or pk is None or pq.op.name != "rotary" or pk.op.name != "rotary" or pq is pk:
+        return None
+    if pq.inputs[1] is not pk.inputs[1] or pq.inputs[2] is not pk.inputs[2]:
+        return None
+    if len(uses.get(q, ())) != 1 or len(uses.get(k, ())) != 1 or q in outputs or k in outputs:
+        return None
+    return pq.inputs[0], pk.inputs[0], pq.inputs[1], pq.inputs[2]
 
 
 def _lm_head(g: Graph) -> Node | None:

@@ -83,6 +83,59 @@ def test_paged_attention_matches_reference_on_random_mixes(seqs: list, pad: int,
     _check(_batch(seqs, pad, group * hkv, hkv, d, bs, dtype), config)
 
 
+def _rope_tables(t: int, d: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [1, 1, T, D] in the half-split layout HF builds (angles repeated over the halves)."""
+    ang = torch.randn(1, 1, t, d // 2, generator=torch.Generator().manual_seed(seed)) * 3
+    return (torch.cat([ang.cos()] * 2, -1).to(dtype).to(DEVICE), torch.cat([ang.sin()] * 2, -1).to(dtype).to(DEVICE))
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(seqs=mixes, pad=st.integers(0, 2), group=st.sampled_from([1, 4]), hkv=st.sampled_from([1, 2]),
+       d=st.sampled_from([16, 32]), dtype=st.sampled_from(list(TOL)), config=st.sampled_from(SMALL))
+def test_rotary_fused_paged_attention_equals_rotary_then_paged_attention(seqs: list, pad: int, group: int, hkv: int,
+                                                                         d: int, dtype: torch.dtype, config: PagedConfig) -> None:
+    """With cos/sin inputs the kernels rotate q (attend) and k (write) in registers: output and the
+    written cache match applying `rotary` first; v is stored as it is."""
+    q, k, v, kc, vc, *meta = _batch(seqs, pad, group * hkv, hkv, d, 4, dtype, seed=len(seqs) + pad)
+    cos, sin = _rope_tables(q.shape[2], d, dtype, seed=d)
+    impl = ir.REGISTRY["paged_attention"].impl
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    want = impl(q, k, v, kc_ref, vc_ref, *meta, cos, sin, None)
+    got = PagedAttentionLauncher(None, impl, config)(q, k, v, kc, vc, *meta, cos, sin)
+    assert rel_err(got.float(), want.float()) < TOL[dtype]
+    assert rel_err(kc.float(), kc_ref.float()) < TOL[dtype] and torch.equal(vc, vc_ref)
+    plain_k = kc.clone()
+    impl(q, k, v, plain_k, vc.clone(), *meta, None)  # the same write without rotation
+    assert rel_err(plain_k.float(), kc.float()) > 10 * TOL[dtype], "k was not rotated"
+
+
+def test_rotary_fused_decode_differs_from_unrotated_and_matches_rotated() -> None:
+    """Long contexts, so q's rotation shows in the output (a 1-key softmax would hide it)."""
+    q, k, v, kc, vc, *meta = _batch([(37, 1), (20, 1), (9, 3)], 1, 8, 2, 32, 4, torch.float32, seed=5)
+    cos, sin = _rope_tables(q.shape[2], 32, torch.float32, seed=1)
+    impl = ir.REGISTRY["paged_attention"].impl
+    want = impl(q, k, v, kc.clone(), vc.clone(), *meta, cos, sin, None)
+    got = PagedAttentionLauncher(None, impl, PagedConfig(16, 16, 2))(q, k, v, kc.clone(), vc.clone(), *meta, cos, sin)
+    plain = impl(q, k, v, kc.clone(), vc.clone(), *meta, None)
+    assert rel_err(got, want) < 1e-5 and rel_err(got, plain) > 1e-2
+
+
+def test_kv_cache_pass_hands_the_rotary_embedding_to_paged_attention() -> None:
+    """A Llama's q/k rotary nodes disappear into its paged_attention nodes (11 inputs)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kiln.runtime.model_runner import PagedModelRunner
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=128, vocab_size=128, max_position_embeddings=64)
+    runner = PagedModelRunner(LlamaForCausalLM(cfg).eval(), block_size=4, device=torch.device(DEVICE), num_blocks=8,
+                              options=kiln.CompileOptions(backend="reference"))
+    ops = [n.op.name for n in runner.graph.nodes]
+    assert "rotary" not in ops
+    assert [len(n.inputs) for n in runner.graph.nodes if n.op.name == "paged_attention"] == [11, 11]
+
+
 @pytest.mark.parametrize("dtype", list(TOL))
 def test_decode_only_batch_with_split_k_matches_reference(dtype: torch.dtype) -> None:
     seqs = [(23, 1), (0, 1), (9, 1), (40, 1)]

@@ -65,9 +65,20 @@ import triton.language as tl
 
 
 @triton.jit
-def write(k, v, kc, vc, slots, qs, out, skh, skt, skd, svh, svt, svd, kcb, kco, kch, kcd, vcb, vco, vch, vcd,
-          sot, soh, sod, N, HKV, H, D, BS: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_H: tl.constexpr,
-          BLOCK_D: tl.constexpr):
+def rotate(x, base, sd, c_base, s_base, cd, offs_d, mask, HALF: tl.constexpr):
+    # x * cos + rotate_half(x) * sin for tiles whose last axis is offs_d (fp32, rounded once)
+    partner = tl.where(offs_d < HALF, offs_d + HALF, offs_d - HALF)
+    xp = tl.load(base + partner[None, :] * sd, mask=mask, other=0).to(tl.float32)
+    c = tl.load(c_base + offs_d[None, :] * cd, mask=mask, other=0).to(tl.float32)
+    sv = tl.load(s_base + offs_d[None, :] * cd, mask=mask, other=0).to(tl.float32)
+    rot = tl.where((offs_d < HALF)[None, :], -xp, xp)
+    return (x.to(tl.float32) * c + rot * sv).to(x.dtype)
+
+
+@triton.jit
+def write(k, v, kc, vc, slots, qs, out, cs, sn, skh, skt, skd, svh, svt, svd, kcb, kco, kch, kcd, vcb, vco, vch, vcd,
+          sot, soh, sod, crh, crt, crd, N, HKV, H, D, BS: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_H: tl.constexpr,
+          BLOCK_D: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     offs_h = tl.arange(0, BLOCK_HKV)
@@ -77,6 +88,9 @@ def write(k, v, kc, vc, slots, qs, out, skh, skt, skd, svh, svt, svd, kcb, kco, 
     blk = tl.where(slot >= 0, slot, 0) // BS
     off = tl.where(slot >= 0, slot, 0) % BS
     kt = tl.load(k + t * skt + offs_h[:, None] * skh + offs_d[None, :] * skd, mask=ok, other=0)
+    if ROPE:  # k arrives before its rotary embedding (cos/sin strides crh/crt/crd over k's shape)
+        kt = rotate(kt, k + t * skt + offs_h[:, None] * skh, skd, cs + t * crt + offs_h[:, None] * crh,
+                    sn + t * crt + offs_h[:, None] * crh, crd, offs_d, ok, HALF)
     tl.store(kc + blk * kcb + off * kco + offs_h[:, None] * kch + offs_d[None, :] * kcd, kt, mask=ok)
     vt = tl.load(v + t * svt + offs_h[:, None] * svh + offs_d[None, :] * svd, mask=ok, other=0)
     tl.store(vc + blk * vcb + off * vco + offs_h[:, None] * vch + offs_d[None, :] * vcd, vt, mask=ok)
@@ -143,10 +157,11 @@ def span(acc, l_i, m_i, qt, lo, hi, pos, offs_n0, offs_d, d_ok, table, stm, kc, 
 
 
 @triton.jit
-def attend(q, kc, vc, tables, lens, qs, out, pm, pl, pacc, sqh, sqt, sqd, kcb, kco, kch, kcd, vcb, vco, vch, vcd,
-           stn, stm, sot, soh, sod, N, T, H, G, D, qk_scale, BS: tl.constexpr, GP: tl.constexpr,
+def attend(q, kc, vc, tables, lens, qs, out, pm, pl, pacc, cs, sn, sqh, sqt, sqd, kcb, kco, kch, kcd, vcb, vco, vch, vcd,
+           stn, stm, sot, soh, sod, crh, crt, crd, N, T, H, G, D, qk_scale, BS: tl.constexpr, GP: tl.constexpr,
            BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-           BLOCK_SEQ: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr, INTERPRETED: tl.constexpr):
+           BLOCK_SEQ: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr, INTERPRETED: tl.constexpr,
+           ROPE: tl.constexpr, HALF: tl.constexpr):
     pid = tl.program_id(0)
     hk = tl.program_id(1)
     seqs = tl.arange(0, BLOCK_SEQ)
@@ -170,6 +185,10 @@ def attend(q, kc, vc, tables, lens, qs, out, pm, pl, pacc, sqh, sqt, sqd, kcb, k
     d_ok = offs_d < D
     io = tok.to(tl.int64)[:, None] * sqt + head[:, None] * sqh + offs_d[None, :] * sqd
     qt = tl.load(q + io, mask=row_ok[:, None] & d_ok[None, :], other=0)
+    if ROPE:  # q arrives before its rotary embedding (cos/sin strides crh/crt/crd over q's shape)
+        tq = tok.to(tl.int64)[:, None]
+        qt = rotate(qt, q + tq * sqt + head[:, None] * sqh, sqd, cs + tq * crt + head[:, None] * crh,
+                    sn + tq * crt + head[:, None] * crh, crd, offs_d, row_ok[:, None] & d_ok[None, :], HALF)
     kv_hi = past + tl.minimum(row0 + BLOCK_Q, q_end) - q_beg  # keys the tile's last row sees
     full = (past + row0 - q_beg + 1) // BLOCK_N * BLOCK_N  # keys before this every row sees
     split = tl.program_id(2)
@@ -279,30 +298,47 @@ class PagedAttentionLauncher:
         self.scale, self.reference, self.config = scale, reference, config
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                 slots: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+                 slots: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor, starts: torch.Tensor,
+                 *rope: torch.Tensor) -> torch.Tensor:
         _, h, t, d = q.shape
         hkv = k.shape[1]
         if (q.dtype not in _DTYPES or d > MAX_HEAD_DIM or h % hkv or k_cache.shape[2:] != (hkv, d) or t == 0
                 or not (q.dtype == k.dtype == v.dtype == k_cache.dtype == v_cache.dtype)
-                or not all(x.is_contiguous() for x in (slots, lens, starts))):
-            return self.reference(q, k, v, k_cache, v_cache, slots, tables, lens, starts, self.scale)
+                or not all(x.is_contiguous() for x in (slots, lens, starts))
+                or (rope and (d % 2 or rope[0].dtype != q.dtype or rope[1].dtype != q.dtype))):
+            return self.reference(q, k, v, k_cache, v_cache, slots, tables, lens, starts, *rope, self.scale)
         n, m = lens.shape[0], tables.shape[1]
         bs = k_cache.shape[1]
         block_d = max(16, _pow2(d))
         out = torch.empty((1, t, h, d), dtype=q.dtype, device=q.device).transpose(1, 2)  # (1, H, T, D), token-major
         qs = starts
+        # rotary cos/sin read through broadcast strides (head, token, d) over k's and q's shapes
+        cs, sn, k_rs, q_rs = self._rope(rope, q, k)
         self.mod.write[(t,)](
-            k, v, k_cache, v_cache, slots, qs, out, *k.stride()[1:], *v.stride()[1:], *k_cache.stride(), *v_cache.stride(),
-            out.stride(2), out.stride(1), out.stride(3), n, hkv, h, d,
-            BS=bs, BLOCK_HKV=max(2, _pow2(hkv)), BLOCK_H=max(2, _pow2(h)), BLOCK_D=block_d,
+            k, v, k_cache, v_cache, slots, qs, out, cs, sn, *k.stride()[1:], *v.stride()[1:], *k_cache.stride(), *v_cache.stride(),
+            out.stride(2), out.stride(1), out.stride(3), *k_rs, n, hkv, h, d,
+            BS=bs, BLOCK_HKV=max(2, _pow2(hkv)), BLOCK_H=max(2, _pow2(h)), BLOCK_D=block_d, ROPE=bool(rope), HALF=d // 2,
         )
         if n == 0:
             return out
-        self._attend(q, k_cache, v_cache, tables, lens, qs, out, n, m, bs, block_d)
+        self._attend(q, k_cache, v_cache, tables, lens, qs, out, n, m, bs, block_d, cs, sn, q_rs, bool(rope))
         return out
 
+    @staticmethod
+    def _rope(rope: tuple, q: torch.Tensor, k: torch.Tensor) -> tuple:
+        """(cos, sin, their (head, token, d) strides over k's shape, over q's shape); cos and sin
+        are brought to one layout when theirs differ. Without rope: unused dummies."""
+        if not rope:
+            return q, q, (0, 0, 0), (0, 0, 0)
+        cos, sin = rope
+        if cos.shape != sin.shape or cos.stride() != sin.stride():
+            shape = torch.broadcast_shapes(cos.shape, sin.shape)
+            cos, sin = cos.expand(shape).contiguous(), sin.expand(shape).contiguous()
+        return cos, sin, tuple(cos.expand(k.shape).stride()[1:]), tuple(cos.expand(q.shape).stride()[1:])
+
     def _attend(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
-                qs: torch.Tensor, out: torch.Tensor, n: int, m: int, bs: int, block_d: int) -> None:
+                qs: torch.Tensor, out: torch.Tensor, n: int, m: int, bs: int, block_d: int,
+                cs: torch.Tensor, sn: torch.Tensor, q_rs: tuple, rope: bool) -> None:
         _, h, t, d = q.shape
         hkv = kc.shape[2]
         group = h // hkv
@@ -320,11 +356,11 @@ class PagedAttentionLauncher:
             pm = pl = pacc = out  # unused
         grid = (t // block_q + n, hkv, splits)
         self.mod.attend[grid](
-            q, kc, vc, tables, lens, qs, out, pm, pl, pacc, *q.stride()[1:], *kc.stride(), *vc.stride(),
-            *tables.stride(), out.stride(2), out.stride(1), out.stride(3), n, t, h, group, d, scale * LOG2E,
+            q, kc, vc, tables, lens, qs, out, pm, pl, pacc, cs, sn, *q.stride()[1:], *kc.stride(), *vc.stride(),
+            *tables.stride(), out.stride(2), out.stride(1), out.stride(3), *q_rs, n, t, h, group, d, scale * LOG2E,
             BS=bs, GP=gp, BLOCK_Q=block_q, BLOCK_M=block_q * gp, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
             BLOCK_SEQ=max(16, _pow2(n)),
-            SPLIT=splits > 1, IEEE=q.dtype == torch.float32, INTERPRETED=not q.is_cuda,
+            SPLIT=splits > 1, IEEE=q.dtype == torch.float32, INTERPRETED=not q.is_cuda, ROPE=rope, HALF=d // 2,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         if splits > 1:

@@ -10,6 +10,11 @@ then (2) lets each new token attend causally to its own sequence's cached keys: 
 sequence's n new tokens sits at position `seq_len - n + t` and sees keys at positions <= that.
 Padding tokens (after the last sequence's range) get zeros.
 
+With two more inputs, `cos` and `sin` (broadcasting to q and k), q and k are taken before their
+rotary embedding and the op applies it (`rotary(q, cos, sin)`, `rotary(k, cos, sin)`, the
+half-split form of `ir.opset.nn`) before writing and attending: kernels then rotate in
+registers instead of running two more launches per layer.
+
 Cache layout: `[num_blocks, block_size, kv_heads, head_dim]`: one token's heads are contiguous,
 so writing a token is one contiguous store and a block is a dense `[block_size, kv_heads, D]`
 tile for the kernels.
@@ -26,11 +31,21 @@ from ..ops import Attr, AttrKind, Effect, InferenceError, declare
 from ..types import TensorType
 from ._infer import same_dim, tensors
 
-_INPUTS = ["q", "k", "v", "k_cache", "v_cache", "slot_mapping", "block_tables", "seq_lens", "query_start"]
+_INPUTS = ["q", "k", "v", "k_cache", "v_cache", "slot_mapping", "block_tables", "seq_lens", "query_start", "*rope"]
 
 
 def _infer(types, a):  # noqa: ANN001, ANN202
-    q, k, v, kc, vc, slots, tables, lens, starts = tensors(types)
+    ts = tensors(types)
+    if len(ts) not in (9, 11):
+        raise InferenceError(f"paged_attention takes 9 inputs, or 11 with rotary cos and sin, got {len(ts)}")
+    q, k, v, kc, vc, slots, tables, lens, starts = ts[:9]
+    for name, t in zip(("cos", "sin"), ts[9:]):
+        d = q.shape[-1]
+        fits = t.rank <= 4 and t.dtype is q.dtype and isinstance(d, int) and d % 2 == 0
+        fits = fits and all(s == 1 or (same_dim(s, qs) and same_dim(s, ks)) for s, qs, ks in
+                            zip(reversed(t.shape), reversed(q.shape), reversed(k.shape)))
+        if not fits or not same_dim(t.shape[-1], d):
+            raise InferenceError(f"paged_attention rotary {name} {t} must broadcast to q {q} and k {k} (last dim D, even)")
     if q.rank != 4 or k.rank != 4 or v.rank != 4 or not same_dim(q.shape[0], 1):
         raise InferenceError(f"paged_attention takes q, k, v as [1, heads, T, D], got {q}, {k}, {v}")
     if kc.rank != 4 or kc.shape != vc.shape:
@@ -87,6 +102,11 @@ def reference_paged_attention(
 
 def _impl(*args: Any) -> torch.Tensor:
     *tensors_, scale = args
+    if len(tensors_) == 11:  # q and k arrive before the rotary embedding: apply it first
+        from .nn import _rotary
+
+        q, k, *rest, cos, sin = tensors_
+        tensors_ = [_rotary(q, cos, sin), _rotary(k, cos, sin), *rest]
     return reference_paged_attention(*tensors_, scale)
 
 
