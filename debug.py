@@ -3,6 +3,7 @@
 KILN_DEBUG=1       log what kiln does (capture path, timings, opaque ops) to stderr
 KILN_DUMP_DIR=dir  dump IR text, DOT and an HTML pass viewer for every compilation into dir (like dump_dir=...)
 KILN_CACHE_DIR=dir where generated kernels are cached (a private 0700 directory)
+KILN_PAGED_ROPE=0  keep rotary-embedding nodes separate instead of folding them into paged attention
 """
 
 from __future__ import annotations
