@@ -52,6 +52,9 @@ class RunnerInfo:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+GRAPH_TOKENS = 256  # steps up to this many (padded) tokens replay CUDA graphs
+
+
 def _bucket(n: int) -> int:
     """Flat-batch sizes on CUDA: powers of two up to 64, then multiples of 64 (few shapes)."""
     if n <= 64:
@@ -165,10 +168,11 @@ class PagedModelRunner:
     def execute(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """Run one step; returns float32 logits [number of chunks wanting logits, vocab]."""
         args, wanted = self._step_args(chunks, bucket=self._pin)
-        # CUDA graphs for decode steps only (one token per sequence): their shapes repeat and
-        # launch overhead dominates them; steps with prefill chunks run the plan directly
-        # (their work amortises the launches, and capturing every mixed shape would cost more).
-        run = self.run if all(len(c.tokens) == 1 for c in chunks) else self.plan.fn
+        # CUDA graphs for steps of at most GRAPH_TOKENS (padded) tokens: decode batches and short
+        # prefills, whose shapes repeat and whose time is mostly launch overhead; larger steps
+        # run the plan directly (their work amortises the launches, and capturing every large
+        # mixed shape would cost more than it saves).
+        run = self.run if args[0].shape[1] <= GRAPH_TOKENS else self.plan.fn
         with torch.no_grad():
             logits = run(*args)[0][0]
         return logits[:wanted].float()

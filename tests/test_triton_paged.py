@@ -129,7 +129,7 @@ def test_kv_cache_pass_hands_the_rotary_embedding_to_paged_attention() -> None:
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       intermediate_size=128, vocab_size=128, max_position_embeddings=64)
-    runner = PagedModelRunner(LlamaForCausalLM(cfg).eval(), block_size=4, device=torch.device(DEVICE), num_blocks=8,
+    runner = PagedModelRunner(LlamaForCausalLM(cfg).eval().to(DEVICE), block_size=4, device=torch.device(DEVICE), num_blocks=8,
                               options=kiln.CompileOptions(backend="reference"))
     ops = [n.op.name for n in runner.graph.nodes]
     assert "rotary" not in ops

@@ -237,15 +237,19 @@ def test_cuda_autotuned_launcher_is_correct_and_replays_in_a_cuda_graph(m: int) 
     assert _err(out, ref) <= TOL[torch.bfloat16]
 
 
-def test_cuda_candidates_are_the_tensor_core_matvecs_and_pytorch_only() -> None:
-    """On CUDA: decode gets the dmv tilings (+ PyTorch); prefill and W8A8 run PyTorch until the
-    GEMM kernels' misaligned-address fault on the H200 is fixed (see quant_matmul.candidates)."""
+def test_cuda_candidates_are_the_tensor_core_matvecs_and_aligned_gemms() -> None:
+    """On CUDA: decode gets the dmv tilings (+ PyTorch); the GEMMs (prefill, W8A8) only for aligned
+    problems until their misaligned-address fault on ragged shapes is fixed (quant_matmul.candidates)."""
     from kiln.backends.triton.quant_matmul import DMV_W4, DMV_W8, QuantLinearLauncher
 
     w8 = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
     w4 = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False)
     a8 = QuantLinearLauncher("linear_w8a8", {"activation": "none"}, False)
     assert w8.candidates(2, on_cuda=True) == [c.name for c in DMV_W8] + [TORCH]
-    assert w4.candidates(16, on_cuda=True) == [c.name for c in DMV_W4] + [TORCH]
-    assert w8.candidates(17, on_cuda=True) == [TORCH] == a8.candidates(1, on_cuda=True)
-    assert any(c in GEMMS for c in w8.candidates(17))  # the interpreter still runs the GEMMs
+    assert w4.candidates(16, on_cuda=True, aligned=False) == [c.name for c in DMV_W4] + [TORCH]
+    assert w8.candidates(17, on_cuda=True, aligned=False) == [TORCH] == a8.candidates(1, on_cuda=True, aligned=False)
+    assert any(c in GEMMS for c in w8.candidates(17, on_cuda=True)) and any(c in GEMMS for c in a8.candidates(1, on_cuda=True))
+    assert any(c in GEMMS for c in w8.candidates(17, aligned=False))  # the interpreter runs every shape
+    x, q = torch.randn(3, 128), torch.zeros(64, 128, dtype=torch.int8)
+    assert QuantLinearLauncher._aligned(x, q) and not QuantLinearLauncher._aligned(torch.randn(3, 130)[:, :128], q)
+    assert not QuantLinearLauncher._aligned(torch.randn(3, 96), torch.zeros(64, 96, dtype=torch.int8))

@@ -227,21 +227,30 @@ class QuantLinearLauncher:
             BLOCK_K=block_k, GROUP_M=cfg.group_m, num_warps=cfg.warps, num_stages=cfg.stages,
         )
 
-    def candidates(self, m: int, on_cuda: bool = False) -> list[str]:
+    def candidates(self, m: int, on_cuda: bool = False, aligned: bool = True) -> list[str]:
         """Candidate names for M rows, in CPU preference order (the first wins untimed).
 
         Decode (M <= 16) weight-only: the tensor-core matvec tilings that won per shape on an
-        H200. On CUDA the GEMM kernels (prefill, and all of W8A8) are left out for now: on the
-        H200 some GEMM configs stopped with a misaligned-address fault (2026-11-21, open), so
-        PyTorch runs those shapes there until they are fixed; the interpreter tests keep them."""
+        H200. On CUDA the GEMM kernels (prefill, and all of W8A8) are offered only for `aligned`
+        problems (N and K multiples of 64, 16-byte aligned rows: every model shape): on the H200
+        they stopped with a misaligned-address fault on ragged test shapes (N 70, K 300;
+        2026-11-21, open), so PyTorch runs those there; the interpreter tests keep every shape."""
+        gemm_ok = aligned or not on_cuda
         if self.op == "linear_w8a8":
-            if on_cuda:
+            if not gemm_ok:
                 return [TORCH]
             return [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name, TORCH] if m <= SMALL_M else \
                 [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
         if m <= SMALL_M:
             return [c.name for c in (DMV_W4 if self.op == "linear_w4" else DMV_W8)] + [TORCH]
-        return [TORCH] if on_cuda else [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
+        return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH] if gemm_ok else [TORCH]
+
+    @staticmethod
+    def _aligned(x: torch.Tensor, q: torch.Tensor) -> bool:
+        k, n = x.shape[-1], q.shape[0]
+        rows = (x.stride(-2) if x.dim() > 1 else k) * x.element_size()
+        return k % 64 == 0 and n % 64 == 0 and rows % 16 == 0 and x.stride(-1) == 1 and \
+            x.data_ptr() % 16 == 0 and q.is_contiguous() and q.data_ptr() % 16 == 0
 
     def _choose(self, ins: tuple) -> str:
         x, q = ins[0], ins[1]
@@ -252,7 +261,7 @@ class QuantLinearLauncher:
         if hit is None:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
                 return TORCH  # never time inside graph capture; not remembered, so a later call tunes
-            cands: dict[str, Callable[[], object]] = {name: (lambda name=name: self.run(name, ins)) for name in self.candidates(m, x.is_cuda)}
+            cands: dict[str, Callable[[], object]] = {name: (lambda name=name: self.run(name, ins)) for name in self.candidates(m, x.is_cuda, self._aligned(x, q))}
             hit = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
         self._by_shape[(x.shape, x.dtype)] = hit
         return hit
