@@ -279,6 +279,16 @@ class BlockAllocator:
         self._seqs[child_id] = child
         return child
 
+    def rename(self, seq_id: int, new_id: int) -> SequenceBlocks:
+        """Hand a block table over to another sequence id (a pinned chat turn resumed); no
+        reference count changes."""
+        if new_id in self._seqs:
+            raise ValueError(f"sequence {new_id} already has a block table")
+        seq = self._seqs.pop(seq_id)
+        seq.seq_id = new_id
+        self._seqs[new_id] = seq
+        return seq
+
     def free(self, seq_id: int) -> None:
         """Drop a sequence's block table. Its cached full blocks stay evictable; the rest are free."""
         seq = self._seqs.pop(seq_id)

@@ -72,8 +72,14 @@ class Engine:
         self.steps = 0
 
     # ---- requests ---------------------------------------------------------------------------
-    def add_request(self, prompt_ids: list[int], params: SamplingParams, *, prompt: str | None = None, request_id: str | None = None) -> str:
-        """Queue a request; raises (changing nothing) if it is invalid or could never fit."""
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, *, prompt: str | None = None, request_id: str | None = None,
+                    keep: bool = False, resume: int | None = None) -> str:
+        """Queue a request; raises (changing nothing) if it is invalid or could never fit.
+
+        `keep` (n = 1 only): when the request finishes, its KV blocks stay pinned; `pinned(id)`
+        gives the pin. `resume`: a pin whose cached tokens `prompt_ids` extends; the request then
+        computes only the tokens after them (a chat's next turn). A pin that does not match, or
+        that memory pressure released meanwhile, is ignored (the prefix cache still helps)."""
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be kiln.SamplingParams, got {type(params).__name__}")
         if not prompt_ids:
@@ -91,12 +97,21 @@ class Engine:
         rid = request_id if request_id is not None else f"req-{next(self._req_ids)}"
         if rid in self.requests:
             raise ValueError(f"request id {rid!r} is already in use")
+        if keep and params.n != 1:
+            raise ValueError("keep=True (pinning a request's KV cache) needs n=1")
+        pins = self.scheduler.pins
+        if resume is not None and resume in pins:
+            held = pins[resume]
+            if not (len(held) < len(prompt_ids) and prompt_ids[:len(held)] == held):
+                self.scheduler.unpin(resume)  # the prompt does not extend it: of no use any more
+                resume = None
         seqs = []
         for i in range(params.n):
             gen = None
             if params.seed is not None:
                 gen = torch.Generator(device=self.runner.device).manual_seed(params.seed + i)
-            seqs.append(Sequence(next(self._seq_ids), rid, i, list(prompt_ids), params, gen))
+            seqs.append(Sequence(next(self._seq_ids), rid, i, list(prompt_ids), params, gen, keep=keep,
+                                 resume=resume if resume in pins else None))
         self.requests[rid] = _Request(rid, prompt, list(prompt_ids), params, seqs)
         for s in seqs:
             self.scheduler.add(s)
@@ -197,6 +212,16 @@ class Engine:
         delta = text[s.streamed:upto] if upto > s.streamed else ""
         s.streamed = max(s.streamed, upto)
         return delta
+
+    def pinned(self, request_id: str) -> int | None:
+        """The pin holding a finished `keep` request's KV cache, if it is still pinned."""
+        req = self.requests.get(request_id)
+        sid = req.seqs[0].seq_id if req is not None else None
+        return sid if sid in self.scheduler.pins else None
+
+    def unpin(self, pin: int) -> None:
+        """Release a pin (its full blocks stay in the prefix cache until evicted)."""
+        self.scheduler.unpin(pin)
 
     def release(self, request_id: str) -> None:
         """Forget a finished request (its outputs were handed out)."""

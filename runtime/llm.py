@@ -201,8 +201,10 @@ class ChatSession:
     """Turns of one conversation. The session keeps the exact token ids the cache holds (every
     prompt and every generated token, not a re-tokenisation of the reply) and appends only the
     template's text for each new turn, so the next turn's prompt extends the previous one token
-    for token and the prefix cache serves all of its full blocks: only the last partial block
-    (< block_size tokens) and the new turn are computed. `last_cached_tokens` shows it.
+    for token. Between turns the conversation's KV blocks stay pinned in the engine (a pin is
+    released only under memory pressure, oldest first, or by `close()`), so a turn computes only
+    its new tokens; after a released pin the prefix cache still serves every full block.
+    `last_cached_tokens` is how many prompt tokens the last turn did not compute.
     """
 
     def __init__(self, llm: LLM, messages: list[dict[str, str]]):
@@ -210,6 +212,13 @@ class ChatSession:
         self.messages = messages
         self.history: list[int] = []  # token ids of everything said so far, as the cache saw them
         self.last_cached_tokens = 0
+        self._pin: int | None = None  # the engine pin holding this conversation's KV cache
+
+    def close(self) -> None:
+        """Release the conversation's pinned KV cache (also released under memory pressure)."""
+        if self._pin is not None:
+            self.llm.engine.unpin(self._pin)
+            self._pin = None
 
     def send(self, content: str, params: SamplingParams | None = None) -> str:
         """Add a user turn, generate the assistant's reply, return its text."""
@@ -225,9 +234,19 @@ class ChatSession:
                 ids = list(tok.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True, return_dict=False))
             else:
                 ids = self.history + list(tok.encode(full[len(said):], add_special_tokens=False))
-        hits_before = self.llm.engine.alloc.stats.prefix_hit_tokens
-        out = self.llm.generate([ids], params)[0].outputs[0]
-        self.last_cached_tokens = self.llm.engine.alloc.stats.prefix_hit_tokens - hits_before
+        eng = self.llm.engine
+        rid = eng.add_request(ids, params if params is not None else SamplingParams(), keep=True, resume=self._pin)
+        self._pin = None
+        try:
+            while not eng.is_finished(rid):
+                eng.step()
+            res = eng.output(rid)
+            out = res.outputs[0]
+            self.last_cached_tokens = eng.requests[rid].seqs[0].reused
+            self._pin = eng.pinned(rid)
+        finally:
+            eng.abort(rid)
+            eng.release(rid)
         reply = out.token_ids
         eos = self.llm.engine.eos
         if not reply or reply[-1] not in eos:  # close the turn as the template would

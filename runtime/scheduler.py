@@ -53,6 +53,9 @@ class Sequence:
     preemptions: int = 0
 
     text_stale: bool = False  # `text` lags `output` (decoded lazily: see Engine._text)
+    keep: bool = False  # at finish, keep the KV blocks pinned (a chat turn: see Scheduler.pins)
+    resume: int | None = None  # a pin whose cached tokens this sequence's prompt extends
+    reused: int = 0  # prompt tokens not computed at admission (a resumed pin or prefix-cache hits)
 
     @property
     def tokens(self) -> list[int]:
@@ -97,6 +100,12 @@ class Scheduler:
         self.max_seqs = max_num_seqs
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        # Pinned KV: a finished sequence with `keep` leaves its block table in the allocator under
+        # its seq_id (the pin id) with the tokens the cache holds; a later sequence with `resume`
+        # takes the table over and computes only what follows (no recomputation, not even of a
+        # partly filled last block). Pins are released oldest first whenever blocks run short,
+        # so they never block progress (their full blocks stay in the prefix cache).
+        self.pins: dict[int, list[int]] = {}
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -109,9 +118,27 @@ class Scheduler:
         seq.status, seq.finish_reason = Status.FINISHED, reason
         if seq in self.running:
             self.running.remove(seq)
-            self.alloc.free(seq.seq_id)
+            if seq.keep and reason != "abort":
+                self.pins[seq.seq_id] = seq.token_slice(0, seq.num_computed)
+            else:
+                self.alloc.free(seq.seq_id)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+        if seq.resume is not None and seq.resume in self.pins:  # never taken over: let it go
+            self.unpin(seq.resume)
+
+    def unpin(self, pin: int) -> None:
+        """Release a pinned block table (its full blocks stay in the prefix cache)."""
+        if self.pins.pop(pin, None) is not None:
+            self.alloc.free(pin)
+
+    def _release_a_pin(self, keep: int | None = None) -> bool:
+        """Free the oldest pin other than `keep`; False if there is none."""
+        for pin in self.pins:
+            if pin != keep:
+                self.unpin(pin)
+                return True
+        return False
 
     def schedule(self) -> StepPlan:
         budget = self.max_tokens
@@ -126,6 +153,8 @@ class Scheduler:
                 i += 1
                 continue
             while not self.alloc.can_append(seq.seq_id, n):
+                if self._release_a_pin():
+                    continue
                 victim = self.running[-1]
                 self._preempt(victim)
                 preempted.append(victim)
@@ -140,14 +169,33 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_seqs and not preempted:
             seq = self.waiting[0]
             tokens = seq.tokens
+            if seq.resume in self.pins:
+                held = len(self.pins[seq.resume])
+                n = min(len(tokens) - held, budget)
+                if not self.alloc.can_append(seq.resume, n):
+                    if self._release_a_pin(keep=seq.resume):
+                        continue
+                    self.unpin(seq.resume)  # the pool is needed: recompute through the prefix cache
+                    continue
+                del self.pins[seq.resume]
+                self.alloc.rename(seq.resume, seq.seq_id)
+                copies += self.alloc.append_tokens(seq.seq_id, tokens[held:held + n])
+                self.waiting.popleft()
+                seq.status, seq.num_computed, seq.reused = Status.RUNNING, held, held
+                self.running.append(seq)
+                chunks.append(self._chunk(seq, n))
+                budget -= n
+                continue
             cached = min(self.alloc.match_prefix(tokens), len(tokens) - 1)
             reserve = min(len(tokens), cached + budget)
             if not self.alloc.can_add_sequence(tokens, reserve):
+                if self._release_a_pin():
+                    continue
                 break
             blocks = self.alloc.add_sequence(seq.seq_id, tokens, num_tokens=reserve)
             self.waiting.popleft()
             seq.status = Status.RUNNING
-            seq.num_computed = blocks.num_cached_tokens
+            seq.num_computed = seq.reused = blocks.num_cached_tokens
             self.running.append(seq)
             n = blocks.num_tokens - seq.num_computed
             chunks.append(self._chunk(seq, n))

@@ -143,21 +143,47 @@ def test_requests_that_cannot_fit_are_refused_with_the_numbers() -> None:
         _llm("gpt2").generate([[1, 10**6]], GREEDY)
 
 
-def test_a_chat_session_reuses_the_previous_turns_from_the_kv_cache() -> None:
+def test_a_chat_session_keeps_its_kv_cache_pinned_between_turns() -> None:
     llm = _llm("tiny-llama")
     chat = llm.chat_session()
-    params = kiln.SamplingParams(max_tokens=20, temperature=0.0)
+    params = kiln.SamplingParams(max_tokens=21, temperature=0.0)
     first = chat.send("Tell me a story about a fox and a crow in the forest.", params)
-    said = len(chat.history)
+    pinned = list(llm.engine.scheduler.pins[chat._pin])
+    assert chat.history[:len(pinned)] == pinned and len(pinned) == len(chat.history) - 2  # all but the last reply token (+ EOS)
     second = chat.send("And then?", params)
     assert isinstance(first, str) and isinstance(second, str)
-    block = llm.runner.block_size
-    assert chat.last_cached_tokens >= (said // block) * block - block, (chat.last_cached_tokens, said)
-    assert chat.last_cached_tokens > 0
-    # the same conversation from scratch gives the same reply: the cache changed nothing
-    fresh = kiln.LLM("tiny-llama").chat_session()
+    # nothing before the new turn was recomputed, the partly filled last block included
+    assert chat.last_cached_tokens == len(pinned) and len(pinned) % llm.runner.block_size != 0
+    # the same conversation recomputed from scratch (no pins, no prefix cache) gives the same reply
+    fresh_llm = kiln.LLM("tiny-llama", enable_prefix_caching=False)
+    fresh = fresh_llm.chat_session()
     fresh.send("Tell me a story about a fox and a crow in the forest.", params)
-    assert fresh.send("And then?", params) == second
+    fresh.close()
+    assert not fresh_llm.engine.scheduler.pins
+    assert fresh.send("And then?", params) == second and fresh.last_cached_tokens == 0
+    fresh.close()
+    fresh_llm.engine.alloc.assert_invariants()
+    assert fresh_llm.engine.alloc.num_used_blocks == 0
+
+
+def test_pins_give_way_under_memory_pressure_and_the_chat_goes_on() -> None:
+    """Pinned conversations never block other requests: the oldest pin is released when blocks
+    run short, and that conversation's next turn recomputes (through the prefix cache)."""
+    probe = kiln.LLM("tiny-llama")
+    per_block = probe.runner.info.bytes_per_block
+    llm = kiln.LLM("tiny-llama", kv_cache_memory=12 * per_block, max_model_len=192)
+    assert llm.runner.num_blocks == 12
+    params = kiln.SamplingParams(max_tokens=8, temperature=0.0)
+    chat = llm.chat_session()
+    chat.send("Once upon a time there was a fox.", params)
+    assert chat._pin in llm.engine.scheduler.pins
+    held = llm.engine.alloc.num_used_blocks
+    assert held > 0
+    big = [[7] * 180]  # needs all 12 blocks: the pin must go
+    out = llm.generate(big, kiln.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 8 and not llm.engine.scheduler.pins
+    assert isinstance(chat.send("And then?", params), str)
+    llm.engine.alloc.assert_invariants()
 
 
 def test_mistral_greedy_tokens_equal_transformers_generate_and_its_window_caps_the_length() -> None:
