@@ -141,7 +141,7 @@ def test_rotary_is_one_launched_node_per_tensor_in_a_llama() -> None:
 
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      intermediate_size=128, vocab_size=128, max_position_embeddings=64)
+                      intermediate_size=128, vocab_size=128, max_position_embeddings=64, use_cache=False)
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 128, (1, 8))
     fn = kiln.compile(model, options=kiln.CompileOptions(backend="triton", cuda_graphs=False))
