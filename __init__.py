@@ -4,6 +4,7 @@ Public API (stable): `kiln.compile`, `kiln.CompileOptions`, `torch.compile(model
 `kiln.LLM(...).generate(prompts, kiln.SamplingParams(...))`.
 Compression analysis (loaded on first use, report/): `kiln.sensitivity_scan`, `kiln.propose_plan`,
 `kiln.compression_report`.
+ONNX export (loaded on first use, backends/onnx/): `kiln.export_onnx`.
 """
 
 from .api import CompiledModule, CompileStats, compile
@@ -28,6 +29,14 @@ _LAZY = {"sensitivity_scan": "sensitivity", "propose_plan": "sensitivity", "comp
 
 
 def __getattr__(name: str) -> object:
+    if name in ("import_onnx", "OnnxModel"):  # ONNX import, loaded on first use (runtime/onnx_model.py)
+        from .runtime import onnx_model
+
+        return getattr(onnx_model, name)
+    if name == "export_onnx":  # loaded on first use: it imports onnx
+        from .backends.onnx.export import export_onnx
+
+        return export_onnx
     if name in _LAZY:
         import importlib
 
@@ -36,7 +45,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "LLM", "CompileOptions", "CompileStats", "CompiledModule", "CompletionOutput", "ConversionError", "InputError",
-    "KilnError", "RequestOutput", "SamplingParams", "TraceError", "UnsupportedOpsError", "compile", "compression_report", "distill",
+    "KilnError", "RequestOutput", "SamplingParams", "TraceError", "UnsupportedOpsError", "compile", "compression_report", "distill", "export_onnx", "import_onnx",
     "propose_plan", "sensitivity_scan",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The `kiln` command line: `kiln demo`, `kiln compile`, `kiln report`, `kiln generate`, `kiln serve`."""
+"""The `kiln` command line: `kiln demo`, `kiln compile`, `kiln report`, `kiln export`, `kiln generate`, `kiln serve`."""
 
 from __future__ import annotations
 
@@ -95,6 +95,49 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(markdown_table(report))
     print(verdict(report))
     print("wrote " + ", ".join(paths.values()))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a built-in model or a transformers checkpoint directory to ONNX."""
+    import os
+
+    import kiln
+    from kiln.errors import KilnError
+
+    if os.path.isdir(args.model) or args.model in ("tiny-gpt",):
+        model = _load(args.model)
+    else:
+        from kiln.runtime.builtin import is_builtin, load_builtin
+
+        if not is_builtin(args.model):
+            print(f"kiln export: {args.model!r} is neither a directory nor a built-in model (tiny-gpt, tiny-llama)", file=sys.stderr)
+            return 2
+        model = load_builtin(args.model, dtype="float32").model
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", False):
+        config.use_cache = False  # the graph takes and returns no cache objects (logits only)
+    vocab = getattr(config, "vocab_size", None) or getattr(getattr(model, "cfg", None), "vocab_size", 100)
+    x = torch.randint(1, vocab, (args.batch, args.seq))
+    inputs = {"input_ids": x} if config is not None else (x,)
+    options = kiln.CompileOptions(quantization=args.quantization) if args.quantization else None
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx_model = kiln.export_onnx(model, inputs, args.out, target=args.target, after_pass=args.after_pass,
+                                          opset=args.opset, dynamic=not args.static, options=options)
+    except (KilnError, ValueError) as exc:
+        print(f"kiln export: {exc}", file=sys.stderr)
+        return 1
+    ops: dict[str, int] = {}
+    for n in onnx_model.graph.node:
+        key = f"{n.domain}:{n.op_type}" if n.domain else n.op_type
+        ops[key] = ops.get(key, 0) + 1
+    ins = ", ".join(i.name for i in onnx_model.graph.input)
+    print(f"wrote {args.out} ({len(onnx_model.graph.node)} nodes, opset {args.opset}, target {args.target}, "
+          f"inputs: {ins}) in {time.perf_counter() - t0:.2f}s")
+    print("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])))
     return 0
 
 
@@ -220,6 +263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     r.add_argument("--no-leave-one-out", action="store_true", help="skip the full-pipeline-minus-one-pass timings")
     r.set_defaults(func=cmd_report)
+    e = sub.add_parser("export", help="export a model's kiln graph to ONNX",
+                       description="Trace a built-in model or a transformers checkpoint dir, run kiln's passes, write ONNX.")
+    e.add_argument("--model", default="tiny-llama", help="tiny-llama, tiny-gpt or a local HF checkpoint directory (default: tiny-llama)")
+    e.add_argument("--out", required=True, help="the .onnx file to write (external data, if any, goes beside it)")
+    e.add_argument("--batch", type=int, default=2, help="example batch size (default: 2; >= 2 keeps it symbolic)")
+    e.add_argument("--seq", type=int, default=16, help="example sequence length (default: 16)")
+    e.add_argument("--target", choices=("standard", "onnxruntime"), default="standard",
+                   help="standard ONNX ops, or onnxruntime contrib ops where they apply (default: standard)")
+    e.add_argument("--after-pass", default=None, help="export the graph after this pass (or 'captured'); default: the final graph")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; fp8 needs >= 19) (default: 18)")
+    e.add_argument("--quantization", default=None, help="int8 | int4 | w8a8 | fp8 (default: none)")
+    e.add_argument("--static", action="store_true", help="fix every dim at the example's shape instead of named symbolic dims")
+    e.set_defaults(func=cmd_export)
     g = sub.add_parser("generate", help="generate text from a prompt, streamed to stdout",
                        description="Generate from one prompt with kiln.LLM and print the text as it is produced.")
     _add_model_args(g)

@@ -65,3 +65,38 @@ class RequestTooLargeError(KVCacheError):
 class QuantizationError(KilnError):
     """A quantization scheme cannot be applied: missing or unusable calibration data, or a format
     this PyTorch build lacks. Names the layer or example at fault and what to do."""
+
+
+class OnnxImportError(KilnError):
+    """An ONNX model cannot be imported: names the ONNX op type and node (or the file) at fault."""
+
+    def __init__(self, message: str, op_type: str = "", node: str = ""):
+        self.op_type, self.node = op_type, node
+        where = f"{op_type} node {node!r}: " if op_type else ""
+        super().__init__(where + message)
+
+
+class UnsafeExternalDataError(OnnxImportError):
+    """An ONNX model's external-data location points outside the model's directory: refused
+    before any data is read."""
+
+
+class TensorParallelError(KilnError):
+    """Tensor parallelism failed: a graph that cannot be split across ranks (names the node at
+    fault and why: heads not divisible by the rank count, ...), or a worker rank that died or
+    could not join the group (names the rank, with its traceback when it sent one)."""
+
+    def __init__(self, message: str, node: str = ""):
+        self.node = node
+        super().__init__((f"tensor parallel: node {node}: " if node else "tensor parallel: ") + message)
+
+
+class ExportError(KilnError):
+    """A kiln graph cannot be exported (to ONNX): names the op and the node, and why."""
+
+    def __init__(self, op: str, node: str, reason: str = ""):
+        self.op, self.node, self.reason = op, node, reason
+        super().__init__(
+            f"ONNX export: op {op!r} at {node} " + (f"cannot be exported: {reason}" if reason else "has no ONNX mapping")
+            + ". Export after an earlier pass (after_pass=...), or disable the pass that introduced it."
+        )

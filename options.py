@@ -29,6 +29,9 @@ class CompileOptions:
     quantization: "str | QuantScheme | None" = None
     # magnitude pruning of linear weights (passes/prune.py): None, a sparsity, "2:4" or a PruneScheme
     pruning: "str | float | PruneScheme | None" = None
+    # tensor parallelism (passes/tensor_parallel.py): (rank, world_size) compiles this rank's
+    # share of the model; its collectives run on the default torch.distributed process group
+    tensor_parallel: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disable_passes", frozenset(self.disable_passes))
@@ -46,3 +49,8 @@ class CompileOptions:
             from .passes.prune import PruneScheme
 
             object.__setattr__(self, "pruning", PruneScheme.parse(self.pruning))
+        if self.tensor_parallel is not None:
+            rank, world = self.tensor_parallel
+            if not (isinstance(rank, int) and isinstance(world, int) and world >= 1 and 0 <= rank < world):
+                raise ValueError(f"tensor_parallel must be (rank, world_size) with 0 <= rank < world_size, got {self.tensor_parallel!r}")
+            object.__setattr__(self, "tensor_parallel", (rank, world))

@@ -23,6 +23,9 @@ class Effect(enum.Enum):
     PURE = "pure"  # result depends only on inputs; may be folded, deduplicated, dropped if unused
     RANDOM = "random"  # reads an RNG: never folded or deduplicated
     WRITE = "write"  # writes one of its inputs in place (buffer/cache update): never dropped
+    # talks to other ranks (ir.opset.collective): every rank must run it, in the same order, so it
+    # is never folded, deduplicated, cached, fused or dropped
+    COLLECTIVE = "collective"
 
 
 class AttrKind(enum.Enum):

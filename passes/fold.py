@@ -6,6 +6,7 @@ import torch
 
 from ..ir import Effect, Graph
 from ..ir.interpret import run_node
+from ..ir.ops import is_symbolic
 from ..ir.types import TensorType
 from .manager import PassContext, graph_pass
 from .rewrite import Rebuilder
@@ -57,6 +58,8 @@ def _foldable(n, const_data: dict, cap: int) -> bool:  # noqa: ANN001
     if n.op.effect is not Effect.PURE or n.op.category not in FOLDABLE or not n.outputs:
         return False
     if any(v not in const_data or const_data[v] is None for v in n.inputs):
+        return False
+    if any(is_symbolic(v) for v in n.attrs.values()):  # e.g. full {value=B}: differs per call
         return False
     for o in n.outputs:
         if not isinstance(o.type, TensorType) or not o.type.is_static or o.type.numel() > cap:

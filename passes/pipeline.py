@@ -15,6 +15,7 @@ from .pad import pad_matmul_dims
 from .prune import prune_weights
 from .quantize import quantize_weights
 from .simplify import simplify
+from .tensor_parallel import shard_tensor_parallel
 
 PIPELINE: list[Pass] = [
     eliminate_dead_nodes,
@@ -22,6 +23,7 @@ PIPELINE: list[Pass] = [
     eliminate_common_subexpressions,
     fold_constants,
     fuse_patterns,
+    shard_tensor_parallel,  # after fuse_patterns (separate q/k/v, attention op), before any fusion or quantization
     prune_weights,  # before fuse_projections: each projection gets its own magnitude threshold
     fuse_projections,
     quantize_weights,  # after fuse_projections: a fused QKV / gate-up weight is quantized once

@@ -43,8 +43,9 @@ class LLM:
             import dataclasses
 
             options = dataclasses.replace(options or CompileOptions(), quantization=quantization)
-        if tensor_parallel_size != 1:
-            raise KilnError(f"tensor_parallel_size={tensor_parallel_size} is not available yet; use 1")
+        if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be an int >= 1, got {tensor_parallel_size!r}")
+        self._tp = None
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if dev.type == "cuda" and dev.index is None:  # plans guard the exact device inputs live on
             dev = torch.device("cuda", torch.cuda.current_device())
@@ -88,10 +89,25 @@ class LLM:
             return min(sizing.num_blocks, max(useful, 1))
 
         options = self._tokenize_calibration(options)
-        with torch.no_grad():
-            self.runner = PagedModelRunner(
-                module, block_size=block_size, device=dev, num_blocks=blocks, options=options, max_model_len=self.max_model_len,
-            )
+        if tensor_parallel_size > 1:  # spawn the other ranks; rank 0 (this process) drives
+            from .tp import TPGroup
+
+            spec = module if isinstance(model, torch.nn.Module) else model
+            self._tp = TPGroup(tensor_parallel_size, spec, device=dev, dtype=dtype, block_size=block_size,
+                               max_model_len=self.max_model_len, options=options, allow_pickle=allow_pickle)
+            options, blocks = self._tp.options(options), self._tp.pool_size(blocks)
+        try:
+            with torch.no_grad():
+                self.runner = PagedModelRunner(
+                    module, block_size=block_size, device=dev, num_blocks=blocks, options=options, max_model_len=self.max_model_len,
+                )
+        except BaseException:
+            self.close()
+            raise
+        if self._tp is not None:
+            from .tp import TPRunner
+
+            self.runner = TPRunner(self.runner, self._tp)
         eos = getattr(config, "eos_token_id", None)
         if eos is None and self.tokenizer is not None:
             eos = self.tokenizer.eos_token_id
@@ -110,6 +126,17 @@ class LLM:
 
         examples = tuple(self.tokenize(ex) if isinstance(ex, str) else ex for ex in scheme.calibration)
         return dataclasses.replace(options, quantization=dataclasses.replace(scheme, calibration=examples))
+
+    def close(self) -> None:
+        """Stop tensor-parallel workers (if any). The engine is unusable afterwards."""
+        if getattr(self, "_tp", None) is not None:
+            self._tp.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # ---- text <-> ids -----------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:

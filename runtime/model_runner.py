@@ -130,7 +130,8 @@ class PagedModelRunner:
             kwargs["use_cache"] = False  # the cache is kiln's: trace the model without its own
         traced = trace_export(model, (), kwargs)
         passes = [p for p in PIPELINE if p.name not in self.options.disable_passes]
-        split = next(i for i, p in enumerate(passes) if p.name == "fuse_patterns") + 1
+        # the KV cache goes in after fuse_patterns and after tensor-parallel sharding (sized by this rank's heads)
+        split = max(i for i, p in enumerate(passes) if p.name in ("fuse_patterns", "shard_tensor_parallel")) + 1
         g, _ = run_pipeline(traced.graph, passes[:split], self.options, device=device)
         sites = find_attention_sites(g)
         geometry = {(s.kv_heads, s.head_dim, s.dtype) for s in sites}

@@ -1,3 +1,3 @@
 """kiln's declared ops. Importing this package registers them all."""
 
-from . import elementwise, misc, nn, paged, quant, quant_fp8, reduce, shape  # noqa: F401
+from . import collective, elementwise, misc, nn, paged, quant, quant_fp8, reduce, shape  # noqa: F401

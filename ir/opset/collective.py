@@ -1,0 +1,80 @@
+"""Collectives: communication between the ranks of a tensor-parallel graph, over torch.distributed.
+
+Every rank runs the same graph structure (only constant data differs), so every rank calls each
+collective in the same order: passes must never drop, duplicate, fold or reorder one on some
+ranks only. The ops carry `Effect.COLLECTIVE`, which every pass treats as "not pure": never
+folded, deduplicated, shape-cached, fused or dropped.
+
+The references run on the default process group. With `group_size=1` they are the identity (a
+copy); with `group_size > 1` the process group must be initialised with exactly that many ranks,
+otherwise they raise instead of returning a partial sum or a single shard silently.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from ..ops import Attr, AttrKind, Effect, InferenceError, declare
+from ..types import TensorType
+from ._infer import norm_dim, tensors
+
+
+def _check_group(op: str, group_size: int) -> bool:
+    """True when the collective really communicates; False for a group of one."""
+    if group_size == 1:
+        return False
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            f"{op} over {group_size} ranks needs an initialised process group "
+            "(kiln.runtime.distributed.init_distributed, or launch with torchrun)"
+        )
+    if dist.get_world_size() != group_size:
+        raise RuntimeError(f"{op} expects {group_size} ranks but the process group has {dist.get_world_size()}")
+    return True
+
+
+def _all_reduce(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    out = x.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
+    if _check_group("all_reduce", group_size):
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def _all_reduce_infer(types, a):  # noqa: ANN001, ANN202
+    (x,) = tensors(types)
+    if a["group_size"] < 1:
+        raise InferenceError(f"all_reduce group_size must be >= 1, got {a['group_size']}")
+    return (x,)
+
+
+declare(
+    "all_reduce", ["x"], [Attr("group_size", AttrKind.INT)], infer=_all_reduce_infer, impl=_all_reduce,
+    effect=Effect.COLLECTIVE, category="collective",
+    doc="elementwise sum of x over the group_size ranks of the default process group (every rank gets the sum)",
+)
+
+
+def _all_gather(x: torch.Tensor, dim: int, group_size: int) -> torch.Tensor:
+    if not _check_group("all_gather", group_size):
+        return x.clone(memory_format=torch.contiguous_format)
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(group_size)]
+    dist.all_gather(parts, x)  # list form: gloo has no all_gather_into_tensor on every build
+    return torch.cat(parts, dim)
+
+
+def _all_gather_infer(types, a):  # noqa: ANN001, ANN202
+    (x,) = tensors(types)
+    n = a["group_size"]
+    if n < 1:
+        raise InferenceError(f"all_gather group_size must be >= 1, got {n}")
+    d = norm_dim(a["dim"], x.rank)
+    return (TensorType(x.dtype, x.shape[:d] + (x.shape[d] * n,) + x.shape[d + 1:]),)
+
+
+declare(
+    "all_gather", ["x"], [Attr("dim", AttrKind.INT), Attr("group_size", AttrKind.INT)],
+    infer=_all_gather_infer, impl=_all_gather, effect=Effect.COLLECTIVE, category="collective",
+    doc="concatenation along dim of x from every rank, in rank order (every rank gets the whole)",
+)

@@ -1,0 +1,49 @@
+"""kiln.LLM(tensor_parallel_size=N): rank 0 drives, spawned workers hold the other shards (gloo on
+CPU). Greedy tokens equal one process's; a dead worker is a clear error, never a hang."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import kiln
+from kiln.errors import TensorParallelError
+
+GREEDY = kiln.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+PROMPTS = ["The fox and the crow", "Four score and seven years ago our fathers", "In the beginning"]
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+
+
+@pytest.mark.parametrize("world", [2])
+def test_tensor_parallel_llm_gives_the_single_process_greedy_tokens(world: int) -> None:
+    want = [o.outputs[0].token_ids for o in kiln.LLM("tiny-llama").generate(PROMPTS, GREEDY)]
+    with kiln.LLM("tiny-llama", tensor_parallel_size=world) as llm:
+        assert llm.runner.num_blocks > 0
+        got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
+        # a second batch (prefix-cache hits, copy-on-write) on the same workers
+        again = [o.outputs[0].token_ids for o in llm.generate(PROMPTS[:2], GREEDY)]
+    assert got == want and again == want[:2]
+    assert not torch.distributed.is_initialized()  # closed cleanly
+
+
+def test_a_dead_worker_is_a_clear_error_not_a_hang() -> None:
+    llm = kiln.LLM("tiny-llama", tensor_parallel_size=2)
+    try:
+        worker = llm._tp.procs[0]
+        worker.kill()
+        worker.join(timeout=10)
+        t0 = time.monotonic()
+        with pytest.raises(TensorParallelError, match="rank"):
+            llm.generate(PROMPTS[:1], GREEDY)
+        assert time.monotonic() - t0 < 30
+    finally:
+        llm.close()
+    assert not torch.distributed.is_initialized()
+
+
+def test_tensor_parallel_size_is_checked() -> None:
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        kiln.LLM("tiny-llama", tensor_parallel_size=0)
