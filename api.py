@@ -93,6 +93,8 @@ class CompiledModule:
         with torch.no_grad():
             outs = entry.run(*inputs)
         tr = entry.traced
+        if self.options.pipeline_parallel is not None and not tr.graph.outputs:
+            return None  # a pipeline stage before the last: its results went to the next stage
         flat = [outs[i] if kind == "value" else i for kind, i in tr.out_template]
         return pytree.tree_unflatten(flat, tr.out_spec)
 

@@ -91,6 +91,14 @@ class TensorParallelError(KilnError):
         super().__init__((f"tensor parallel: node {node}: " if node else "tensor parallel: ") + message)
 
 
+class PipelineParallelError(KilnError):
+    """Pipeline parallelism failed: a graph that cannot be cut into the requested stages (fewer
+    layers than stages, no layer structure in the module paths), or bad stage options."""
+
+    def __init__(self, message: str):
+        super().__init__(f"pipeline parallel: {message}")
+
+
 class ExportError(KilnError):
     """A kiln graph cannot be exported (to ONNX): names the op and the node, and why."""
 

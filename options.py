@@ -32,6 +32,9 @@ class CompileOptions:
     # tensor parallelism (passes/tensor_parallel.py): (rank, world_size) compiles this rank's
     # share of the model; its collectives run on the default torch.distributed process group
     tensor_parallel: tuple[int, int] | None = None
+    # pipeline parallelism (passes/pipeline_parallel.py): (stage, num_stages) compiles this
+    # stage's layers; stage k is rank k of the default process group (send/recv to neighbours)
+    pipeline_parallel: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disable_passes", frozenset(self.disable_passes))
@@ -54,3 +57,10 @@ class CompileOptions:
             if not (isinstance(rank, int) and isinstance(world, int) and world >= 1 and 0 <= rank < world):
                 raise ValueError(f"tensor_parallel must be (rank, world_size) with 0 <= rank < world_size, got {self.tensor_parallel!r}")
             object.__setattr__(self, "tensor_parallel", (rank, world))
+        if self.pipeline_parallel is not None:
+            stage, stages = self.pipeline_parallel
+            if not (isinstance(stage, int) and isinstance(stages, int) and stages >= 1 and 0 <= stage < stages):
+                raise ValueError(f"pipeline_parallel must be (stage, num_stages) with 0 <= stage < num_stages, got {self.pipeline_parallel!r}")
+            if self.tensor_parallel is not None and self.tensor_parallel[1] > 1 and stages > 1:
+                raise ValueError("tensor_parallel and pipeline_parallel cannot be combined yet: set one of them")
+            object.__setattr__(self, "pipeline_parallel", (stage, stages))

@@ -12,6 +12,7 @@ from .fuse_projections import fuse_projections
 from .manager import Pass
 from .memory import plan_memory
 from .pad import pad_matmul_dims
+from .pipeline_parallel import split_pipeline
 from .prune import prune_weights
 from .quantize import quantize_weights
 from .simplify import simplify
@@ -27,6 +28,7 @@ PIPELINE: list[Pass] = [
     prune_weights,  # before fuse_projections: each projection gets its own magnitude threshold
     fuse_projections,
     quantize_weights,  # after fuse_projections: a fused QKV / gate-up weight is quantized once
+    split_pipeline,  # before fusion: add_rms_norm would straddle layers; each stage fuses on its own
     fuse_epilogues,
     fuse_elementwise,
     pad_matmul_dims,

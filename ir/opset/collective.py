@@ -1,4 +1,5 @@
-"""Collectives: communication between the ranks of a tensor-parallel graph, over torch.distributed.
+"""Collectives: communication between the ranks of a tensor-parallel graph, over torch.distributed;
+and `send` / `recv`, the point-to-point pair at pipeline-parallel stage boundaries.
 
 Every rank runs the same graph structure (only constant data differs), so every rank calls each
 collective in the same order: passes must never drop, duplicate, fold or reorder one on some
@@ -77,4 +78,59 @@ declare(
     "all_gather", ["x"], [Attr("dim", AttrKind.INT), Attr("group_size", AttrKind.INT)],
     infer=_all_gather_infer, impl=_all_gather, effect=Effect.COLLECTIVE, category="collective",
     doc="concatenation along dim of x from every rank, in rank order (every rank gets the whole)",
+)
+
+
+# --- point-to-point: pipeline-parallel stage boundaries ------------------------------------------
+#
+# A stage sends the values the next stage needs and that stage receives them, in the same order
+# (gloo and NCCL match point-to-point messages per peer in program order). Only neighbouring
+# stages talk, so messages flow one way and blocking send/recv cannot deadlock.
+
+
+def _check_peer(op: str, peer: int) -> None:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"{op} with rank {peer} needs an initialised process group (kiln.runtime.distributed.init_distributed)")
+    if not 0 <= peer < dist.get_world_size() or peer == dist.get_rank():
+        raise RuntimeError(f"{op}: rank {peer} is not another rank of this {dist.get_world_size()}-rank process group")
+
+
+def _send(x: torch.Tensor, dst: int) -> None:
+    _check_peer("send", dst)
+    dist.send(x.contiguous(), dst)  # blocking; the process group's timeout bounds it
+
+
+def _send_infer(types, a):  # noqa: ANN001, ANN202
+    tensors(types)
+    if a["dst"] < 0:
+        raise InferenceError(f"send dst must be a rank >= 0, got {a['dst']}")
+    return ()
+
+
+declare(
+    "send", ["x"], [Attr("dst", AttrKind.INT)], infer=_send_infer, impl=_send, effect=Effect.COLLECTIVE,
+    category="collective", num_outputs=0,
+    doc="send x to rank dst of the default process group (the matching recv there gets it)",
+)
+
+
+def _recv(src: int, shape: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    _check_peer("recv", src)
+    out = torch.empty(shape, dtype=dtype, device=device)
+    dist.recv(out, src)  # raises after the process group's timeout when src never sends
+    return out
+
+
+def _recv_infer(types, a):  # noqa: ANN001, ANN202
+    if types:
+        raise InferenceError("recv takes no inputs")
+    if a["src"] < 0:
+        raise InferenceError(f"recv src must be a rank >= 0, got {a['src']}")
+    return (TensorType(a["dtype"], tuple(a["shape"])),)
+
+
+declare(
+    "recv", [], [Attr("src", AttrKind.INT), Attr("shape", AttrKind.DIMS), Attr("dtype", AttrKind.DTYPE), Attr("device", AttrKind.DEVICE, "cpu")],
+    infer=_recv_infer, impl=_recv, effect=Effect.COLLECTIVE, category="collective",
+    doc="a tensor of the given shape and dtype received from rank src (symbolic dims evaluate per call)",
 )
