@@ -3,7 +3,8 @@
 Public API (stable): `kiln.compile`, `kiln.CompileOptions`, `torch.compile(model, backend="kiln")`,
 `kiln.LLM(...).generate(prompts, kiln.SamplingParams(...))`.
 Compression analysis (loaded on first use, report/): `kiln.sensitivity_scan`, `kiln.propose_plan`,
-`kiln.compression_report`.
+`kiln.compression_report`; `kiln.parallel_report` (per-rank graphs and communication of a
+tensor- or pipeline-parallel compile).
 ONNX export (loaded on first use, backends/onnx/): `kiln.export_onnx`.
 """
 
@@ -25,7 +26,8 @@ def _register_dynamo_backend() -> None:
 _register_dynamo_backend()
 
 # Loaded on first use: kiln.report pulls in matplotlib, which `import kiln` should not pay for.
-_LAZY = {"sensitivity_scan": "sensitivity", "propose_plan": "sensitivity", "compression_report": "compression"}
+_LAZY = {"sensitivity_scan": "sensitivity", "propose_plan": "sensitivity", "compression_report": "compression",
+         "parallel_report": "parallel"}
 
 
 def __getattr__(name: str) -> object:
@@ -46,6 +48,6 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "LLM", "CompileOptions", "CompileStats", "CompiledModule", "CompletionOutput", "ConversionError", "InputError",
     "KilnError", "RequestOutput", "SamplingParams", "TraceError", "UnsupportedOpsError", "compile", "compression_report", "distill", "export_onnx", "import_onnx",
-    "propose_plan", "sensitivity_scan",
+    "parallel_report", "propose_plan", "sensitivity_scan",
 ]
 __version__ = "0.1.0"

@@ -8,13 +8,16 @@ report.json / report.md / report.html plus two matplotlib plots (see README, "Pa
 
 Also the compression analyses: `sensitivity_scan` / `propose_plan` (sensitivity.py: per-layer
 quantization error and a verified mixed-precision QuantScheme) and `compression_report`
-(compression.py: size / accuracy / CPU latency of variants), exported as `kiln.<name>` too.
+(compression.py: size / accuracy / CPU latency of variants), and `parallel_report` (parallel.py:
+per-rank graphs and communication volume of a tensor- or pipeline-parallel compile), exported as
+`kiln.<name>` too.
 """
 
 from .build import pass_report
 from .compression import compression_report
+from .parallel import parallel_report
 from .render import write_report
 from .sensitivity import propose_plan, sensitivity_scan
 from .target import load_target
 
-__all__ = ["compression_report", "load_target", "pass_report", "propose_plan", "sensitivity_scan", "write_report"]
+__all__ = ["compression_report", "load_target", "parallel_report", "pass_report", "propose_plan", "sensitivity_scan", "write_report"]
