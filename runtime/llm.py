@@ -35,7 +35,8 @@ class LLM:
         max_model_len: int | None = None, kv_cache_memory: float | int | None = None, quantization: "str | QuantScheme | None" = None,
         tensor_parallel_size: int = 1, tokenizer: Any = None, block_size: int = 16, enable_prefix_caching: bool = True,
         max_num_batched_tokens: int = 2048, max_num_seqs: int = 64, allow_pickle: bool = False,
-        options: CompileOptions | None = None,
+        options: CompileOptions | None = None, distributed_executor_backend: str | None = None,
+        ray_address: str | None = None, ray_placement_strategy: str = "PACK",
     ):
         # quantize_weights: "int8", "int4", "w8a8", "fp8" or a QuantScheme, whose calibration
         # examples are token-id sequences or prompt strings (tokenized here), one prefill each
@@ -46,6 +47,15 @@ class LLM:
         if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be an int >= 1, got {tensor_parallel_size!r}")
         self._tp = None
+        # workers of a tensor-parallel run: local processes ("mp", the default) or one Ray actor
+        # per rank ("ray": ray_address "auto" / "ip:port", else this process's or a private runtime)
+        if distributed_executor_backend not in (None, "mp", "ray"):
+            raise ValueError(f"distributed_executor_backend must be None, 'mp' or 'ray', got {distributed_executor_backend!r}")
+        use_ray = distributed_executor_backend == "ray" and tensor_parallel_size > 1
+        if use_ray:
+            from .tp_ray import import_ray
+
+            import_ray()  # a clear ImportError before the model is loaded
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if dev.type == "cuda" and dev.index is None:  # plans guard the exact device inputs live on
             dev = torch.device("cuda", torch.cuda.current_device())
@@ -92,9 +102,15 @@ class LLM:
         if tensor_parallel_size > 1:  # spawn the other ranks; rank 0 (this process) drives
             from .tp import TPGroup
 
+            launcher = None
+            if use_ray:
+                from .tp_ray import RayActors
+
+                launcher = RayActors(dev, address=ray_address, strategy=ray_placement_strategy, local_cpus=tensor_parallel_size)
             spec = module if isinstance(model, torch.nn.Module) else model
             self._tp = TPGroup(tensor_parallel_size, spec, device=dev, dtype=dtype, block_size=block_size,
-                               max_model_len=self.max_model_len, options=options, allow_pickle=allow_pickle)
+                               max_model_len=self.max_model_len, options=options, allow_pickle=allow_pickle,
+                               launcher=launcher)
             options, blocks = self._tp.options(options), self._tp.pool_size(blocks)
         try:
             with torch.no_grad():

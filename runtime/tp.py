@@ -1,6 +1,7 @@
-"""Tensor-parallel kiln.LLM: rank 0 drives (this process), ranks 1..N-1 are spawned workers.
+"""Tensor-parallel kiln.LLM: rank 0 drives (this process), ranks 1..N-1 are workers.
 
     llm = kiln.LLM("path/or/builtin", tensor_parallel_size=2)   # starts one worker process
+    llm = kiln.LLM(..., tensor_parallel_size=4, distributed_executor_backend="ray")  # Ray actors
 
 Every rank compiles the model with `CompileOptions(tensor_parallel=(rank, N))` (the Megatron
 sharding pass: each rank holds 1/N of the heads, MLP columns and KV cache, and the graph carries
@@ -10,9 +11,15 @@ step's inputs, which rank 0 broadcasts before it runs the step itself (`broadcas
 The scheduler, the allocator and sampling live on rank 0 only: workers just execute steps, so
 their block tables are the driver's and no rank ever decides anything on its own.
 
-Failure handling (nothing hangs): the process group has a timeout, rank 0 checks that every
-worker is alive before each step, and a worker that raises reports its traceback through a queue
-before it exits; the driver then raises `TensorParallelError` naming the rank.
+A `WorkerLauncher` only starts the workers and says whether they are alive: `LocalProcesses`
+spawns them on this machine ("mp"), `tp_ray.RayActors` places one Ray actor per rank with a
+placement group ("ray", several machines). Both run `serve_rank`, and the process group and the
+step broadcasts are the same whichever launched them.
+
+Failure handling (nothing hangs): the process group has a timeout, rank 0 asks the launcher
+whether every worker is alive before each step, and a worker that raises reports its traceback
+(through a queue, or through its Ray task) before it exits; the driver then raises
+`TensorParallelError` naming the rank.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -44,16 +51,16 @@ def _rank_options(options: CompileOptions | None, rank: int, world: int) -> Comp
     return dataclasses.replace(options or CompileOptions(), tensor_parallel=(rank, world))
 
 
-def _worker_main(rank: int, world: int, port: int, spec: Any, kw: dict, errors: Any) -> None:
-    """A worker: join the group, build the same runner as rank 0 over its shard, execute steps."""
-    try:
-        from .model_runner import PagedModelRunner
+def serve_rank(rank: int, world: int, init_method: str, device: torch.device, spec: Any, kw: dict) -> None:
+    """A worker's life: join the group, build the same runner as rank 0 over its shard, execute
+    the steps rank 0 broadcasts until it says stop. Raises on any failure (the launcher reports it)."""
+    from .model_runner import PagedModelRunner
 
-        device = _rank_device(torch.device(kw["device"]), rank)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(_backend(device), init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=kw["timeout"]))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(_backend(device), init_method=init_method, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=kw["timeout"]))
+    try:
         module = _load(spec, kw, device)
         box: list[Any] = [None]
 
@@ -73,12 +80,17 @@ def _worker_main(rank: int, world: int, port: int, spec: Any, kw: dict, errors: 
                 runner.copy_blocks(msg[1])
             else:
                 runner.execute(msg[1])
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker_main(rank: int, world: int, init_method: str, spec: Any, kw: dict, errors: Any) -> None:
+    """A spawned worker process: `serve_rank`, with its traceback sent to the driver on failure."""
+    try:
+        serve_rank(rank, world, init_method, _rank_device(torch.device(kw["device"]), rank), spec, kw)
     except BaseException:  # report, then leave: the driver raises with this text
         errors.put((rank, traceback.format_exc()))
         raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _load(spec: Any, kw: dict, device: torch.device) -> torch.nn.Module:
@@ -87,6 +99,72 @@ def _load(spec: Any, kw: dict, device: torch.device) -> torch.nn.Module:
     from .loader import load_model
 
     return load_model(spec, dtype=kw["dtype"], device=device, allow_pickle=kw["allow_pickle"]).model
+
+
+class WorkerLauncher(Protocol):
+    """Starts ranks 1..N-1 (each runs `serve_rank`) and watches them. It never carries data: the
+    process group does."""
+
+    def host(self) -> str:
+        """The address rank 0's rendezvous listens on, reachable by every worker."""
+
+    def start(self, world: int, init_method: str, spec: Any, kw: dict) -> None: ...
+
+    def dead(self) -> list[tuple[int, str]]:
+        """(rank, how it ended) of every worker that is no longer running; cheap, called per step."""
+
+    def reports(self) -> list[tuple[int, str]]:
+        """(rank, traceback) of workers that failed, as far as they could tell."""
+
+    def join(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the workers to leave after "stop"."""
+
+    def kill(self) -> None:
+        """End whatever is still running and release its resources; idempotent."""
+
+
+class LocalProcesses:
+    """Workers as processes on this machine (torch.multiprocessing, spawn), rank r on cuda:r."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.procs: list[Any] = []
+        self.errors: Any = None
+
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    def start(self, world: int, init_method: str, spec: Any, kw: dict) -> None:
+        if self.device.type == "cuda" and torch.cuda.device_count() < world:
+            raise TensorParallelError(f"tensor_parallel_size={world} needs {world} GPUs, this machine has {torch.cuda.device_count()}")
+        ctx = torch.multiprocessing.get_context("spawn")
+        self.errors = ctx.Queue()
+        self.procs = [ctx.Process(target=_worker_main, args=(r, world, init_method, spec, kw, self.errors), daemon=True)
+                      for r in range(1, world)]
+        for p in self.procs:
+            p.start()
+
+    def dead(self) -> list[tuple[int, str]]:
+        return [(i + 1, f"exit code {p.exitcode}") for i, p in enumerate(self.procs) if not p.is_alive()]
+
+    def reports(self) -> list[tuple[int, str]]:
+        out = []
+        while self.errors is not None:
+            try:
+                out.append(self.errors.get(timeout=0.5))
+            except Exception:  # noqa: BLE001 - queue empty
+                break
+        return out
+
+    def join(self, timeout: float) -> None:
+        for p in self.procs:
+            p.join(timeout=timeout)
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
 
 
 class TPRunner:
@@ -110,35 +188,43 @@ class TPRunner:
 
 
 class TPGroup:
-    """The worker processes and rank 0's membership of the process group."""
+    """The workers (started by a `WorkerLauncher`, local processes by default) and rank 0's
+    membership of the process group."""
 
     def __init__(self, world: int, spec: Any, *, device: torch.device, dtype: Any, block_size: int, max_model_len: int,
-                 options: CompileOptions | None, allow_pickle: bool, timeout: float = DEFAULT_TIMEOUT_S):
+                 options: CompileOptions | None, allow_pickle: bool, timeout: float = DEFAULT_TIMEOUT_S,
+                 launcher: WorkerLauncher | None = None):
+        self.launcher = launcher if launcher is not None else LocalProcesses(device)
+        self.closed = True  # until the group is formed
         if world < 2:
+            self.launcher.kill()
             raise ValueError(f"a tensor-parallel group needs at least 2 ranks, got {world}")
         if dist.is_initialized():
+            self.launcher.kill()
             raise TensorParallelError("torch.distributed is already initialised in this process; kiln.LLM starts its own "
                                       "tensor-parallel group (use tensor_parallel_size=1 inside torchrun jobs for now)")
-        if device.type == "cuda" and torch.cuda.device_count() < world:
-            raise TensorParallelError(f"tensor_parallel_size={world} needs {world} GPUs, this machine has {torch.cuda.device_count()}")
         self.world = world
         self.device = _rank_device(device, 0)
-        port = free_port()
-        ctx = torch.multiprocessing.get_context("spawn")
-        self.errors = ctx.Queue()
         kw = {"device": str(device), "dtype": dtype, "block_size": block_size, "max_model_len": max_model_len,
               "options": options, "allow_pickle": allow_pickle, "timeout": timeout}
-        self.procs = [ctx.Process(target=_worker_main, args=(r, world, port, spec, kw, self.errors), daemon=True)
-                      for r in range(1, world)]
-        for p in self.procs:
-            p.start()
         try:
-            dist.init_process_group(_backend(device), init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=world,
+            host = self.launcher.host()
+            init_method = f"tcp://{f'[{host}]' if ':' in host else host}:{free_port(host)}"
+            self.launcher.start(world, init_method, spec, kw)
+            dist.init_process_group(_backend(device), init_method=init_method, rank=0, world_size=world,
                                     timeout=datetime.timedelta(seconds=timeout))
         except Exception as e:
-            self._kill()
-            raise self._failure(f"could not form the tensor-parallel group: {e}") from e
+            failure = e if isinstance(e, TensorParallelError) else self._failure(f"could not form the tensor-parallel group: {e}")
+            self.launcher.kill()
+            if failure is e:
+                raise
+            raise failure from e
         self.closed = False
+
+    @property
+    def procs(self) -> list[Any]:
+        """The worker processes of a local launch (rank r is `procs[r - 1]`)."""
+        return getattr(self.launcher, "procs", [])
 
     def options(self, options: CompileOptions | None) -> CompileOptions:
         return _rank_options(options, 0, self.world)
@@ -163,18 +249,12 @@ class TPGroup:
             raise self._failure(f"broadcast to the workers failed: {e}") from e
 
     def check(self) -> None:
-        dead = [(i + 1, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive()]
+        dead = self.launcher.dead()
         if dead:
-            raise self._failure(f"worker rank(s) {', '.join(f'{r} (exit code {c})' for r, c in dead)} stopped")
+            raise self._failure(f"worker rank(s) {', '.join(f'{r} ({how})' for r, how in dead)} stopped")
 
     def _failure(self, what: str) -> TensorParallelError:
-        details = []
-        while True:
-            try:
-                rank, tb = self.errors.get(timeout=0.5)
-            except Exception:  # noqa: BLE001 - queue empty
-                break
-            details.append(f"rank {rank}:\n{tb}")
+        details = [f"rank {rank}:\n{tb}" for rank, tb in self.launcher.reports()]
         return TensorParallelError(what + ("\n" + "\n".join(details) if details else ""))
 
     def close(self) -> None:
@@ -182,19 +262,11 @@ class TPGroup:
             return
         self.closed = True
         try:
-            if all(p.is_alive() for p in self.procs):
+            if not self.launcher.dead():
                 dist.broadcast_object_list([("stop",)], src=0)
         except Exception:  # noqa: BLE001 - closing anyway
             pass
-        for p in self.procs:
-            p.join(timeout=10)
-        self._kill()
+        self.launcher.join(timeout=10)
+        self.launcher.kill()
         if dist.is_initialized():
             dist.destroy_process_group()
-
-    def _kill(self) -> None:
-        for p in self.procs:
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
-
