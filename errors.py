@@ -93,7 +93,8 @@ class TensorParallelError(KilnError):
 
 class PipelineParallelError(KilnError):
     """Pipeline parallelism failed: a graph that cannot be cut into the requested stages (fewer
-    layers than stages, no layer structure in the module paths), or bad stage options."""
+    layers than stages, no layer structure in the module paths), bad stage options, or a stage
+    rank of `kiln.LLM(pipeline_parallel_size=N)` that died or failed (names the rank)."""
 
     def __init__(self, message: str):
         super().__init__(f"pipeline parallel: {message}")

@@ -11,6 +11,10 @@ Blocks found from the graph's structure (no per-architecture code):
   ops (reshape, permute, rotary, clone, cast); the output reaches a `linear` (o_proj) through
   permute/reshape. q/k/v become column-parallel (weight rows, bias split by heads), o_proj
   row-parallel (weight columns split, then `all_reduce`, then the bias once).
+  Fused qkv (GPT-2's `c_attn`): q, k and v are the pieces of one `split` (last dim) of one
+  linear; the rank keeps the union of its q-, k- and v-head rows, in split order, and the split
+  takes the per-rank sizes. An o_proj left as `addmm` over flattened tokens (GPT-2's attention
+  `c_proj`) becomes a row-parallel `linear` over a transposing view of the weight shard.
   GQA: with kv_heads divisible by the rank count the kv heads are split too; with fewer kv heads
   than ranks (ranks divisible by kv_heads) each rank keeps the one kv head its query heads use
   (replicated across tp / kv_heads ranks).
@@ -19,8 +23,14 @@ Blocks found from the graph's structure (no per-architecture code):
 * lm_head: a `linear` whose result is a graph output: vocab-parallel (weight rows split), then
   `all_gather` on the last dim, so every rank returns the full logits.
 
-The embedding stays replicated (a lookup costs no FLOPs; vocab-parallel embedding would trade
-memory for one more all_reduce per step). Norms and residual adds run replicated on every rank.
+Weights may be constants or a transposing `permute` of one (fuse_patterns' view of a Conv1D
+weight): the constant is sliced along the dim the permute maps to the split one. A constant read
+elsewhere too (an lm_head tied to the embedding) is sliced into a copy; the original stays whole,
+so a tied model holds the table plus 1/world of it per rank.
+
+The embeddings (token and learned positions) stay replicated (a lookup costs no FLOPs;
+vocab-parallel embedding would trade memory for one more all_reduce per step). Norms and residual
+adds run replicated on every rank.
 
 Per layer that is two all_reduces of [tokens, hidden]; the pass counts them and their payload
 per token in its statistics (`all_reduce_bytes_per_token`, `all_gather_bytes_per_token`).
@@ -38,6 +48,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import sympy
+import torch
 
 from ..errors import TensorParallelError
 from ..ir import Effect, Graph, Node, TensorType, Value
@@ -54,8 +65,9 @@ _PASS_THROUGH = {"reshape", "permute", "clone", "cast"}  # attention output -> o
 class _Layout:
     """What to do with each node: column / row / vocab-parallel linears and the nodes between."""
 
-    columns: dict[Node, tuple[int, int]] = field(default_factory=dict)  # weight rows kept
+    columns: dict[Node, list[tuple[int, int]]] = field(default_factory=dict)  # weight row ranges kept
     rows: set[Node] = field(default_factory=set)
+    splits: dict[Node, tuple[int, ...]] = field(default_factory=dict)  # fused qkv split -> per-rank sizes
     interior: set[Node] = field(default_factory=set)
     vocab: set[Node] = field(default_factory=set)
 
@@ -97,10 +109,28 @@ def _where(n: Node) -> str:
     return f"{n.op.name}{src}"
 
 
-def _const_weight(g: Graph, lin: Node, written: set[Value]) -> bool:
-    w = lin.inputs[1]
-    return w.kind == "const" and w not in written and g.constant_data.get(w.name) is not None and all(
-        b.kind == "const" and b not in written for b in lin.inputs[2:])
+def _weight_and_biases(n: Node) -> tuple[Value, list[Value]]:
+    """A linear's weight ([out, in]) and bias, or an addmm's weight ([in, out]) and bias."""
+    return (n.inputs[2], [n.inputs[0]]) if n.op.name == "addmm" else (n.inputs[1], list(n.inputs[2:]))
+
+
+def _weight_const(n: Node, uses: dict) -> tuple[Value, tuple[int, int]] | None:
+    """The constant behind n's weight and, per dim of the [out, in] weight, the constant's dim:
+    the weight itself, a 2-dim transposing `permute` of it that only n reads, or an addmm's."""
+    w, _ = _weight_and_biases(n)
+    perm = (1, 0) if n.op.name == "addmm" else (0, 1)
+    if w.kind == "node" and w.node.op.name == "permute" and n.op.name == "linear" and len(uses.get(w, [])) == 1:
+        perm, w = tuple(w.node.attrs["dims"]), w.node.inputs[0]
+    return (w, perm) if w.kind == "const" and w.type.rank == 2 else None
+
+
+def _const_weight(g: Graph, n: Node, written: set[Value], uses: dict) -> bool:
+    found = _weight_const(n, uses)
+    if n.op.name == "addmm" and (n.attrs["beta"] != 1 or n.attrs["alpha"] != 1):
+        return False
+    _, biases = _weight_and_biases(n)
+    return found is not None and found[0] not in written and g.constant_data.get(found[0].name) is not None and all(
+        b.kind == "const" and b not in written for b in biases)
 
 
 def find_layout(g: Graph, rank: int, world: int) -> _Layout:
@@ -112,25 +142,31 @@ def find_layout(g: Graph, rank: int, world: int) -> _Layout:
         if n.op.name == "attention":
             _attention_block(g, n, uses, written, rank, world, layout)
     for n in g.nodes:
-        if n.op.name == "linear" and not layout.claimed(n) and _const_weight(g, n, written):
+        if n.op.name == "linear" and not layout.claimed(n) and _const_weight(g, n, written, uses):
             _mlp_block(g, n, uses, written, rank, world, layout)
     outputs = set(g.outputs)
     for n in g.nodes:
-        if n.op.name == "linear" and not layout.claimed(n) and n.output in outputs and _const_weight(g, n, written):
+        if n.op.name == "linear" and not layout.claimed(n) and n.output in outputs and _const_weight(g, n, written, uses):
             if isinstance(n.output.type.shape[-1], int) and n.output.type.shape[-1] % world == 0:
                 layout.vocab.add(n)
     return layout
 
 
-def _linear_behind(g: Graph, v: Value, written: set[Value], what: str, at: Node) -> tuple[Node, list[Node]]:
+def _linear_behind(g: Graph, v: Value, written: set[Value], uses: dict, what: str, at: Node) -> tuple[Node, list[Node], int | None]:
+    """The linear v comes from, the head-local ops between, and which piece of a last-dim
+    `split` of that linear v is (None when there is no split: a separate projection)."""
     chain: list[Node] = []
     while v.kind == "node" and v.node.op.name in _HEAD_LOCAL:
         chain.append(v.node)
         v = v.node.inputs[0]
-    if v.kind != "node" or v.node.op.name != "linear" or not _const_weight(g, v.node, written):
+    piece = None
+    if v.kind == "node" and v.node.op.name == "split" and v.node.attrs["dim"] in (-1, v.type.rank - 1):
+        chain.append(v.node)
+        piece, v = v.node.outputs.index(v), v.node.inputs[0]
+    if v.kind != "node" or v.node.op.name != "linear" or not _const_weight(g, v.node, written, uses):
         got = v.node.op.name if v.kind == "node" else f"{v.kind} {v.name}"
         raise TensorParallelError(f"its {what} does not come from a linear with constant weights through head-local ops (found {got})", _where(at))
-    return v.node, chain
+    return v.node, chain, piece
 
 
 def _attention_block(g: Graph, a: Node, uses: dict, written: set[Value], rank: int, world: int, layout: _Layout) -> None:
@@ -149,33 +185,71 @@ def _attention_block(g: Graph, a: Node, uses: dict, written: set[Value], rank: i
         kv0, kv_local = rank * local // (heads // kv_heads), 1
     else:
         raise TensorParallelError(f"{kv_heads} kv heads neither divide nor are divisible by {world} ranks", _where(a))
-    lin_q, chain_q = _linear_behind(g, a.inputs[0], written, "q", a)
-    lin_k, chain_k = _linear_behind(g, a.inputs[1], written, "k", a)
-    lin_v, chain_v = _linear_behind(g, a.inputs[2], written, "v", a)
-    if len({lin_q, lin_k, lin_v}) != 3:
-        raise TensorParallelError("q, k and v come from one fused linear; split it before sharding", _where(a))
+    lin_q, chain_q, piece_q = _linear_behind(g, a.inputs[0], written, uses, "q", a)
+    lin_k, chain_k, piece_k = _linear_behind(g, a.inputs[1], written, uses, "k", a)
+    lin_v, chain_v, piece_v = _linear_behind(g, a.inputs[2], written, uses, "v", a)
     v_dim = a.inputs[2].type.shape[-1]
+    keep = {  # rows of each projection's output this rank keeps, and their count
+        "q": (rank * local * head_dim, (rank + 1) * local * head_dim, heads * head_dim),
+        "k": (kv0 * head_dim, (kv0 + kv_local) * head_dim, kv_heads * head_dim),
+        "v": (kv0 * v_dim, (kv0 + kv_local) * v_dim, kv_heads * v_dim),
+    }
+    u, tail = _output_projection(g, a, uses, written)
+    for lin in (lin_q, lin_k, lin_v, u):
+        if layout.claimed(lin):
+            raise TensorParallelError("a projection feeds two attention blocks", _where(lin))
+    pieces = {"q": piece_q, "k": piece_k, "v": piece_v}
+    if len({lin_q, lin_k, lin_v}) == 3 and set(pieces.values()) == {None}:
+        for lin, name in ((lin_q, "q"), (lin_k, "k"), (lin_v, "v")):
+            layout.columns[lin] = [keep[name][:2]]
+    elif len({lin_q, lin_k, lin_v}) == 1 and None not in pieces.values() and chain_q[-1] is chain_k[-1] is chain_v[-1]:
+        split = chain_q[-1]
+        layout.columns[lin_q], layout.splits[split] = _fused_qkv(split, pieces, keep, a)
+    else:
+        raise TensorParallelError("q, k and v must come from three linears or from one split of one linear", _where(a))
+    layout.rows.add(u)
+    layout.interior.update([*chain_q, *chain_k, *chain_v, a, *tail])
+    _check_contained(g, [lin_q, lin_k, lin_v, *chain_q, *chain_k, *chain_v, a, *tail], u, uses)
+
+
+def _projected_input(n: Node) -> Value:
+    return n.inputs[1] if n.op.name == "addmm" else n.inputs[0]  # addmm(bias, x, W)
+
+
+def _output_projection(g: Graph, a: Node, uses: dict, written: set[Value]) -> tuple[Node, list[Node]]:
+    """The o_proj (a linear, or an addmm over flattened tokens) a's output reaches, and the
+    reshapes / permutes on the way."""
     tail, v = [], a.output
     while True:
         users = uses.get(v, [])
         if len(users) != 1 or v in g.outputs:
             raise TensorParallelError("its output must reach one output projection (linear) through reshape/permute only", _where(a))
         (u,) = users
-        if u.op.name == "linear" and u.inputs[0] is v and _const_weight(g, u, written):
-            break
+        if u.op.name in ("linear", "addmm") and _projected_input(u) is v and _const_weight(g, u, written, uses):
+            return u, tail
         if u.op.name not in _PASS_THROUGH:
             raise TensorParallelError(f"its output reaches {_where(u)} before an output projection", _where(a))
         tail.append(u)
         v = u.output
-    for lin in (lin_q, lin_k, lin_v, u):
-        if layout.claimed(lin):
-            raise TensorParallelError("a projection feeds two attention blocks", _where(lin))
-    layout.columns[lin_q] = (rank * local * head_dim, (rank + 1) * local * head_dim)
-    layout.columns[lin_k] = (kv0 * head_dim, (kv0 + kv_local) * head_dim)
-    layout.columns[lin_v] = (kv0 * v_dim, (kv0 + kv_local) * v_dim)
-    layout.rows.add(u)
-    layout.interior.update([*chain_q, *chain_k, *chain_v, a, *tail])
-    _check_contained(g, [lin_q, lin_k, lin_v, *chain_q, *chain_k, *chain_v, a, *tail], u, uses)
+
+
+def _fused_qkv(split: Node, pieces: dict[str, int], keep: dict, a: Node) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
+    """The row ranges of a fused qkv linear this rank keeps, and the split's per-rank sizes. The
+    kept rows are the union of the rank's q, k and v rows, in split order, so the per-rank split
+    cuts them into the same pieces."""
+    sizes = split.attrs["sizes"]
+    if len(sizes) != 3 or sorted(pieces.values()) != [0, 1, 2]:
+        raise TensorParallelError(f"q, k and v must be the three pieces of one split, got {len(sizes)} pieces", _where(a))
+    order = sorted(pieces, key=pieces.get)
+    ranges, new_sizes, offset = [], [], 0
+    for name, size in zip(order, sizes):
+        start, stop, full = keep[name]
+        if not same_dim(size, full):
+            raise TensorParallelError(f"split piece {name} has {size} features, not the {full} its heads need", _where(a))
+        ranges.append((offset + start, offset + stop))
+        new_sizes.append(stop - start)
+        offset += full
+    return ranges, tuple(new_sizes)
 
 
 def _mlp_block(g: Graph, down: Node, uses: dict, written: set[Value], rank: int, world: int, layout: _Layout) -> None:
@@ -187,7 +261,7 @@ def _mlp_block(g: Graph, down: Node, uses: dict, written: set[Value], rank: int,
             continue
         seen.add(v)
         n = v.node if v.kind == "node" else None
-        if n is not None and n.op.name == "linear" and not layout.claimed(n) and _const_weight(g, n, written):
+        if n is not None and n.op.name == "linear" and not layout.claimed(n) and _const_weight(g, n, written, uses):
             leaves.append(n)
         elif n is not None and n.op.category == "elementwise" and n.op.effect is Effect.PURE and len(n.outputs) == 1:
             inner.append(n)
@@ -203,7 +277,7 @@ def _mlp_block(g: Graph, down: Node, uses: dict, written: set[Value], rank: int,
         return
     width = features // world
     for lin in leaves:
-        layout.columns[lin] = (rank * width, (rank + 1) * width)
+        layout.columns[lin] = [(rank * width, (rank + 1) * width)]
     layout.rows.add(down)
     layout.interior.update(inner)
 
@@ -228,7 +302,10 @@ class _Sharder:
     def __init__(self, g: Graph, layout: _Layout, rank: int, world: int, ctx: PassContext | None):
         self.g, self.layout, self.rank, self.world, self.ctx = g, layout, rank, world, ctx
         self.uses = g.uses()
-        split = {v.name for n in (*layout.columns, *layout.vocab) for v in n.inputs[1:]} | {n.inputs[1].name for n in layout.rows}
+        sharded = [*layout.columns, *layout.rows, *layout.vocab]
+        self.weights = {n: _weight_const(n, self.uses) for n in sharded}  # -> (constant, its dim per weight dim)
+        self.views = {w.node for w in (_weight_and_biases(n)[0] for n in sharded) if w.kind == "node"}  # rebuilt over the shards
+        split = {self.weights[n][0].name for n in sharded} | {b.name for n in (*layout.columns, *layout.vocab) for b in _weight_and_biases(n)[1]}
         self.exclusive = {name for name in split if len(self.uses.get(g.constants[name], [])) == 1 and g.constants[name] not in g.outputs}
         self.rb = Rebuilder(g, keep_constants=[name for name in g.constants if name not in self.exclusive])
         self.dims: dict[Value, int] = {}  # old value -> its split dim (values carrying a shard)
@@ -239,8 +316,10 @@ class _Sharder:
 
     def run(self) -> Graph:
         for n in self.g.nodes:
+            if n in self.views:
+                continue
             if n in self.layout.columns:
-                self._column(n, *self.layout.columns[n])
+                self._column(n, self.layout.columns[n])
             elif n in self.layout.rows:
                 self._row(n)
             elif n in self.layout.vocab:
@@ -251,26 +330,37 @@ class _Sharder:
                 self.rb.copy(n)
         return self.rb.finish()
 
-    def _slice_const(self, v: Value, dim: int, start: int, stop: int) -> Value:
-        data = self.g.constant_data[v.name].narrow(dim, start, stop - start).contiguous()
+    def _slice_const(self, v: Value, dim: int, ranges: list[tuple[int, int]]) -> Value:
+        full = self.g.constant_data[v.name]
+        data = torch.cat([full.narrow(dim, start, stop - start) for start, stop in ranges], dim).contiguous()
         if v.name in self.exclusive:  # only this node reads it: the shard takes its name
             return self.rb.out.add_constant(v.name, data)
-        return self.rb.constant(f"{v.name}.tp{self.rank}_", data)
+        return self.rb.constant(f"{v.name}.tp{self.rank}_", data)  # shared (a tied lm_head): a copy
+
+    def _slice_weight(self, n: Node, dim: int, ranges: list[tuple[int, int]]) -> Value:
+        """n's weight as a linear's [out, in] weight, `ranges` of `dim` kept: the constant sliced
+        along the dim that maps there, under the same transposing view when there was one."""
+        const, perm = self.weights[n]
+        w = self._slice_const(const, perm[dim], ranges)
+        if perm != (0, 1):
+            w = self.rb.out.add_node("permute", [w], {"dims": perm}, source=n.source).output
+        return w
 
     def _emit(self, n: Node, inputs: list[Value], attrs: dict | None = None) -> Node:
         return self.rb.out.add_node(n.op, inputs, dict(n.attrs if attrs is None else attrs), source=n.source)
 
-    def _column(self, n: Node, start: int, stop: int) -> None:
+    def _column(self, n: Node, ranges: list[tuple[int, int]]) -> None:
         x = self.rb.get(n.inputs[0])
-        w = self._slice_const(n.inputs[1], 0, start, stop)
-        bias = [self._slice_const(b, 0, start, stop) for b in n.inputs[2:]]
+        w = self._slice_weight(n, 0, ranges)
+        bias = [self._slice_const(b, 0, ranges) for b in n.inputs[2:]]
         new = self._emit(n, [x, w, *bias])
         self.rb.map[n.output] = new.output
         self.dims[n.output] = n.output.type.rank - 1
         self.count("column_parallel_linears")
 
     def _row(self, n: Node) -> None:
-        x_old = n.inputs[0]
+        """x @ W[:, mine].T, all_reduce, + bias. An addmm (bias, x, W) becomes the same linear."""
+        x_old = _projected_input(n)
         if self.dims.get(x_old) != x_old.type.rank - 1:
             raise TensorParallelError("its input is not split along its features", _where(n))
         if n.attrs.get("activation", "none") != "none":
@@ -279,10 +369,11 @@ class _Sharder:
         width, full = x.type.shape[-1], x_old.type.shape[-1]
         if width * self.world != full:
             raise TensorParallelError(f"its input holds {width} of {full} features, not 1/{self.world}", _where(n))
-        w = self._slice_const(n.inputs[1], 1, self.rank * width, (self.rank + 1) * width)
-        part = self.rb.out.add_node(n.op, [x, w], dict(n.attrs), source=n.source).output
+        w = self._slice_weight(n, 1, [(self.rank * width, (self.rank + 1) * width)])
+        attrs = {} if n.op.name == "addmm" else dict(n.attrs)
+        part = self.rb.out.add_node("linear", [x, w], attrs, source=n.source).output
         out = self.rb.out.call("all_reduce", part, group_size=self.world, source=n.source)
-        for b in n.inputs[2:]:  # the bias once, after the sum
+        for b in _weight_and_biases(n)[1]:  # the bias once, after the sum
             out = self.rb.out.call("add", out, self.rb.get(b), source=n.source)
         self._expect(n, out.type, n.output.type)
         self.rb.map[n.output] = out
@@ -295,8 +386,9 @@ class _Sharder:
         vocab = n.output.type.shape[-1]
         part = vocab // self.world
         x = self.rb.get(n.inputs[0])
-        w = self._slice_const(n.inputs[1], 0, self.rank * part, (self.rank + 1) * part)
-        bias = [self._slice_const(b, 0, self.rank * part, (self.rank + 1) * part) for b in n.inputs[2:]]
+        mine = [(self.rank * part, (self.rank + 1) * part)]
+        w = self._slice_weight(n, 0, mine)
+        bias = [self._slice_const(b, 0, mine) for b in n.inputs[2:]]
         local = self._emit(n, [x, w, *bias]).output
         out = self.rb.out.call("all_gather", local, dim=local.type.rank - 1, group_size=self.world, source=n.source)
         self._expect(n, out.type, n.output.type)
@@ -309,6 +401,12 @@ class _Sharder:
         inputs = [self.rb.get(v) for v in n.inputs]
         dims = [self.dims.get(v) for v in n.inputs]
         attrs = dict(n.attrs)
+        if n.op.name == "split":  # a fused qkv: each piece keeps the rank's heads, along the same dim
+            new = self._emit(n, inputs, {**attrs, "sizes": self.layout.splits[n]})
+            for old, out in zip(n.outputs, new.outputs):
+                self.rb.map[old] = out
+                self.dims[old] = dims[0]
+            return
         out_t = n.output.type
         if n.op.name == "reshape":
             d = self._reshape_dim(n, inputs[0].type)

@@ -33,7 +33,7 @@ class LLM:
     def __init__(
         self, model: Any, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
         max_model_len: int | None = None, kv_cache_memory: float | int | None = None, quantization: "str | QuantScheme | None" = None,
-        tensor_parallel_size: int = 1, tokenizer: Any = None, block_size: int = 16, enable_prefix_caching: bool = True,
+        tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, tokenizer: Any = None, block_size: int = 16, enable_prefix_caching: bool = True,
         max_num_batched_tokens: int = 2048, max_num_seqs: int = 64, allow_pickle: bool = False,
         options: CompileOptions | None = None, distributed_executor_backend: str | None = None,
         ray_address: str | None = None, ray_placement_strategy: str = "PACK",
@@ -44,14 +44,20 @@ class LLM:
             import dataclasses
 
             options = dataclasses.replace(options or CompileOptions(), quantization=quantization)
-        if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
-            raise ValueError(f"tensor_parallel_size must be an int >= 1, got {tensor_parallel_size!r}")
+        for name, size in (("tensor_parallel_size", tensor_parallel_size), ("pipeline_parallel_size", pipeline_parallel_size)):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {size!r}")
+        if tensor_parallel_size > 1 and pipeline_parallel_size > 1:
+            raise ValueError("tensor_parallel_size and pipeline_parallel_size cannot both be > 1 yet: set one of them")
+        # one group serves both: rank 0 drives; "tensor" ranks hold shards, "pipeline" ranks stages
+        world = max(tensor_parallel_size, pipeline_parallel_size)
+        mode = "pipeline" if pipeline_parallel_size > 1 else "tensor"
         self._tp = None
-        # workers of a tensor-parallel run: local processes ("mp", the default) or one Ray actor
-        # per rank ("ray": ray_address "auto" / "ip:port", else this process's or a private runtime)
+        # workers of a parallel run: local processes ("mp", the default) or one Ray actor per
+        # rank ("ray": ray_address "auto" / "ip:port", else this process's or a private runtime)
         if distributed_executor_backend not in (None, "mp", "ray"):
             raise ValueError(f"distributed_executor_backend must be None, 'mp' or 'ray', got {distributed_executor_backend!r}")
-        use_ray = distributed_executor_backend == "ray" and tensor_parallel_size > 1
+        use_ray = distributed_executor_backend == "ray" and world > 1
         if use_ray:
             from .tp_ray import import_ray
 
@@ -99,18 +105,18 @@ class LLM:
             return min(sizing.num_blocks, max(useful, 1))
 
         options = self._tokenize_calibration(options)
-        if tensor_parallel_size > 1:  # spawn the other ranks; rank 0 (this process) drives
+        if world > 1:  # spawn the other ranks; rank 0 (this process) drives (and is stage 0)
             from .tp import TPGroup
 
             launcher = None
             if use_ray:
                 from .tp_ray import RayActors
 
-                launcher = RayActors(dev, address=ray_address, strategy=ray_placement_strategy, local_cpus=tensor_parallel_size)
+                launcher = RayActors(dev, address=ray_address, strategy=ray_placement_strategy, local_cpus=world)
             spec = module if isinstance(model, torch.nn.Module) else model
-            self._tp = TPGroup(tensor_parallel_size, spec, device=dev, dtype=dtype, block_size=block_size,
+            self._tp = TPGroup(world, spec, device=dev, dtype=dtype, block_size=block_size,
                                max_model_len=self.max_model_len, options=options, allow_pickle=allow_pickle,
-                               launcher=launcher)
+                               launcher=launcher, mode=mode)
             options, blocks = self._tp.options(options), self._tp.pool_size(blocks)
         try:
             with torch.no_grad():
@@ -144,7 +150,7 @@ class LLM:
         return dataclasses.replace(options, quantization=dataclasses.replace(scheme, calibration=examples))
 
     def close(self) -> None:
-        """Stop tensor-parallel workers (if any). The engine is unusable afterwards."""
+        """Stop tensor- or pipeline-parallel workers (if any). The engine is unusable afterwards."""
         if getattr(self, "_tp", None) is not None:
             self._tp.close()
 

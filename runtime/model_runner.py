@@ -13,6 +13,7 @@ repeated decode shapes replay one CUDA graph.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -138,13 +139,23 @@ class PagedModelRunner:
         if len(geometry) != 1:
             raise KVCacheError(f"layers differ in kv heads / head dim / dtype ({sorted(map(str, geometry))}); one cache pool needs them equal")
         heads, dim, dtype = geometry.pop()
-        config = KVCacheConfig(len(sites), heads, dim, dtype, device, block_size)
+        stages = self.options.pipeline_parallel[1] if self.options.pipeline_parallel else 1
+        # a pipeline stage holds only its layers' caches: size the pool for the largest stage
+        layers = len(sites) if stages == 1 else _largest_stage_layers(g, sites, stages)
+        config = KVCacheConfig(layers, heads, dim, dtype, device, block_size)
         n = num_blocks(config) if callable(num_blocks) else int(num_blocks)
-        self.pool = KVCachePool(config, n)
-        self.kv_cache = [(self.pool.key_cache(i), self.pool.value_cache(i)) for i in range(len(sites))]
-        per_block = config.bytes_per_block
         feed = self._calibration_feed(n)
-        g, _ = run_pipeline(g, [kv_cache_pass(self.kv_cache)] + passes[split:], self.options, device=device, calibration=feed)
+        if stages == 1 or feed is not None:  # calibration runs the uncut graph: it writes every layer's cache
+            self.pool = KVCachePool(dataclasses.replace(config, num_layers=len(sites)), n)
+            caches = [(self.pool.key_cache(i), self.pool.value_cache(i)) for i in range(len(sites))]
+        else:  # stand-ins of the right shape that own no memory; split_pipeline keeps this stage's
+            stand_in = torch.zeros((1, block_size, heads, dim), dtype=dtype, device=device).expand(n, -1, -1, -1)
+            caches = [(stand_in, stand_in)] * len(sites)
+        g, _ = run_pipeline(g, [kv_cache_pass(caches)] + passes[split:], self.options, device=device, calibration=feed)
+        if stages > 1:
+            sites, self.pool = _bind_stage_caches(g, sites, config, n)
+        self.kv_cache = [(self.pool.key_cache(i), self.pool.value_cache(i)) for i in range(len(sites))]
+        per_block = self.pool.config.bytes_per_block
         t1 = time.perf_counter()
         self.graph = g
         hook = kernel_hook(self.options.backend, device)
@@ -152,7 +163,8 @@ class PagedModelRunner:
         # CUDA graphs only when paged attention runs as kernels: the reference reads the block
         # tables on the host, and a capture that fails mid-way leaves CUDA's RNG unusable.
         capturable = all(i in self.plan.launched for i, n in enumerate(g.nodes) if n.op.name == "paged_attention")
-        vocab = g.outputs[0].type.shape[-1]
+        capturable = capturable and stages == 1  # send/recv inside captured graphs: not yet
+        vocab = (g if g.outputs else traced.graph).outputs[0].type.shape[-1]  # only the last stage has outputs
         self.info = RunnerInfo(sites, block_size, n, per_block, int(vocab), {"compile": t1 - t0, "plan": time.perf_counter() - t1})
         self.max_blocks = -(-max_model_len // block_size)
         self.run: Callable[..., tuple] = self.plan.fn
@@ -166,8 +178,9 @@ class PagedModelRunner:
     def num_blocks(self) -> int:
         return self.info.num_blocks
 
-    def execute(self, chunks: list[SeqChunk]) -> torch.Tensor:
-        """Run one step; returns float32 logits [number of chunks wanting logits, vocab]."""
+    def execute(self, chunks: list[SeqChunk]) -> torch.Tensor | None:
+        """Run one step; returns float32 logits [number of chunks wanting logits, vocab] (None on
+        a pipeline stage other than the last, whose plan returns nothing)."""
         args, wanted = self._step_args(chunks, bucket=self._pin)
         # CUDA graphs for steps of at most GRAPH_TOKENS (padded) tokens: decode batches and short
         # prefills, whose shapes repeat and whose time is mostly launch overhead; larger steps
@@ -175,8 +188,8 @@ class PagedModelRunner:
         # mixed shape would cost more than it saves).
         run = self.run if args[0].shape[1] <= GRAPH_TOKENS else self.plan.fn
         with torch.no_grad():
-            logits = run(*args)[0][0]
-        return logits[:wanted].float()
+            out = run(*args)
+        return out[0][0][:wanted].float() if out else None
 
     def _step_args(self, chunks: list[SeqChunk], bucket: bool) -> tuple[tuple[torch.Tensor, ...], int]:
         """The plan's inputs for one step and the number of logit rows wanted; `bucket` pads the
@@ -269,3 +282,31 @@ class PagedModelRunner:
         """Perform the allocator's copy-on-write copies (every layer, K and V)."""
         with torch.no_grad():
             self.pool.copy_blocks(copies)
+
+
+def _largest_stage_layers(g: Any, sites: list[AttentionSite], num_stages: int) -> int:
+    """The most attention layers one pipeline stage holds, with the cuts `plan_split` makes on this
+    graph (before the KV cache; the final cut is made later and may differ, so this only sizes
+    the pool: every rank takes rank 0's block count, which fits each stage's memory when stages
+    hold about equal numbers of layers)."""
+    from ..passes.pipeline_parallel import plan_split
+
+    at = {id(node): i for i, node in enumerate(g.nodes)}
+    bounds = [0, *plan_split(g, num_stages).cuts, len(g.nodes)]
+    return max(max(sum(lo <= at[id(s.node)] < hi for s in sites) for lo, hi in zip(bounds, bounds[1:])), 1)
+
+
+def _bind_stage_caches(g: Any, sites: list[AttentionSite], config: KVCacheConfig, num_blocks: int) -> tuple[list[AttentionSite], KVCachePool]:
+    """A pipeline stage's pool: the layers whose caches (`kv.<layer>.k` / `.v`) survived the cut,
+    allocated now and bound in place of the stand-ins; layer j of the pool is the j-th kept site.
+    Caches of other stages' layers are never allocated (or, after calibration, dropped)."""
+    kept = [s for s in sites if f"kv.{s.layer}.k" in g.constants]
+    if not kept:
+        raise KVCacheError("this pipeline stage runs no attention layer; use fewer stages")
+    pool = KVCachePool(dataclasses.replace(config, num_layers=len(kept)), num_blocks)
+    for j, s in enumerate(kept):
+        for name, cache in ((f"kv.{s.layer}.k", pool.key_cache(j)), (f"kv.{s.layer}.v", pool.value_cache(j))):
+            if g.constants[name].type.shape != tuple(cache.shape):
+                raise KVCacheError(f"internal: cache {name} was rewritten to {g.constants[name].type}")
+            g.constant_data[name] = cache
+    return kept, pool

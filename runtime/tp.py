@@ -1,7 +1,8 @@
-"""Tensor-parallel kiln.LLM: rank 0 drives (this process), ranks 1..N-1 are workers.
+"""Tensor- and pipeline-parallel kiln.LLM: rank 0 drives (this process), ranks 1..N-1 are workers.
 
     llm = kiln.LLM("path/or/builtin", tensor_parallel_size=2)   # starts one worker process
     llm = kiln.LLM(..., tensor_parallel_size=4, distributed_executor_backend="ray")  # Ray actors
+    llm = kiln.LLM(..., pipeline_parallel_size=2)   # rank r runs pipeline stage r
 
 Every rank compiles the model with `CompileOptions(tensor_parallel=(rank, N))` (the Megatron
 sharding pass: each rank holds 1/N of the heads, MLP columns and KV cache, and the graph carries
@@ -11,6 +12,13 @@ step's inputs, which rank 0 broadcasts before it runs the step itself (`broadcas
 The scheduler, the allocator and sampling live on rank 0 only: workers just execute steps, so
 their block tables are the driver's and no rank ever decides anything on its own.
 
+Pipeline mode (`mode="pipeline"`) uses the same group, launchers and step broadcast: rank r
+compiles with `CompileOptions(pipeline_parallel=(r, N))` and holds stage r's layers and their KV
+caches only; every stage needs each step's token ids and metadata, so every rank gets the
+broadcast. The driver is stage 0 (the pass numbers stages by rank); the hidden states go forward
+through the send/recv ops in the stage plans, and the last stage sends its logits rows
+(float32 [rows, vocab], rows known to rank 0 from the step) back to rank 0 with `dist.send`.
+
 A `WorkerLauncher` only starts the workers and says whether they are alive: `LocalProcesses`
 spawns them on this machine ("mp"), `tp_ray.RayActors` places one Ray actor per rank with a
 placement group ("ray", several machines). Both run `serve_rank`, and the process group and the
@@ -19,7 +27,7 @@ step broadcasts are the same whichever launched them.
 Failure handling (nothing hangs): the process group has a timeout, rank 0 asks the launcher
 whether every worker is alive before each step, and a worker that raises reports its traceback
 (through a queue, or through its Ray task) before it exits; the driver then raises
-`TensorParallelError` naming the rank.
+`TensorParallelError` (`PipelineParallelError` in pipeline mode) naming the rank.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.distributed as dist
 
-from ..errors import TensorParallelError
+from ..errors import KilnError, PipelineParallelError, TensorParallelError
 from ..options import CompileOptions
 from .distributed import free_port
 
@@ -47,13 +55,22 @@ def _rank_device(device: torch.device, rank: int) -> torch.device:
     return torch.device("cuda", rank) if device.type == "cuda" else device
 
 
-def _rank_options(options: CompileOptions | None, rank: int, world: int) -> CompileOptions:
-    return dataclasses.replace(options or CompileOptions(), tensor_parallel=(rank, world))
+MODES = ("tensor", "pipeline")
+
+
+def _rank_options(options: CompileOptions | None, rank: int, world: int, mode: str = "tensor") -> CompileOptions:
+    field = "tensor_parallel" if mode == "tensor" else "pipeline_parallel"
+    return dataclasses.replace(options or CompileOptions(), **{field: (rank, world)})
+
+
+def _error(mode: str) -> type[KilnError]:
+    return TensorParallelError if mode == "tensor" else PipelineParallelError
 
 
 def serve_rank(rank: int, world: int, init_method: str, device: torch.device, spec: Any, kw: dict) -> None:
-    """A worker's life: join the group, build the same runner as rank 0 over its shard, execute
-    the steps rank 0 broadcasts until it says stop. Raises on any failure (the launcher reports it)."""
+    """A worker's life: join the group, build the same runner as rank 0 over its shard (or
+    pipeline stage), execute the steps rank 0 broadcasts until it says stop; the last pipeline
+    stage sends each step's logits to rank 0. Raises on any failure (the launcher reports it)."""
     from .model_runner import PagedModelRunner
 
     if device.type == "cuda":
@@ -70,7 +87,8 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
 
         with torch.no_grad():
             runner = PagedModelRunner(module, block_size=kw["block_size"], device=device, num_blocks=blocks,
-                                      options=_rank_options(kw["options"], rank, world), max_model_len=kw["max_model_len"])
+                                      options=_rank_options(kw["options"], rank, world, kw.get("mode", "tensor")),
+                                      max_model_len=kw["max_model_len"])
         while True:
             dist.broadcast_object_list(box, src=0)
             msg = box[0]
@@ -79,7 +97,9 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
             if msg[0] == "copy":
                 runner.copy_blocks(msg[1])
             else:
-                runner.execute(msg[1])
+                logits = runner.execute(msg[1])
+                if logits is not None and kw.get("mode") == "pipeline" and logits.shape[0]:
+                    dist.send(logits.contiguous(), 0)  # the last stage's rows, for rank 0's sampler
     finally:
         dist.destroy_process_group()
 
@@ -136,7 +156,8 @@ class LocalProcesses:
 
     def start(self, world: int, init_method: str, spec: Any, kw: dict) -> None:
         if self.device.type == "cuda" and torch.cuda.device_count() < world:
-            raise TensorParallelError(f"tensor_parallel_size={world} needs {world} GPUs, this machine has {torch.cuda.device_count()}")
+            mode = kw.get("mode", "tensor")
+            raise _error(mode)(f"{mode}_parallel_size={world} needs {world} GPUs, this machine has {torch.cuda.device_count()}")
         ctx = torch.multiprocessing.get_context("spawn")
         self.errors = ctx.Queue()
         self.procs = [ctx.Process(target=_worker_main, args=(r, world, init_method, spec, kw, self.errors), daemon=True)
@@ -169,7 +190,8 @@ class LocalProcesses:
 
 class TPRunner:
     """Rank 0's runner for the engine: broadcasts each step (and copy-on-write copies) to the
-    workers, then runs it on its own shard. Same interface as `PagedModelRunner`."""
+    workers, then runs it on its own shard (or stage 0, then receives the last stage's logits).
+    Same interface as `PagedModelRunner`."""
 
     def __init__(self, local: Any, group: "TPGroup"):
         self.local, self.group = local, group
@@ -179,7 +201,17 @@ class TPRunner:
 
     def execute(self, chunks: list) -> torch.Tensor:
         self.group.send(("exec", chunks))
-        return self.local.execute(chunks)
+        if self.group.mode == "tensor":
+            return self.local.execute(chunks)
+        rows = sum(c.want_logits for c in chunks)
+        try:
+            self.local.execute(chunks)  # stage 0: sends its hidden states on, returns nothing
+            logits = torch.empty((rows, self.local.info.vocab_size), dtype=torch.float32, device=self.local.device)
+            if rows:
+                dist.recv(logits, self.group.world - 1)
+        except RuntimeError as e:  # torch.distributed's errors: a stage died or timed out
+            raise self.group._failure(f"pipeline step failed: {e}") from e
+        return logits
 
     def copy_blocks(self, copies: list) -> None:
         if copies:
@@ -189,24 +221,29 @@ class TPRunner:
 
 class TPGroup:
     """The workers (started by a `WorkerLauncher`, local processes by default) and rank 0's
-    membership of the process group."""
+    membership of the process group; `mode` "tensor" (every rank a shard) or "pipeline" (rank r
+    runs stage r)."""
 
     def __init__(self, world: int, spec: Any, *, device: torch.device, dtype: Any, block_size: int, max_model_len: int,
                  options: CompileOptions | None, allow_pickle: bool, timeout: float = DEFAULT_TIMEOUT_S,
-                 launcher: WorkerLauncher | None = None):
+                 launcher: WorkerLauncher | None = None, mode: str = "tensor"):
         self.launcher = launcher if launcher is not None else LocalProcesses(device)
         self.closed = True  # until the group is formed
+        if mode not in MODES:
+            self.launcher.kill()
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode, self.error = mode, _error(mode)
         if world < 2:
             self.launcher.kill()
-            raise ValueError(f"a tensor-parallel group needs at least 2 ranks, got {world}")
+            raise ValueError(f"a {mode}-parallel group needs at least 2 ranks, got {world}")
         if dist.is_initialized():
             self.launcher.kill()
-            raise TensorParallelError("torch.distributed is already initialised in this process; kiln.LLM starts its own "
-                                      "tensor-parallel group (use tensor_parallel_size=1 inside torchrun jobs for now)")
+            raise self.error("torch.distributed is already initialised in this process; kiln.LLM starts its own "
+                             f"{mode}-parallel group (use {mode}_parallel_size=1 inside torchrun jobs for now)")
         self.world = world
         self.device = _rank_device(device, 0)
         kw = {"device": str(device), "dtype": dtype, "block_size": block_size, "max_model_len": max_model_len,
-              "options": options, "allow_pickle": allow_pickle, "timeout": timeout}
+              "options": options, "allow_pickle": allow_pickle, "timeout": timeout, "mode": mode}
         try:
             host = self.launcher.host()
             init_method = f"tcp://{f'[{host}]' if ':' in host else host}:{free_port(host)}"
@@ -214,7 +251,7 @@ class TPGroup:
             dist.init_process_group(_backend(device), init_method=init_method, rank=0, world_size=world,
                                     timeout=datetime.timedelta(seconds=timeout))
         except Exception as e:
-            failure = e if isinstance(e, TensorParallelError) else self._failure(f"could not form the tensor-parallel group: {e}")
+            failure = e if isinstance(e, self.error) else self._failure(f"could not form the {mode}-parallel group: {e}")
             self.launcher.kill()
             if failure is e:
                 raise
@@ -227,7 +264,7 @@ class TPGroup:
         return getattr(self.launcher, "procs", [])
 
     def options(self, options: CompileOptions | None) -> CompileOptions:
-        return _rank_options(options, 0, self.world)
+        return _rank_options(options, 0, self.world, self.mode)
 
     def pool_size(self, blocks: Callable[[Any], int]) -> Callable[[Any], int]:
         """Rank 0's pool sizing, shared with the workers (every shard holds the same blocks)."""
@@ -240,7 +277,7 @@ class TPGroup:
 
     def send(self, msg: Any, check: bool = True) -> None:
         if self.closed:
-            raise TensorParallelError("the tensor-parallel group was closed")
+            raise self.error(f"the {self.mode}-parallel group was closed")
         if check:
             self.check()
         try:
@@ -253,9 +290,9 @@ class TPGroup:
         if dead:
             raise self._failure(f"worker rank(s) {', '.join(f'{r} ({how})' for r, how in dead)} stopped")
 
-    def _failure(self, what: str) -> TensorParallelError:
+    def _failure(self, what: str) -> KilnError:
         details = [f"rank {rank}:\n{tb}" for rank, tb in self.launcher.reports()]
-        return TensorParallelError(what + ("\n" + "\n".join(details) if details else ""))
+        return self.error(what + ("\n" + "\n".join(details) if details else ""))
 
     def close(self) -> None:
         if getattr(self, "closed", True):

@@ -33,9 +33,13 @@ WAIT_S = 120.0  # the whole group's deadline (spawn + imports + two compiles per
 
 
 def tiny_lm(kind: str) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)  # every process builds the same weights
+    if kind == "gpt2":  # fused c_attn + split, Conv1D weights, learned positions, lm_head tied to wte
+        config = GPT2Config(n_embd=64, n_head=4, n_layer=2, vocab_size=128, n_positions=64, use_cache=False,
+                            bos_token_id=0, eos_token_id=0)
+        return GPT2LMHeadModel(config).eval()
     shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=128, use_cache=False)
     if kind == "llama_3_heads":  # does not split over 2 ranks
@@ -82,6 +86,42 @@ def test_shard_splits_heads_mlp_and_vocab_at_tp2(llama_graph: Graph) -> None:
     assert {tuple(n.attrs["shape"])[2:] for n in g.nodes if n.op.name == "reshape" and len(n.attrs["shape"]) == 4} == {(2, 16), (1, 16)}
     assert ctx.stats["all_reduce_bytes_per_token"] == 4 * 64 * 4  # 4 all_reduces of 64 fp32
     assert ctx.stats["all_gather_bytes_per_token"] == 128 * 4
+
+
+@pytest.fixture(scope="module")
+def gpt2_graph() -> Graph:
+    return graph_after_fuse_patterns(tiny_lm("gpt2"))
+
+
+def test_shard_splits_gpt2_fused_qkv_per_head_and_conv1d_weights(gpt2_graph: Graph) -> None:
+    g = tensor_parallel_graph(gpt2_graph, 1, 2)
+    counts = g.op_counts()
+    assert counts["all_reduce"] == 4 and counts["all_gather"] == 1  # 2 per layer; the logits once
+    assert [n.attrs["sizes"] for n in g.nodes if n.op.name == "split"] == [(32, 32, 32)] * 2
+    layer = "transformer.h.0."
+    full_qkv = weight(gpt2_graph, layer + "attn.c_attn.weight")  # Conv1D: [in, q | k | v]
+    mine = torch.cat([full_qkv[:, 32:64], full_qkv[:, 96:128], full_qkv[:, 160:192]], dim=1)  # heads 2, 3 of each
+    assert torch.equal(weight(g, layer + "attn.c_attn.weight"), mine)
+    assert torch.equal(weight(g, layer + "attn.c_attn.bias"), weight(gpt2_graph, layer + "attn.c_attn.bias").view(3, 64)[:, 32:].reshape(-1))
+    assert torch.equal(weight(g, layer + "attn.c_proj.weight"), weight(gpt2_graph, layer + "attn.c_proj.weight")[32:])  # [in, out]: rows
+    assert weight(g, layer + "mlp.c_fc.weight").shape == (64, 128) and weight(g, layer + "mlp.c_proj.weight").shape == (128, 64)
+    assert weight(g, "transformer.wpe.weight").shape == (64, 64)  # learned positions replicated
+
+
+def test_shard_keeps_a_tied_embedding_whole_and_slices_a_copy_for_the_lm_head(gpt2_graph: Graph) -> None:
+    g = tensor_parallel_graph(gpt2_graph, 1, 2)
+    (token_lookup, _) = [n for n in g.nodes if n.op.name == "embedding"]
+    assert token_lookup.inputs[0].name == "lm_head.weight" and token_lookup.inputs[0].type.shape == (128, 64)
+    head = next(n for n in g.nodes if n.op.name == "all_gather").inputs[0].node
+    assert torch.equal(weight(g, head.inputs[1].name), weight(gpt2_graph, "lm_head.weight")[64:])
+
+
+def test_shard_gpt2_split_sizes_follow_the_rank_count(gpt2_graph: Graph) -> None:
+    g = tensor_parallel_graph(gpt2_graph, 3, 4)
+    assert [n.attrs["sizes"] for n in g.nodes if n.op.name == "split"] == [(16, 16, 16)] * 2
+    full_qkv = weight(gpt2_graph, "transformer.h.1.attn.c_attn.weight")
+    mine = torch.cat([full_qkv[:, 48:64], full_qkv[:, 112:128], full_qkv[:, 176:192]], dim=1)  # head 3 of q, k, v
+    assert torch.equal(weight(g, "transformer.h.1.attn.c_attn.weight"), mine)
 
 
 def test_shard_replicates_kv_heads_when_fewer_than_ranks(llama_graph: Graph) -> None:
@@ -210,8 +250,8 @@ def run_ranks(world: int, kinds: tuple[str, ...], ids: torch.Tensor, reference: 
 
 
 # tp4 runs only Llama (4 heads, 2 kv heads: the kv-replication case); each extra model costs every
-# rank one torch.export, ~8 s with 4 ranks on 2 cores
-KINDS_AT = {2: KINDS, 4: ("llama",)}
+# rank one torch.export, ~8 s with 4 ranks on 2 cores. GPT-2 (fused qkv, Conv1D, tied lm_head) at tp2.
+KINDS_AT = {2: (*KINDS, "gpt2"), 4: ("llama",)}
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["tp2", "tp4"])
