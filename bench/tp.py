@@ -1,0 +1,121 @@
+"""Tensor-parallel scaling of kiln.LLM on one multi-GPU machine: decode and prefill at TP = 1, 2, 4.
+
+Random bf16 weights in two Llama shapes built from `transformers` configs (nothing downloaded):
+1.1B (dim 2048, 22 layers, 32 heads, 4 KV heads, MLP 5632) and Llama-2-7B (dim 4096, 32 layers,
+32 heads, 32 KV heads, MLP 11008), vocab 32000. Each model is saved once as safetensors to a temp
+directory so every rank loads it itself. Per (shape, TP): batch-1 greedy decode tok/s (128 new
+tokens after a 16-token prompt, decode steps only), and prefill throughput (4 prompts x 512 tokens
+in one step, tokens/s). Scaling efficiency = speed-up / TP. Bar (issue 7): TP=2 decode of the 7B
+shape >= 1.5x TP=1 (gpt-fast reports 1.6x for Llama-2-7B on A100s).
+
+    python3 bench/tp.py [--shapes 1b 7b] [--tp 1 2 4] [--new 128]
+On the device machines keep NVLink multicast off (NCCL_NVLS_ENABLE=0), as their docs require.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import random
+import tempfile
+import time
+import warnings
+
+import torch
+
+import kiln
+
+SHAPES = {
+    "1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, intermediate_size=5632),
+    "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128),  # smoke runs
+}
+VOCAB = 32000
+
+
+def save_random(shape: str, directory: str, device: str) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**SHAPES[shape], vocab_size=VOCAB, max_position_embeddings=2048, torch_dtype="bfloat16")
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(directory, safe_serialization=True)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def sync() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def decode_tps(llm: kiln.LLM, new: int) -> float:
+    rng = random.Random(0)
+    params = kiln.SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True)
+    best = 0.0
+    for _ in range(2):
+        eng = llm.engine
+        rid = eng.add_request([rng.randrange(1, VOCAB) for _ in range(16)], params)
+        eng.step()  # prefill
+        t0 = sync()
+        while not eng.is_finished(rid):
+            eng.step()
+        dt = sync() - t0
+        n = len(eng.output(rid).outputs[0].token_ids) - 1
+        eng.release(rid)
+        best = max(best, n / dt)
+    return best
+
+
+def prefill_tps(llm: kiln.LLM) -> float:
+    rng = random.Random(1)
+    params = kiln.SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    best = 0.0
+    for _ in range(3):
+        prompts = [[rng.randrange(1, VOCAB) for _ in range(512)] for _ in range(4)]
+        t0 = sync()
+        llm.generate(prompts, params)
+        best = max(best, 4 * 512 / (sync() - t0))
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shapes", nargs="+", default=["1b", "7b"], choices=list(SHAPES))
+    p.add_argument("--tp", nargs="+", type=int, default=[1, 2, 4])
+    p.add_argument("--new", type=int, default=128)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
+    name = torch.cuda.get_device_name() if gpus else "cpu"
+    print(f"kiln TP bench | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {gpus} x {name} | "
+          f"torch {torch.__version__}\n")
+    print("| shape | TP | decode tok/s (batch 1) | decode vs TP=1 | efficiency | prefill tok/s | prefill vs TP=1 | build s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for shape in args.shapes:
+        with tempfile.TemporaryDirectory() as d:
+            save_random(shape, d, args.device)
+            base: tuple[float, float] | None = None
+            for tp in args.tp:
+                if args.device == "cuda" and tp > gpus:
+                    print(f"| {shape} | {tp} | skipped: {gpus} GPUs | | | | | |")
+                    continue
+                t0 = time.perf_counter()
+                with kiln.LLM(d, dtype="bfloat16", device=args.device, tensor_parallel_size=tp, max_model_len=2048,
+                              kv_cache_memory=0.3 if args.device == "cuda" else 1 << 30) as llm:
+                    build = time.perf_counter() - t0
+                    dec, pre = decode_tps(llm, args.new), prefill_tps(llm)
+                base = base or (dec, pre)
+                print(f"| {shape} | {tp} | {dec:.0f} | {dec / base[0]:.2f}x | {dec / base[0] / tp * 100:.0f}% | {pre:.0f} | "
+                      f"{pre / base[1]:.2f}x | {build:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
