@@ -17,20 +17,10 @@ import warnings
 from collections import defaultdict
 
 import torch
+from llm import build  # bench/llm.py: the same random Llama-1.1B
 
 import kiln
 from kiln.runtime import engine as engine_mod
-
-
-def build() -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-                      intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048)
-    model = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16).eval()
-    model.generation_config.eos_token_id = None
-    return model
 
 
 class Phases:

@@ -32,7 +32,7 @@ from ..ir.opset.quant_fp8 import fp8_e4m3_dtype, quantize_fp8_per_channel
 from ..ir.verifier import _types_equal
 from .calibrate import OBSERVERS, ActivationStats, graph_feed, observe_activations
 from .manager import PassContext, graph_pass
-from .rewrite import Rebuilder
+from .rewrite import Rebuilder, fresh_constant_name
 from .smooth import smooth_linears
 
 DEFAULT_SKIP = ("lm_head", "embed*")
@@ -236,14 +236,6 @@ def _module(n: Node) -> str:
     return n.source.module if n.source is not None else ""
 
 
-def _fresh(g: Graph, name: str) -> str:
-    k, cand = 0, name
-    while cand in g.constants:
-        k += 1
-        cand = f"{name}{k}"
-    return cand
-
-
 def _quantized_params(rb: Rebuilder, w: Value, data: torch.Tensor, scheme: QuantScheme) -> list[Value]:
     if scheme.weights == "fp8":
         parts = quantize_fp8_per_channel(data)
@@ -251,7 +243,7 @@ def _quantized_params(rb: Rebuilder, w: Value, data: torch.Tensor, scheme: Quant
         parts = quantize_int8_per_channel(data) if scheme.weights == "int8" else quantize_int4_grouped(data, scheme.group_size)
     else:
         parts = quantize_int8_minmax(data) if scheme.weights == "int8" else quantize_int4_minmax(data, scheme.group_size)
-    return [rb.out.add_constant(_fresh(rb.out, f"{w.name}.{suffix}"), t) for suffix, t in zip(("q", "scale", "zero"), parts)]
+    return [rb.out.add_constant(fresh_constant_name(rb.out, f"{w.name}.{suffix}"), t) for suffix, t in zip(("q", "scale", "zero"), parts)]
 
 
 def _op_and_attrs(scheme: QuantScheme) -> tuple[str, dict]:

@@ -109,3 +109,12 @@ class _MappedNode:
     def __init__(self, n: Node, inputs: list[Value]):
         self.op, self.inputs, self.attrs, self.outputs, self.source = n.op, tuple(inputs), n.attrs, n.outputs, n.source
         self.subgraph = n.subgraph
+
+
+def fresh_constant_name(g: Graph, name: str) -> str:
+    """`name`, or `name1`, `name2`, ... : the first that is not yet a constant of `g`."""
+    k, cand = 0, name
+    while cand in g.constants:
+        k += 1
+        cand = f"{name}{k}"
+    return cand

@@ -24,7 +24,7 @@ import torch
 from ..ir import Effect, Graph, Node, Value
 from .calibrate import ActivationStats
 from .manager import PassContext
-from .rewrite import Rebuilder
+from .rewrite import Rebuilder, fresh_constant_name
 
 # norm op -> (weight input, bias input or None, index of the normalised output)
 NORMS = {"rms_norm": (1, None, 0), "add_rms_norm": (2, None, 1), "layer_norm": (1, 2, 0), "add_layer_norm": (2, 3, 1)}
@@ -128,7 +128,7 @@ def _rebuild(
         if id(n) in folds:
             repl = folds[id(n)]
             ins = [
-                rb.out.add_constant(_fresh(rb.out, f"{v.name}.smoothed"), repl[i], v.type) if i in repl else rb.get(v)
+                rb.out.add_constant(fresh_constant_name(rb.out, f"{v.name}.smoothed"), repl[i], v.type) if i in repl else rb.get(v)
                 for i, v in enumerate(n.inputs)
             ]
             new = rb.out.add_node(n.op, ins, dict(n.attrs), [o.type for o in n.outputs], n.source, n.subgraph)
@@ -137,7 +137,7 @@ def _rebuild(
             x = n.inputs[0]
             if x not in scaled:
                 data, name = inv[x]
-                c = rb.out.add_constant(_fresh(rb.out, name), data)
+                c = rb.out.add_constant(fresh_constant_name(rb.out, name), data)
                 scaled[x] = rb.out.add_node("mul", [rb.get(x), c], source=n.source).output
             new = rb.out.add_node(n.op, [scaled[x], *(rb.get(v) for v in n.inputs[1:])], dict(n.attrs), [o.type for o in n.outputs], n.source)
             rb.map.update(zip(n.outputs, new.outputs))
@@ -145,10 +145,3 @@ def _rebuild(
             rb.copy(n)
     return rb.finish()
 
-
-def _fresh(g: Graph, name: str) -> str:
-    k, cand = 0, name
-    while cand in g.constants:
-        k += 1
-        cand = f"{name}{k}"
-    return cand

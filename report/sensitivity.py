@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..api import _split_inputs
 from ..ir import Graph
 from ..options import CompileOptions
 from ..passes import PIPELINE, PassContext, QuantScheme, quantize_weights, run_pipeline
@@ -134,14 +135,6 @@ class SensitivityReport:
             lines.append("| " + " | ".join(cells) + " |")
         note = f"Sorted most sensitive first by {self.metric} under {labels[0]}; one layer quantized at a time, {self.positions} positions.\n"
         return note + "\n" + "\n".join(lines) + "\n"
-
-
-def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
 
 
 def sensitivity_scan(

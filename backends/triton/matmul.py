@@ -203,13 +203,25 @@ def _loops(src: str, interpreted: bool) -> str:
     return re.sub(r"\{step:(\w+)\}", (lambda m: f"        {m[1]} += BLOCK_K\n") if interpreted else (lambda m: ""), src)
 
 
+def dot_expr(a: str, b: str, fp32: bool, interpreted: bool) -> str:
+    """`tl.dot(a, b, acc)` as kernel text: IEEE-exact for fp32 inputs; widened to fp32 when
+    interpreted (the interpreter multiplies bf16 tiles as raw integers)."""
+    if interpreted:
+        return f'tl.dot({a}.to(tl.float32), {b}.to(tl.float32), acc, input_precision="ieee")'
+    return f'tl.dot({a}, {b}, acc, input_precision="ieee")' if fp32 else f"tl.dot({a}, {b}, acc)"
+
+
+def split_k(k: int, block_k: int, splits: int) -> tuple[int, int]:
+    """(splits actually used, K per split): K per split is a multiple of BLOCK_K, so splits never
+    share a step."""
+    steps = -(-k // block_k)
+    per = -(-steps // min(splits, steps)) * block_k
+    return -(-k // per), per
+
+
 def kernel_source(activation: str, fp32: bool, interpreted: bool = False) -> str:
     """The Triton module for one activation (fp32 inputs get IEEE-exact dot products)."""
-    if interpreted:  # the interpreter multiplies bf16 tiles as raw integers: widen them first
-        dot = 'tl.dot(a.to(tl.float32), bt.to(tl.float32), acc, input_precision="ieee")'
-    else:
-        dot = 'tl.dot(a, bt, acc, input_precision="ieee")' if fp32 else "tl.dot(a, bt, acc)"
-    src = _SOURCE.replace("{act}", _ACT[activation]).replace("{dot}", dot)
+    src = _SOURCE.replace("{act}", _ACT[activation]).replace("{dot}", dot_expr("a", "bt", fp32, interpreted))
     return _loops(src, interpreted)
 
 
@@ -311,10 +323,7 @@ class LinearLauncher:
             block_k //= 2
         while block_m * block_n * block_k > _MATVEC_TILE and block_n > 16:
             block_n //= 2
-        steps = -(-k // block_k)
-        split = min(cfg.split_k, steps)
-        k_split = -(-steps // split) * block_k  # a multiple of BLOCK_K: splits never share a step
-        split = -(-k // k_split)
+        split, k_split = split_k(k, block_k, cfg.split_k)
         (b, r, y_), rs = self._epilogue_args(y, bias, r2)
         part = torch.empty((split, m, n), dtype=torch.float32, device=y.device) if split > 1 else y
         mod = self._module(x2)

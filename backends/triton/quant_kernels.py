@@ -37,7 +37,7 @@ constant, so `(code - zero)` costs nothing extra.
 
 from __future__ import annotations
 
-from .matmul import _ACT, _loops
+from .matmul import _ACT, _loops, dot_expr
 
 _SOURCE = '''import triton
 import triton.language as tl
@@ -350,8 +350,4 @@ def gemm_a8(xq, w, s, sc, b, y, M, N, K, swn, swk,
 
 def kernel_source(activation: str, fp32: bool, interpreted: bool = False) -> str:
     """The Triton module for one activation (fp32 activations get IEEE-exact float dots)."""
-    if interpreted:  # the interpreter multiplies bf16 tiles as raw integers: widen them first
-        dot = 'tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")'
-    else:
-        dot = 'tl.dot(a, b, acc, input_precision="ieee")' if fp32 else "tl.dot(a, b, acc)"
-    return _loops(_SOURCE.replace("{act}", _ACT[activation]).replace("{dot}", dot), interpreted)
+    return _loops(_SOURCE.replace("{act}", _ACT[activation]).replace("{dot}", dot_expr("a", "b", fp32, interpreted)), interpreted)

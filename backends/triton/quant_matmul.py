@@ -19,7 +19,7 @@ from ... import debug
 from ...ir import REGISTRY
 from .autotune import bucket, choose
 from .cache import load_module
-from .matmul import _ACT, _DTYPES, _INT32, _MATVEC_TILE, SMALL_M, TORCH, GemmConfig, MatvecConfig, _pow2
+from .matmul import _ACT, _DTYPES, _INT32, _MATVEC_TILE, SMALL_M, TORCH, GemmConfig, MatvecConfig, _pow2, split_k
 from .quant_kernels import kernel_source
 
 OPS = ("linear_w8", "linear_w4", "linear_w8a8")
@@ -110,8 +110,12 @@ class QuantLinearLauncher:
         bias = ins[-1] if self.has_bias else None
         y = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
         if self.op == "linear_w8a8":
+            if x2.is_cuda and not self._aligned(x2, q):
+                return torch_reference(self.op, ins, self._attrs)
             self._w8a8(cfg, x2, q, scale, bias, y)
         elif isinstance(cfg, GemmConfig):
+            if x2.is_cuda and not self._aligned(x2, q):  # chosen for another call's (aligned) operands
+                return torch_reference(self.op, ins, self._attrs)
             self._gemm(cfg, x2, q, scale, zeros, bias, y)
         elif isinstance(cfg, DotMatvecConfig):
             if x2.shape[0] > SMALL_M:  # one 16-row tile: more rows are a GEMM's job
@@ -165,10 +169,7 @@ class QuantLinearLauncher:
             block_k //= 2
         while lanes() > _MATVEC_TILE and block_n > 16:
             block_n //= 2
-        steps = -(-k // block_k)
-        split = min(cfg.split_k, steps)
-        k_split = -(-steps // split) * block_k  # a multiple of BLOCK_K: splits never share a step
-        split = -(-k // k_split)
+        split, k_split = split_k(k, block_k, cfg.split_k)
         part = torch.empty((split, m, n), dtype=torch.float32, device=y.device) if split > 1 else y
         b = bias if bias is not None else y
         tiles_m = -(-m // block_m)
@@ -190,10 +191,7 @@ class QuantLinearLauncher:
         (m, k), n = x2.shape, q.shape[0]
         w4 = self.op == "linear_w4"
         block_k = self._block_k(cfg.block_k)
-        steps = -(-k // block_k)
-        split = min(cfg.split_k, steps)
-        k_split = -(-steps // split) * block_k  # a multiple of BLOCK_K: splits never share a step
-        split = -(-k // k_split)
+        split, k_split = split_k(k, block_k, cfg.split_k)
         part = torch.empty((split, m, n), dtype=torch.float32, device=y.device) if split > 1 else y
         b = bias if bias is not None else y
         mod = self._module(x2)
