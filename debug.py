@@ -4,6 +4,8 @@ KILN_DEBUG=1       log what kiln does (capture path, timings, opaque ops) to std
 KILN_DUMP_DIR=dir  dump IR text, DOT and an HTML pass viewer for every compilation into dir (like dump_dir=...)
 KILN_CACHE_DIR=dir where generated kernels are cached (a private 0700 directory)
 KILN_PAGED_ROPE=0  keep rotary-embedding nodes separate instead of folding them into paged attention
+KILN_HANG_DUMP_S=s every parallel rank (and the driver) prints all Python stacks to stderr after s
+                   seconds and again every s seconds: where a multi-process run waits, when it hangs
 """
 
 from __future__ import annotations
@@ -15,9 +17,18 @@ DEBUG = os.environ.get("KILN_DEBUG", "") not in ("", "0")
 DUMP_DIR = os.environ.get("KILN_DUMP_DIR") or None
 CACHE_DIR = os.environ.get("KILN_CACHE_DIR") or None
 PAGED_ROPE = os.environ.get("KILN_PAGED_ROPE", "1") not in ("", "0")  # 0: keep rotary nodes out of paged attention
+HANG_DUMP_S = float(os.environ.get("KILN_HANG_DUMP_S") or 0)
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")  # Triton's own knob, read here once  # generated-kernel cache (default ~/.cache/kiln/kernels)
 
 log = logging.getLogger("kiln")
 if DEBUG:
     logging.basicConfig(level=logging.INFO, format="kiln: %(message)s")
     log.setLevel(logging.DEBUG)
+
+
+def arm_hang_dump() -> None:
+    """With KILN_HANG_DUMP_S set: dump every thread's stack every that many seconds (faulthandler)."""
+    if HANG_DUMP_S > 0:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(HANG_DUMP_S, repeat=True)

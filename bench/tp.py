@@ -8,7 +8,8 @@ tokens after a 16-token prompt, decode steps only), and prefill throughput (4 pr
 in one step, tokens/s). Scaling efficiency = speed-up / TP. Bar (issue 7): TP=2 decode of the 7B
 shape >= 1.5x TP=1 (gpt-fast reports 1.6x for Llama-2-7B on A100s).
 
-    python3 bench/tp.py [--shapes 1b 7b] [--tp 1 2 4] [--new 128]
+    python3 bench/tp.py [--shapes 1b 7b] [--tp 1 2 4] [--new 128] [--timeout 240]
+Each row runs in its own process under a time limit; KILN_HANG_DUMP_S=60 makes a stuck row print its stacks.
 On the device machines keep NVLink multicast off (NCCL_NVLS_ENABLE=0), as their docs require.
 """
 
@@ -16,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -84,37 +88,65 @@ def prefill_tps(llm: kiln.LLM) -> float:
     return best
 
 
+def measure(shape: str, tp: int, directory: str, new: int, device: str) -> dict:
+    """One (shape, TP) configuration, in its own process (a hang or crash costs one row)."""
+    from kiln import debug
+
+    debug.arm_hang_dump()
+    t0 = time.perf_counter()
+    with kiln.LLM(directory, dtype="bfloat16", device=device, tensor_parallel_size=tp, max_model_len=2048,
+                  kv_cache_memory=0.3 if device == "cuda" else 1 << 30) as llm:
+        build = time.perf_counter() - t0
+        dec, pre = decode_tps(llm, new), prefill_tps(llm)
+    return {"decode": dec, "prefill": pre, "build": build}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shapes", nargs="+", default=["1b", "7b"], choices=list(SHAPES))
     p.add_argument("--tp", nargs="+", type=int, default=[1, 2, 4])
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--timeout", type=float, default=240, help="seconds one (shape, TP) row may take")
+    p.add_argument("--one", nargs=3, metavar=("SHAPE", "TP", "DIR"), help=argparse.SUPPRESS)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    if args.one:
+        print("RESULT " + json.dumps(measure(args.one[0], int(args.one[1]), args.one[2], args.new, args.device)), flush=True)
+        return
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     name = torch.cuda.get_device_name() if gpus else "cpu"
     print(f"kiln TP bench | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {gpus} x {name} | "
           f"torch {torch.__version__}\n")
     print("| shape | TP | decode tok/s (batch 1) | decode vs TP=1 | efficiency | prefill tok/s | prefill vs TP=1 | build s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
     for shape in args.shapes:
         with tempfile.TemporaryDirectory() as d:
             save_random(shape, d, args.device)
-            base: tuple[float, float] | None = None
+            base: dict | None = None
             for tp in args.tp:
                 if args.device == "cuda" and tp > gpus:
                     print(f"| {shape} | {tp} | skipped: {gpus} GPUs | | | | | |")
                     continue
-                t0 = time.perf_counter()
-                with kiln.LLM(d, dtype="bfloat16", device=args.device, tensor_parallel_size=tp, max_model_len=2048,
-                              kv_cache_memory=0.3 if args.device == "cuda" else 1 << 30) as llm:
-                    build = time.perf_counter() - t0
-                    dec, pre = decode_tps(llm, args.new), prefill_tps(llm)
-                base = base or (dec, pre)
-                print(f"| {shape} | {tp} | {dec:.0f} | {dec / base[0]:.2f}x | {dec / base[0] / tp * 100:.0f}% | {pre:.0f} | "
-                      f"{pre / base[1]:.2f}x | {build:.1f} |", flush=True)
+                cmd = [sys.executable, __file__, "--one", shape, str(tp), d, "--new", str(args.new), "--device", args.device]
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                    r = json.loads(lines[-1][7:]) if lines else None
+                    why = "" if r else f"failed (exit {proc.returncode})"
+                    tail = proc.stderr
+                except subprocess.TimeoutExpired as e:
+                    r, why = None, f"timed out after {args.timeout:.0f} s"
+                    tail = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+                if r is None:
+                    print(f"| {shape} | {tp} | {why} | | | | | |", flush=True)
+                    print(tail[-6000:], file=sys.stderr, flush=True)
+                    continue
+                base = base or r
+                dec, pre = r["decode"], r["prefill"]
+                print(f"| {shape} | {tp} | {dec:.0f} | {dec / base['decode']:.2f}x | {dec / base['decode'] / tp * 100:.0f}% | "
+                      f"{pre:.0f} | {pre / base['prefill']:.2f}x | {r['build']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

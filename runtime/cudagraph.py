@@ -79,7 +79,9 @@ class GraphRunner:
             graph = torch.cuda.CUDAGraph()
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # thread-local: other threads' CUDA calls (the NCCL watchdog polling its events during a
+            # tensor-parallel capture) must not invalidate this thread's capture
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 outs = self.fn(*static)
         except Exception as e:  # an op that cannot be captured: run the plan as it is from now on
             debug.log.info("CUDA graph capture failed, running uncaptured: %s", e)

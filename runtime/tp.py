@@ -51,6 +51,15 @@ def _backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def _control_group(device: torch.device, timeout: float) -> Any:
+    """The group step messages travel on: the default group on CPU (gloo); on GPUs a gloo group
+    beside NCCL, so a step broadcast is host-to-host and never queues behind, or syncs with, the
+    GPU streams the collectives of the model run on. Every rank calls this right after joining."""
+    if device.type != "cuda":
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout))
+
+
 def _rank_device(device: torch.device, rank: int) -> torch.device:
     return torch.device("cuda", rank) if device.type == "cuda" else device
 
@@ -71,18 +80,21 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
     """A worker's life: join the group, build the same runner as rank 0 over its shard (or
     pipeline stage), execute the steps rank 0 broadcasts until it says stop; the last pipeline
     stage sends each step's logits to rank 0. Raises on any failure (the launcher reports it)."""
+    from .. import debug
     from .model_runner import PagedModelRunner
 
+    debug.arm_hang_dump()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(_backend(device), init_method=init_method, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=kw["timeout"]))
     try:
+        control = _control_group(device, kw["timeout"])
         module = _load(spec, kw, device)
         box: list[Any] = [None]
 
         def blocks(_cfg: Any) -> int:  # rank 0 sizes the pool; every rank takes its number
-            dist.broadcast_object_list(box, src=0)
+            dist.broadcast_object_list(box, src=0, group=control)
             return int(box[0])
 
         with torch.no_grad():
@@ -90,7 +102,7 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
                                       options=_rank_options(kw["options"], rank, world, kw.get("mode", "tensor")),
                                       max_model_len=kw["max_model_len"])
         while True:
-            dist.broadcast_object_list(box, src=0)
+            dist.broadcast_object_list(box, src=0, group=control)
             msg = box[0]
             if msg[0] == "stop":
                 break
@@ -250,6 +262,7 @@ class TPGroup:
             self.launcher.start(world, init_method, spec, kw)
             dist.init_process_group(_backend(device), init_method=init_method, rank=0, world_size=world,
                                     timeout=datetime.timedelta(seconds=timeout))
+            self.control = _control_group(device, timeout)
         except Exception as e:
             failure = e if isinstance(e, self.error) else self._failure(f"could not form the {mode}-parallel group: {e}")
             self.launcher.kill()
@@ -281,7 +294,7 @@ class TPGroup:
         if check:
             self.check()
         try:
-            dist.broadcast_object_list([msg], src=0)
+            dist.broadcast_object_list([msg], src=0, group=self.control)
         except Exception as e:
             raise self._failure(f"broadcast to the workers failed: {e}") from e
 
@@ -300,7 +313,7 @@ class TPGroup:
         self.closed = True
         try:
             if not self.launcher.dead():
-                dist.broadcast_object_list([("stop",)], src=0)
+                dist.broadcast_object_list([("stop",)], src=0, group=self.control)
         except Exception:  # noqa: BLE001 - closing anyway
             pass
         self.launcher.join(timeout=10)

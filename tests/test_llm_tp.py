@@ -47,3 +47,18 @@ def test_a_dead_worker_is_a_clear_error_not_a_hang() -> None:
 def test_tensor_parallel_size_is_checked() -> None:
     with pytest.raises(ValueError, match="tensor_parallel_size"):
         kiln.LLM("tiny-llama", tensor_parallel_size=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("mode", ["tensor", "pipeline"])
+def test_two_gpus_give_the_single_gpu_greedy_tokens(mode: str) -> None:
+    """NCCL collectives inside captured CUDA graphs (tensor mode), send/recv between stages
+    (pipeline mode): fp32 greedy tokens equal one GPU's, and the group closes cleanly."""
+    want = [o.outputs[0].token_ids for o in kiln.LLM("tiny-llama", device="cuda", dtype="float32").generate(PROMPTS, GREEDY)]
+    size = {"tensor_parallel_size": 2} if mode == "tensor" else {"pipeline_parallel_size": 2}
+    with kiln.LLM("tiny-llama", device="cuda", dtype="float32", **size) as llm:
+        got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
+        again = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]  # replays captured graphs
+    assert got == want and again == want
+    assert not torch.distributed.is_initialized()
