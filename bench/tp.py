@@ -97,8 +97,10 @@ def measure(shape: str, tp: int, directory: str, new: int, device: str) -> dict:
     with kiln.LLM(directory, dtype="bfloat16", device=device, tensor_parallel_size=tp, max_model_len=2048,
                   kv_cache_memory=0.3 if device == "cuda" else 1 << 30) as llm:
         build = time.perf_counter() - t0
-        dec, pre = decode_tps(llm, new), prefill_tps(llm)
-    return {"decode": dec, "prefill": pre, "build": build}
+        r = {"decode": decode_tps(llm, new), "prefill": prefill_tps(llm), "build": build,
+             "graphs": llm.stats["cuda_graphs"], "capture_failure": llm.stats["capture_failure"]}
+        print("RESULT " + json.dumps(r), flush=True)  # before the teardown: a slow close loses nothing
+    return r
 
 
 def main() -> None:
@@ -113,21 +115,21 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     if args.one:
-        print("RESULT " + json.dumps(measure(args.one[0], int(args.one[1]), args.one[2], args.new, args.device)), flush=True)
+        measure(args.one[0], int(args.one[1]), args.one[2], args.new, args.device)
         return
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     name = torch.cuda.get_device_name() if gpus else "cpu"
     print(f"kiln TP bench | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {gpus} x {name} | "
           f"torch {torch.__version__}\n")
-    print("| shape | TP | decode tok/s (batch 1) | decode vs TP=1 | efficiency | prefill tok/s | prefill vs TP=1 | build s |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    print("| shape | TP | decode tok/s (batch 1) | decode vs TP=1 | efficiency | prefill tok/s | prefill vs TP=1 | build s | rank-0 CUDA graphs |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for shape in args.shapes:
         with tempfile.TemporaryDirectory() as d:
             save_random(shape, d, args.device)
             base: dict | None = None
             for tp in args.tp:
                 if args.device == "cuda" and tp > gpus:
-                    print(f"| {shape} | {tp} | skipped: {gpus} GPUs | | | | | |")
+                    print(f"| {shape} | {tp} | skipped: {gpus} GPUs | | | | | | |")
                     continue
                 cmd = [sys.executable, __file__, "--one", shape, str(tp), d, "--new", str(args.new), "--device", args.device]
                 try:
@@ -137,16 +139,20 @@ def main() -> None:
                     why = "" if r else f"failed (exit {proc.returncode})"
                     tail = proc.stderr
                 except subprocess.TimeoutExpired as e:
-                    r, why = None, f"timed out after {args.timeout:.0f} s"
+                    out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+                    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+                    r, why = (json.loads(lines[-1][7:]) if lines else None), f"timed out after {args.timeout:.0f} s"
                     tail = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
                 if r is None:
-                    print(f"| {shape} | {tp} | {why} | | | | | |", flush=True)
+                    print(f"| {shape} | {tp} | {why} | | | | | | |", flush=True)
                     print(tail[-6000:], file=sys.stderr, flush=True)
                     continue
                 base = base or r
                 dec, pre = r["decode"], r["prefill"]
                 print(f"| {shape} | {tp} | {dec:.0f} | {dec / base['decode']:.2f}x | {dec / base['decode'] / tp * 100:.0f}% | "
-                      f"{pre:.0f} | {pre / base['prefill']:.2f}x | {r['build']:.1f} |", flush=True)
+                      f"{pre:.0f} | {pre / base['prefill']:.2f}x | {r['build']:.1f} | {r.get('graphs', 0)} |", flush=True)
+                if r.get("capture_failure"):
+                    print(f"  ({shape} TP={tp}: capture failed: {r['capture_failure']})", flush=True)
 
 
 if __name__ == "__main__":

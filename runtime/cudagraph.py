@@ -17,6 +17,7 @@ graph's capture freed (the pool grows with the largest capture, not with their n
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -41,6 +42,7 @@ class GraphRunner:
         self.graphs: dict[tuple, tuple] = {}  # signature -> (graph, static inputs, static outputs, kept)
         self.seen: dict[tuple, int] = {}
         self.disabled = False
+        self.failure: str | None = None  # why capture was given up, if it was
         self.captures = 0
         self.capture_seconds = 0.0  # host time spent capturing (reports)
 
@@ -84,6 +86,10 @@ class GraphRunner:
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 outs = self.fn(*static)
         except Exception as e:  # an op that cannot be captured: run the plan as it is from now on
+            self.failure = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            # a silent fallback would hide a several-fold slowdown of small steps: say it once
+            warnings.warn(f"kiln: CUDA-graph capture failed, this plan now runs uncaptured (small batches become "
+                          f"host-bound): {self.failure}", RuntimeWarning, stacklevel=3)
             debug.log.info("CUDA graph capture failed, running uncaptured: %s", e)
             self.disabled = True
             torch.cuda.synchronize()

@@ -243,6 +243,7 @@ class LLM:
             "compile_seconds": self.runner.info.seconds,
             "cuda_graphs": getattr(self.runner.run, "captures", 0),
             "capture_seconds": round(getattr(self.runner.run, "capture_seconds", 0.0), 3),
+            "capture_failure": getattr(self.runner.run, "failure", None),
         }
 
 

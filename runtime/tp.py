@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
+import threading
 import traceback
 from typing import Any, Callable, Protocol
 
@@ -51,6 +53,16 @@ def _backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def _join_group(device: torch.device, init_method: str, rank: int, world: int, timeout: float) -> None:
+    """Join the default group: NCCL on GPUs, created eagerly for this rank's device (`device_id`),
+    so no communicator is ever set up lazily inside a CUDA-graph capture; gloo on CPU."""
+    kwargs: dict[str, Any] = {}
+    if device.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters:
+        kwargs["device_id"] = device
+    dist.init_process_group(_backend(device), init_method=init_method, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout), **kwargs)
+
+
 def _control_group(device: torch.device, timeout: float) -> Any:
     """The group step messages travel on: the default group on CPU (gloo); on GPUs a gloo group
     beside NCCL, so a step broadcast is host-to-host and never queues behind, or syncs with, the
@@ -58,6 +70,28 @@ def _control_group(device: torch.device, timeout: float) -> Any:
     if device.type != "cuda":
         return None
     return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout))
+
+
+def _destroy_group(timeout: float) -> None:
+    """`destroy_process_group`, bounded: a teardown that waits on a peer that is gone is given up
+    after `timeout` seconds (the group is then aborted where torch can, and left to process exit)."""
+    done = threading.Event()
+
+    def destroy() -> None:
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        done.set()
+
+    threading.Thread(target=destroy, daemon=True, name="kiln-destroy-group").start()
+    if not done.wait(timeout):
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+        if abort is not None:
+            try:
+                abort()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def _rank_device(device: torch.device, rank: int) -> torch.device:
@@ -86,8 +120,8 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
     debug.arm_hang_dump()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(_backend(device), init_method=init_method, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=kw["timeout"]))
+    _join_group(device, init_method, rank, world, kw["timeout"])
+    clean = False
     try:
         control = _control_group(device, kw["timeout"])
         module = _load(spec, kw, device)
@@ -105,6 +139,7 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
             dist.broadcast_object_list(box, src=0, group=control)
             msg = box[0]
             if msg[0] == "stop":
+                clean = True
                 break
             if msg[0] == "copy":
                 runner.copy_blocks(msg[1])
@@ -113,7 +148,9 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
                 if logits is not None and kw.get("mode") == "pipeline" and logits.shape[0]:
                     dist.send(logits.contiguous(), 0)  # the last stage's rows, for rank 0's sampler
     finally:
-        dist.destroy_process_group()
+        # a clean stop destroys the group together with rank 0 (NCCL's teardown is collective);
+        # after a failure the process ends (or its launcher kills it) without waiting for peers
+        _destroy_group(timeout=30 if clean else 5)
 
 
 def _worker_main(rank: int, world: int, init_method: str, spec: Any, kw: dict, errors: Any) -> None:
@@ -260,8 +297,7 @@ class TPGroup:
             host = self.launcher.host()
             init_method = f"tcp://{f'[{host}]' if ':' in host else host}:{free_port(host)}"
             self.launcher.start(world, init_method, spec, kw)
-            dist.init_process_group(_backend(device), init_method=init_method, rank=0, world_size=world,
-                                    timeout=datetime.timedelta(seconds=timeout))
+            _join_group(self.device, init_method, 0, world, timeout)
             self.control = _control_group(device, timeout)
         except Exception as e:
             failure = e if isinstance(e, self.error) else self._failure(f"could not form the {mode}-parallel group: {e}")
@@ -312,11 +348,16 @@ class TPGroup:
             return
         self.closed = True
         try:
-            if not self.launcher.dead():
+            stopped = not self.launcher.dead()
+            if stopped:
                 dist.broadcast_object_list([("stop",)], src=0, group=self.control)
         except Exception:  # noqa: BLE001 - closing anyway
-            pass
+            stopped = False
+        if stopped and dist.is_initialized():
+            # NCCL's teardown is collective: the workers destroy their group on "stop", so rank 0
+            # destroys its own now, not after waiting for them to exit (that order deadlocks)
+            _destroy_group(timeout=30)
         self.launcher.join(timeout=10)
         self.launcher.kill()
         if dist.is_initialized():
-            dist.destroy_process_group()
+            _destroy_group(timeout=10)

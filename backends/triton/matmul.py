@@ -126,19 +126,20 @@ def gemm(x, w, b, r, y, M, N, K, sxm, sxk, swn, swk, srm, srn,
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    # ragged edges: rows/columns past M/N wrap around for the loads; the store masks them
-    lm = tl.max_contiguous(tl.multiple_of(rm % M, BLOCK_M), BLOCK_M)
-    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
-    xp = x + lm[:, None] * sxm + rk[None, :] * sxk  # (BLOCK_M, BLOCK_K)
-    wp = w + ln[None, :] * swn + rk[:, None] * swk  # (BLOCK_K, BLOCK_N): a tile of W.T
+    # plain offsets (Triton infers their true contiguity / divisibility); rows / columns past
+    # M / N are masked on load (loop-invariant masks) and on store
+    mrow = rm[:, None] < M  # (BLOCK_M, 1)
+    ncol = rn[None, :] < N  # (1, BLOCK_N)
+    xp = x + rm[:, None] * sxm + rk[None, :] * sxk  # (BLOCK_M, BLOCK_K)
+    wp = w + rn[None, :] * swn + rk[:, None] * swk  # (BLOCK_K, BLOCK_N): a tile of W.T
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 {loop:k0:0:K}
         if EVEN_K:
-            a = tl.load(xp)
-            bt = tl.load(wp)
+            a = tl.load(xp, mask=mrow, other=0.0)
+            bt = tl.load(wp, mask=ncol, other=0.0)
         else:
-            a = tl.load(xp, mask=rk[None, :] < K - k0, other=0.0)
-            bt = tl.load(wp, mask=rk[:, None] < K - k0, other=0.0)
+            a = tl.load(xp, mask=mrow & (rk[None, :] < K - k0), other=0.0)
+            bt = tl.load(wp, mask=ncol & (rk[:, None] < K - k0), other=0.0)
         acc = {dot}
         xp += BLOCK_K * sxk
         wp += BLOCK_K * swk
@@ -154,19 +155,21 @@ def matvec(x, w, b, r, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, srm, srn,
     rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    # ragged edges: loads past M / N are masked (loop-invariant masks), the stores drop them
+    mrow = rm[:, None] < M  # (BLOCK_M, 1)
+    ncol = rn[:, None] < N  # (BLOCK_N, 1)
     k_lo = pid_k * K_SPLIT
-    xp = x + (rm % M)[:, None] * sxm + (k_lo + rk)[None, :] * sxk  # (BLOCK_M, BLOCK_K)
-    wp = w + ln[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
+    xp = x + rm[:, None] * sxm + (k_lo + rk)[None, :] * sxk  # (BLOCK_M, BLOCK_K)
+    wp = w + rn[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
     acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     k_hi = min(k_lo + K_SPLIT, K)
 {loop:k0:k_lo:k_hi}
         if EVEN_K:
-            wt = tl.load(wp)
-            xv = tl.load(xp)
+            wt = tl.load(wp, mask=ncol, other=0.0)
+            xv = tl.load(xp, mask=mrow, other=0.0)
         else:
-            wt = tl.load(wp, mask=rk[None, :] < K - k0, other=0.0)
-            xv = tl.load(xp, mask=rk[None, :] < K - k0, other=0.0)
+            wt = tl.load(wp, mask=ncol & (rk[None, :] < K - k0), other=0.0)
+            xv = tl.load(xp, mask=mrow & (rk[None, :] < K - k0), other=0.0)
         acc += xv.to(tl.float32)[:, None, :] * wt.to(tl.float32)[None, :, :]
         xp += BLOCK_K * sxk
         wp += BLOCK_K * swk

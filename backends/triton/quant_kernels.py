@@ -91,29 +91,31 @@ def mv_w8(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk,
     rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    # ragged edges: loads past M / N are masked (loop-invariant masks), the stores drop them
+    mrow = rm[:, None] < M  # (BLOCK_M, 1)
+    ncol = rn[:, None] < N  # (BLOCK_N, 1)
     if ASYM:
-        off = tl.load(zp + ln).to(tl.float32)[:, None]  # (BLOCK_N, 1) zero-point codes
+        off = tl.load(zp + rn, mask=rn < N, other=0).to(tl.float32)[:, None]  # (BLOCK_N, 1) zero-point codes
     else:
         off = 128.0  # signed q is shifted by +128 into a code below
     k_lo = pid_k * K_SPLIT
-    xp = x + (rm % M)[:, None] * sxm + (k_lo + rk)[None, :] * sxk  # (BLOCK_M, BLOCK_K)
-    wp = w + ln[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
+    xp = x + rm[:, None] * sxm + (k_lo + rk)[None, :] * sxk  # (BLOCK_M, BLOCK_K)
+    wp = w + rn[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
     acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     k_hi = min(k_lo + K_SPLIT, K)
 {loop:k0:k_lo:k_hi}
         if EVEN_K:
-            code = tl.load(wp).to(tl.int32)
-            xv = tl.load(xp)
+            code = tl.load(wp, mask=ncol, other=0).to(tl.int32)
+            xv = tl.load(xp, mask=mrow, other=0.0)
         else:  # past K: x is 0, so whatever the code decodes to adds nothing
-            code = tl.load(wp, mask=rk[None, :] < K - k0, other=0).to(tl.int32)
-            xv = tl.load(xp, mask=rk[None, :] < K - k0, other=0.0)
+            code = tl.load(wp, mask=ncol & (rk[None, :] < K - k0), other=0).to(tl.int32)
+            xv = tl.load(xp, mask=mrow & (rk[None, :] < K - k0), other=0.0)
         if not ASYM:
             code += 128
         acc += xv.to(tl.float32)[:, None, :] * decode(code, off)[None, :, :]
         xp += BLOCK_K * sxk
         wp += BLOCK_K * swk
-{step:k0}    out = tl.sum(acc, axis=2) * tl.load(sc + ln).to(tl.float32)[None, :]  # (BLOCK_M, BLOCK_N)
+{step:k0}    out = tl.sum(acc, axis=2) * tl.load(sc + rn, mask=rn < N, other=0).to(tl.float32)[None, :]  # (BLOCK_M, BLOCK_N)
     partial_or_epilogue(out, rm, rn, pid_k, M, N, b, y, part, HAS_BIAS, SPLIT)
 
 
@@ -127,20 +129,22 @@ def mv_w4(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, ssn, s
     rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rj = tl.arange(0, HALF)
-    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    # ragged edges: loads past M / N are masked (loop-invariant masks), the stores drop them
+    mrow = rm[:, None] < M  # (BLOCK_M, 1)
+    nmask = rn < N  # (BLOCK_N,)
     k_lo = pid_k * K_SPLIT
-    xp = x + (rm % M)[:, None] * sxm + (k_lo + 2 * rj)[None, :] * sxk  # (BLOCK_M, HALF): even columns
-    wp = w + ln[:, None] * swn + (k_lo // 2 + rj)[None, :] * swk  # (BLOCK_N, HALF) bytes, contiguous
+    xp = x + rm[:, None] * sxm + (k_lo + 2 * rj)[None, :] * sxk  # (BLOCK_M, HALF): even columns
+    wp = w + rn[:, None] * swn + (k_lo // 2 + rj)[None, :] * swk  # (BLOCK_N, HALF) bytes, contiguous
     acc = tl.zeros((BLOCK_M, BLOCK_N, HALF), dtype=tl.float32)
     k_hi = min(k_lo + K_SPLIT, K)
 {loop:k0:k_lo:k_hi}
-        byte = tl.load(wp).to(tl.int32)
-        xe = tl.load(xp).to(tl.float32)
-        xo = tl.load(xp + sxk).to(tl.float32)
-        g = ln * ssn + (k0 // GS) * ssg  # (BLOCK_N,) this step's group
-        s = tl.load(sc + g).to(tl.float32)[:, None]
+        byte = tl.load(wp, mask=nmask[:, None], other=0).to(tl.int32)
+        xe = tl.load(xp, mask=mrow, other=0.0).to(tl.float32)
+        xo = tl.load(xp + sxk, mask=mrow, other=0.0).to(tl.float32)
+        g = rn * ssn + (k0 // GS) * ssg  # (BLOCK_N,) this step's group
+        s = tl.load(sc + g, mask=nmask, other=0).to(tl.float32)[:, None]
         if ASYM:
-            off = tl.load(zp + g).to(tl.float32)[:, None]
+            off = tl.load(zp + g, mask=nmask, other=0).to(tl.float32)[:, None]
         else:
             off = 8.0
         lo = decode(byte & 15, off) * s  # (BLOCK_N, HALF) even columns
@@ -162,29 +166,30 @@ def dmv_w8(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk,
     rm = tl.arange(0, BLOCK_M)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
-    mrow = rm[:, None] < M
+    # ragged edges: loads past M / N are masked (loop-invariant masks), the stores drop them
+    mrow = rm[:, None] < M  # (BLOCK_M, 1)
+    ncol = rn[:, None] < N  # (BLOCK_N, 1)
     if ASYM:
-        off = tl.load(zp + ln).to(tl.float32)[:, None]
+        off = tl.load(zp + rn, mask=rn < N, other=0).to(tl.float32)[:, None]
     else:
         off = 0.0
     k_lo = pid_k * K_SPLIT
     xp = x + rm[:, None] * sxm + (k_lo + rk)[None, :] * sxk  # (BLOCK_M, BLOCK_K)
-    wp = w + ln[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
+    wp = w + rn[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_hi = min(k_lo + K_SPLIT, K)
 {loop:k0:k_lo:k_hi}
         if EVEN_K:
-            wq = tl.load(wp)
+            wq = tl.load(wp, mask=ncol, other=0)
             xv = tl.load(xp, mask=mrow, other=0.0)
         else:  # past K: x is 0, so the code there adds nothing
-            wq = tl.load(wp, mask=rk[None, :] < K - k0, other=0)
+            wq = tl.load(wp, mask=ncol & (rk[None, :] < K - k0), other=0)
             xv = tl.load(xp, mask=mrow & (rk[None, :] < K - k0), other=0.0)
         wf = (wq.to(tl.float32) - off).to(xv.dtype)
         acc = mm(xv, tl.trans(wf), acc)
         xp += BLOCK_K * sxk
         wp += BLOCK_K * swk
-{step:k0}    out = acc * tl.load(sc + ln).to(tl.float32)[None, :]
+{step:k0}    out = acc * tl.load(sc + rn, mask=rn < N, other=0).to(tl.float32)[None, :]
     partial_or_epilogue(out, rm, rn, pid_k, M, N, b, y, part, HAS_BIAS, SPLIT)
 
 
@@ -200,21 +205,22 @@ def dmv_w4(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, ssn, 
     rm = tl.arange(0, BLOCK_M)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rj = tl.arange(0, HALF)
-    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
-    mrow = rm[:, None] < M
+    # ragged edges: loads past M / N are masked (loop-invariant masks), the stores drop them
+    mrow = rm[:, None] < M  # (BLOCK_M, 1)
+    nmask = rn < N  # (BLOCK_N,)
     k_lo = pid_k * K_SPLIT
     xp = x + rm[:, None] * sxm + (k_lo + 2 * rj)[None, :] * sxk  # (BLOCK_M, HALF): even columns
-    wp = w + ln[:, None] * swn + (k_lo // 2 + rj)[None, :] * swk  # (BLOCK_N, HALF) bytes
+    wp = w + rn[:, None] * swn + (k_lo // 2 + rj)[None, :] * swk  # (BLOCK_N, HALF) bytes
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_hi = min(k_lo + K_SPLIT, K)
 {loop:k0:k_lo:k_hi}
-        byte = tl.load(wp).to(tl.int32)
+        byte = tl.load(wp, mask=nmask[:, None], other=0).to(tl.int32)
         xe = tl.load(xp, mask=mrow, other=0.0)
         xo = tl.load(xp + sxk, mask=mrow, other=0.0)
-        g = ln * ssn + (k0 // GS) * ssg
-        s = tl.load(sc + g).to(tl.float32)[:, None]
+        g = rn * ssn + (k0 // GS) * ssg
+        s = tl.load(sc + g, mask=nmask, other=0).to(tl.float32)[:, None]
         if ASYM:
-            off = tl.load(zp + g).to(tl.float32)[:, None]
+            off = tl.load(zp + g, mask=nmask, other=0).to(tl.float32)[:, None]
         else:
             off = 8.0
         lo = (((byte & 15).to(tl.float32) - off) * s).to(xe.dtype)
@@ -235,38 +241,39 @@ def tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constex
     rows = min(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
     rm = (first_m + (pid % width) % rows) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = ((pid % width) // rows) * BLOCK_N + tl.arange(0, BLOCK_N)
-    # ragged edges: rows/columns past M/N wrap around for the loads; the store masks them
-    lm = tl.max_contiguous(tl.multiple_of(rm % M, BLOCK_M), BLOCK_M)
-    ln = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
-    return rm, rn, lm, ln
+    # plain offsets (Triton infers their true contiguity / divisibility): rows / columns past
+    # M / N are masked by the callers' loads (loop-invariant masks) and by the store
+    return rm, rn
 
 
 @triton.jit
 def gemm_w8(x, w, sc, zp, b, y, M, N, K, sxm, sxk, swn, swk,
             HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, EVEN_K: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    rm, rn, lm, ln = tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm, rn = tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rk = tl.arange(0, BLOCK_K)
+    mrow = rm[:, None] < M  # (BLOCK_M, 1)
+    ncol = rn[None, :] < N  # (1, BLOCK_N)
     if ASYM:
-        off = tl.load(zp + ln).to(tl.float32)[None, :]
+        off = tl.load(zp + rn, mask=rn < N, other=0).to(tl.float32)[None, :]
     else:
         off = 128.0
-    xp = x + lm[:, None] * sxm + rk[None, :] * sxk  # (BLOCK_M, BLOCK_K)
-    wp = w + ln[None, :] * swn + rk[:, None] * swk  # (BLOCK_K, BLOCK_N): a tile of W.T
+    xp = x + rm[:, None] * sxm + rk[None, :] * sxk  # (BLOCK_M, BLOCK_K)
+    wp = w + rn[None, :] * swn + rk[:, None] * swk  # (BLOCK_K, BLOCK_N): a tile of W.T
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 {loop:k0:0:K}
         if EVEN_K:
-            a = tl.load(xp)
-            code = tl.load(wp).to(tl.int32)
+            a = tl.load(xp, mask=mrow, other=0.0)
+            code = tl.load(wp, mask=ncol, other=0).to(tl.int32)
         else:
-            a = tl.load(xp, mask=rk[None, :] < K - k0, other=0.0)
-            code = tl.load(wp, mask=rk[:, None] < K - k0, other=0).to(tl.int32)
+            a = tl.load(xp, mask=mrow & (rk[None, :] < K - k0), other=0.0)
+            code = tl.load(wp, mask=ncol & (rk[:, None] < K - k0), other=0).to(tl.int32)
         if not ASYM:
             code += 128
         acc = mm(a, decode(code, off).to(x.dtype.element_ty), acc)  # q - zero: exact integers
         xp += BLOCK_K * sxk
         wp += BLOCK_K * swk
-{step:k0}    acc = acc * tl.load(sc + ln).to(tl.float32)[None, :]
+{step:k0}    acc = acc * tl.load(sc + rn, mask=rn < N, other=0).to(tl.float32)[None, :]
     epilogue(acc, rm, rn, M, N, b, y, HAS_BIAS)
 
 
@@ -275,23 +282,25 @@ def gemm_w4(x, w, sc, zp, b, y, M, N, K, sxm, sxk, swn, swk, ssn, ssg,
             HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, GS: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     HALF: tl.constexpr = BLOCK_K // 2
-    rm, rn, lm, ln = tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm, rn = tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rj = tl.arange(0, HALF)
-    xp = x + lm[:, None] * sxm + (2 * rj)[None, :] * sxk  # (BLOCK_M, HALF): even columns
-    wp = w + ln[None, :] * swn + rj[:, None] * swk  # (HALF, BLOCK_N) bytes of W.T
+    mrow = rm[:, None] < M  # (BLOCK_M, 1)
+    nmask = rn < N  # (BLOCK_N,)
+    xp = x + rm[:, None] * sxm + (2 * rj)[None, :] * sxk  # (BLOCK_M, HALF): even columns
+    wp = w + rn[None, :] * swn + rj[:, None] * swk  # (HALF, BLOCK_N) bytes of W.T
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 {loop:k0:0:K}
-        byte = tl.load(wp).to(tl.int32)
-        g = ln * ssn + (k0 // GS) * ssg
-        s = tl.load(sc + g).to(tl.float32)[None, :]
+        byte = tl.load(wp, mask=nmask[None, :], other=0).to(tl.int32)
+        g = rn * ssn + (k0 // GS) * ssg
+        s = tl.load(sc + g, mask=nmask, other=0).to(tl.float32)[None, :]
         if ASYM:
-            off = tl.load(zp + g).to(tl.float32)[None, :]
+            off = tl.load(zp + g, mask=nmask, other=0).to(tl.float32)[None, :]
         else:
             off = 8.0
         lo = (decode(byte & 15, off) * s).to(x.dtype.element_ty)
         hi = (decode(byte >> 4, off) * s).to(x.dtype.element_ty)
-        acc = mm(tl.load(xp), lo, acc)
-        acc = mm(tl.load(xp + sxk), hi, acc)
+        acc = mm(tl.load(xp, mask=mrow, other=0.0), lo, acc)
+        acc = mm(tl.load(xp + sxk, mask=mrow, other=0.0), hi, acc)
         xp += BLOCK_K * sxk
         wp += HALF * swk
 {step:k0}    epilogue(acc, rm, rn, M, N, b, y, HAS_BIAS)
@@ -325,25 +334,28 @@ def quant_rows(x, xq, s, K, K_AMAX, sxm, sxk, STATIC: tl.constexpr, BLOCK_K: tl.
 def gemm_a8(xq, w, s, sc, b, y, M, N, K, swn, swk,
             HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    rm, rn, lm, ln = tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm, rn = tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rk = tl.arange(0, BLOCK_K)
-    xp = xq + lm[:, None] * K + rk[None, :]  # (BLOCK_M, BLOCK_K) int8, contiguous rows
-    wp = w + ln[None, :] * swn + rk[:, None] * swk  # (BLOCK_K, BLOCK_N) int8 tile of W.T
+    mrow = rm[:, None] < M  # (BLOCK_M, 1)
+    ncol = rn[None, :] < N  # (1, BLOCK_N)
+    xp = xq + rm[:, None] * K + rk[None, :]  # (BLOCK_M, BLOCK_K) int8, rows K bytes apart
+    wp = w + rn[None, :] * swn + rk[:, None] * swk  # (BLOCK_K, BLOCK_N) int8 tile of W.T
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
 {loop:k0:0:K}
         if EVEN_K:
-            a = tl.load(xp)
-            bt = tl.load(wp)
+            a = tl.load(xp, mask=mrow, other=0)
+            bt = tl.load(wp, mask=ncol, other=0)
         else:
-            a = tl.load(xp, mask=rk[None, :] < K - k0, other=0)
-            bt = tl.load(wp, mask=rk[:, None] < K - k0, other=0)
+            a = tl.load(xp, mask=mrow & (rk[None, :] < K - k0), other=0)
+            bt = tl.load(wp, mask=ncol & (rk[:, None] < K - k0), other=0)
         acc = tl.dot(a, bt, acc, out_dtype=tl.int32)  # exact int32 accumulation
         xp += BLOCK_K
         wp += BLOCK_K * swk
-{step:k0}    out = acc.to(tl.float32) * tl.load(s + lm)[:, None] * tl.load(sc + ln).to(tl.float32)[None, :]
+{step:k0}    s_row = tl.load(s + rm, mask=rm < M, other=0.0)[:, None]
+    out = acc.to(tl.float32) * s_row * tl.load(sc + rn, mask=rn < N, other=0).to(tl.float32)[None, :]
     out = out.to(y.dtype.element_ty).to(tl.float32)  # the reference rounds before the bias
     if HAS_BIAS:
-        out = (out + tl.load(b + ln).to(tl.float32)[None, :]).to(y.dtype.element_ty).to(tl.float32)
+        out = (out + tl.load(b + rn, mask=rn < N, other=0).to(tl.float32)[None, :]).to(y.dtype.element_ty).to(tl.float32)
     epilogue(out, rm, rn, M, N, b, y, False)
 '''
 

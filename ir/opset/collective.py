@@ -60,6 +60,10 @@ def _all_gather(x: torch.Tensor, dim: int, group_size: int) -> torch.Tensor:
     if not _check_group("all_gather", group_size):
         return x.clone(memory_format=torch.contiguous_format)
     x = x.contiguous()
+    if x.is_cuda:  # NCCL: one flat gather (capturable, no per-part copies), then the parts moved to dim
+        flat = torch.empty((group_size, *x.shape), dtype=x.dtype, device=x.device)
+        dist.all_gather_into_tensor(flat, x)
+        return torch.cat(flat.unbind(0), dim)
     parts = [torch.empty_like(x) for _ in range(group_size)]
     dist.all_gather(parts, x)  # list form: gloo has no all_gather_into_tensor on every build
     return torch.cat(parts, dim)
