@@ -35,6 +35,10 @@ class CompileOptions:
     # pipeline parallelism (passes/pipeline_parallel.py): (stage, num_stages) compiles this
     # stage's layers; stage k is rank k of the default process group (send/recv to neighbours)
     pipeline_parallel: tuple[int, int] | None = None
+    # how tensor-parallel all-reduces run on GPUs (runtime/comm.py): "nccl" (torch.distributed),
+    # "symm_mem" (one-shot all-reduce over NVLink peers' symmetric memory for messages up to
+    # 4 MiB, NCCL above) or "auto" (symm_mem where every rank can use it, else nccl)
+    all_reduce: str = "nccl"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disable_passes", frozenset(self.disable_passes))
@@ -42,6 +46,8 @@ class CompileOptions:
             raise ValueError(f"unknown backend {self.backend!r}; choose 'auto', 'reference', 'triton' or 'cuda'")
         if self.print_ir not in ("never", "after_change", "always"):
             raise ValueError(f"print_ir must be 'never', 'after_change' or 'always', got {self.print_ir!r}")
+        if self.all_reduce not in ("nccl", "symm_mem", "auto"):
+            raise ValueError(f"all_reduce must be 'nccl', 'symm_mem' or 'auto', got {self.all_reduce!r}")
         if self.max_recompiles < 0:
             raise ValueError("max_recompiles must be >= 0")
         if self.quantization is not None:

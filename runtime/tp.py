@@ -43,7 +43,9 @@ import torch
 import torch.distributed as dist
 
 from ..errors import KilnError, PipelineParallelError, TensorParallelError
+from ..ir.opset import collective
 from ..options import CompileOptions
+from .comm import setup_all_reduce
 from .distributed import free_port
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -124,6 +126,8 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
     clean = False
     try:
         control = _control_group(device, kw["timeout"])
+        if kw.get("mode", "tensor") == "tensor":
+            setup_all_reduce((kw["options"] or CompileOptions()).all_reduce, device)
         module = _load(spec, kw, device)
         box: list[Any] = [None]
 
@@ -151,6 +155,7 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
         # a clean stop destroys the group together with rank 0 (NCCL's teardown is collective);
         # after a failure the process ends (or its launcher kills it) without waiting for peers
         _destroy_group(timeout=30 if clean else 5)
+        collective.set_all_reduce(None)
 
 
 def _worker_main(rank: int, world: int, init_method: str, spec: Any, kw: dict, errors: Any) -> None:
@@ -299,6 +304,8 @@ class TPGroup:
             self.launcher.start(world, init_method, spec, kw)
             _join_group(self.device, init_method, 0, world, timeout)
             self.control = _control_group(device, timeout)
+            if mode == "tensor":
+                setup_all_reduce((options or CompileOptions()).all_reduce, self.device)
         except Exception as e:
             failure = e if isinstance(e, self.error) else self._failure(f"could not form the {mode}-parallel group: {e}")
             self.launcher.kill()
@@ -361,3 +368,4 @@ class TPGroup:
         self.launcher.kill()
         if dist.is_initialized():
             _destroy_group(timeout=10)
+        collective.set_all_reduce(None)

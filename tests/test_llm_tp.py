@@ -51,14 +51,17 @@ def test_tensor_parallel_size_is_checked() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-@pytest.mark.parametrize("mode", ["tensor", "pipeline"])
+@pytest.mark.parametrize("mode", ["tensor-nccl", "tensor-symm_mem", "pipeline"])
 def test_two_gpus_give_the_single_gpu_greedy_tokens(mode: str) -> None:
-    """NCCL collectives inside captured CUDA graphs (tensor mode), send/recv between stages
-    (pipeline mode): fp32 greedy tokens equal one GPU's, and the group closes cleanly."""
+    """All-reduces (NCCL or symmetric memory) inside captured CUDA graphs (tensor mode), send/recv
+    between stages (pipeline mode): fp32 greedy tokens equal one GPU's; the group closes cleanly."""
     want = [o.outputs[0].token_ids for o in kiln.LLM("tiny-llama", device="cuda", dtype="float32").generate(PROMPTS, GREEDY)]
-    size = {"tensor_parallel_size": 2} if mode == "tensor" else {"pipeline_parallel_size": 2}
-    with kiln.LLM("tiny-llama", device="cuda", dtype="float32", **size) as llm:
+    size = {"pipeline_parallel_size": 2} if mode == "pipeline" else {"tensor_parallel_size": 2}
+    options = kiln.CompileOptions(all_reduce=mode.split("-")[1]) if mode != "pipeline" else None
+    with kiln.LLM("tiny-llama", device="cuda", dtype="float32", options=options, **size) as llm:
         got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
         again = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]  # replays captured graphs
+        if mode != "pipeline":
+            assert llm.stats["cuda_graphs"] > 0, llm.stats["capture_failure"]
     assert got == want and again == want
     assert not torch.distributed.is_initialized()

@@ -6,12 +6,16 @@ collective in the same order: passes must never drop, duplicate, fold or reorder
 ranks only. The ops carry `Effect.COLLECTIVE`, which every pass treats as "not pure": never
 folded, deduplicated, shape-cached, fused or dropped.
 
-The references run on the default process group. With `group_size=1` they are the identity (a
+The references run on the default process group. A runtime may install a faster all-reduce for
+GPU tensors (`set_all_reduce`, e.g. runtime/comm.py's symmetric-memory one); it must make the same
+choice on every rank for every call. With `group_size=1` they are the identity (a
 copy); with `group_size > 1` the process group must be initialised with exactly that many ranks,
 otherwise they raise instead of returning a partial sum or a single shard silently.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -35,9 +39,23 @@ def _check_group(op: str, group_size: int) -> bool:
     return True
 
 
+_FAST_ALL_REDUCE: "Callable[[torch.Tensor], torch.Tensor | None] | None" = None
+
+
+def set_all_reduce(fn: "Callable[[torch.Tensor], torch.Tensor | None] | None") -> None:
+    """Install (or with None remove) an all-reduce that may take a call (returning the sum) or
+    decline it (returning None: torch.distributed runs it). Rank-symmetric by contract."""
+    global _FAST_ALL_REDUCE
+    _FAST_ALL_REDUCE = fn
+
+
 def _all_reduce(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    if _check_group("all_reduce", group_size) and _FAST_ALL_REDUCE is not None:
+        out = _FAST_ALL_REDUCE(x)
+        if out is not None:
+            return out
     out = x.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
-    if _check_group("all_reduce", group_size):
+    if group_size > 1:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
 

@@ -1,0 +1,87 @@
+"""Tensor-parallel all-reduce on GPUs without NCCL: one-shot sums over symmetric memory.
+
+A decode step of a tensor-parallel plan all-reduces a few kilobytes twice per layer. Each
+NCCL call costs a launch through the process group and its bookkeeping; PyTorch's symmetric
+memory (torch.distributed._symmetric_memory, CUDA 12.3+) maps every rank's buffer into its NVLink
+peers' address space, so `symm_mem.one_shot_all_reduce` is one kernel that reads all ranks'
+buffers and sums them (plain peer loads: no NVLink multicast, which the device machines forbid).
+It is an ordinary kernel on the current stream, so CUDA graphs capture it.
+
+Rank symmetry: the decision to take a call depends only on the tensor's shape, dtype and size,
+which are the same on every rank for the same collective, and on a probe whose outcome the ranks
+agree on (an all-reduce of the per-rank results). A buffer per (shape, dtype) is allocated and
+rendezvoused on its first use, which is always an uncaptured call (the graph runner captures a
+signature only on its second call), on every rank at the same collective.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..ir.opset import collective
+
+MAX_BYTES = 4 << 20  # larger messages (prefill) go to NCCL's bandwidth-optimal algorithms
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+class SymmAllReduce:
+    """A `collective.set_all_reduce` hook over symmetric-memory buffers of the default group."""
+
+    def __init__(self, device: torch.device):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        self.symm_mem = symm_mem
+        self.device = device
+        self.group_name = dist.group.WORLD.group_name
+        if hasattr(symm_mem, "enable_symm_mem_for_group"):  # needed before torch 2.8, harmless after
+            symm_mem.enable_symm_mem_for_group(self.group_name)
+        self.buffers: dict[tuple, torch.Tensor] = {}
+        self.calls = 0
+
+    def takes(self, x: torch.Tensor) -> bool:
+        nbytes = x.numel() * x.element_size()
+        return x.is_cuda and x.dtype in DTYPES and 0 < nbytes <= MAX_BYTES and nbytes % 16 == 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.takes(x):
+            return None
+        key = (tuple(x.shape), x.dtype)
+        buf = self.buffers.get(key)
+        if buf is None:
+            buf = self.symm_mem.empty(tuple(x.shape), dtype=x.dtype, device=x.device)
+            self.symm_mem.rendezvous(buf, self.group_name)
+            self.buffers[key] = buf
+        buf.copy_(x)
+        self.calls += 1
+        return torch.ops.symm_mem.one_shot_all_reduce(buf, "sum", self.group_name)
+
+
+def setup_all_reduce(choice: str, device: torch.device) -> Any:
+    """Called by every rank right after joining the group, with the same `choice` (CompileOptions
+    .all_reduce). Installs the symmetric-memory hook when chosen and usable on every rank; returns
+    the hook (or None: torch.distributed's all_reduce)."""
+    collective.set_all_reduce(None)
+    if choice == "nccl" or device.type != "cuda":
+        return None
+    hook, why = None, ""
+    try:
+        hook = SymmAllReduce(device)
+        probe = torch.full((8,), float(dist.get_rank() + 1), device=device)
+        got = hook(probe)
+        want = dist.get_world_size() * (dist.get_world_size() + 1) / 2
+        ok = got is not None and bool(torch.all(got == want))
+        why = "" if ok else f"the probe sum was {got.tolist() if got is not None else None}, not {want}"
+    except Exception as e:  # noqa: BLE001 - decided together below
+        ok, why = False, f"{type(e).__name__}: {e}"
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)  # every rank takes the same path
+    if not int(flag.item()):
+        if choice == "symm_mem" and why:
+            warnings.warn(f"kiln: symmetric-memory all-reduce unavailable, using NCCL: {why}", RuntimeWarning, stacklevel=2)
+        return None
+    collective.set_all_reduce(hook)
+    return hook

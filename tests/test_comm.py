@@ -1,0 +1,58 @@
+"""The all-reduce hook (ir/opset/collective.set_all_reduce) and its configuration. The
+symmetric-memory hook itself needs 2 GPUs (tests/test_llm_tp.py, marked gpu)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kiln
+from kiln.ir.opset import collective
+from kiln.runtime.comm import setup_all_reduce
+
+
+@pytest.fixture
+def two_rank_group(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """A pretend 2-rank group whose torch.distributed all_reduce doubles its input in place."""
+    calls: list[torch.Tensor] = []
+
+    def fake_all_reduce(t: torch.Tensor, op: object = None) -> None:
+        calls.append(t)
+        t.mul_(2)
+
+    monkeypatch.setattr(collective, "_check_group", lambda op, n: n > 1)
+    monkeypatch.setattr(collective.dist, "all_reduce", fake_all_reduce)
+    yield calls
+    collective.set_all_reduce(None)
+
+
+def test_a_hook_that_takes_the_call_replaces_torch_distributed(two_rank_group: list) -> None:
+    x = torch.randn(3, 8)
+    collective.set_all_reduce(lambda t: t * 3)
+    out = collective._all_reduce(x, group_size=2)
+    assert torch.equal(out, x * 3) and not two_rank_group
+
+
+def test_a_declined_call_goes_to_torch_distributed_and_never_aliases_the_input(two_rank_group: list) -> None:
+    x = torch.randn(3, 8)
+    keep = x.clone()
+    collective.set_all_reduce(lambda t: None)
+    out = collective._all_reduce(x, group_size=2)
+    assert torch.equal(out, keep * 2) and torch.equal(x, keep) and len(two_rank_group) == 1
+
+
+def test_a_group_of_one_never_calls_the_hook(two_rank_group: list) -> None:
+    x = torch.randn(4)
+    collective.set_all_reduce(lambda t: pytest.fail("hook called for a group of one"))
+    assert torch.equal(collective._all_reduce(x, group_size=1), x)
+
+
+def test_cpu_ranks_keep_torch_distributed() -> None:
+    assert setup_all_reduce("symm_mem", torch.device("cpu")) is None
+    assert collective._FAST_ALL_REDUCE is None
+
+
+def test_all_reduce_option_is_checked() -> None:
+    assert kiln.CompileOptions(all_reduce="auto").all_reduce == "auto"
+    with pytest.raises(ValueError, match="all_reduce"):
+        kiln.CompileOptions(all_reduce="mpi")
