@@ -87,6 +87,22 @@ def test_every_config_runs_ragged_shapes_with_the_full_epilogue(config: str, no_
     _check(g, linear_kernel(node, config), vals, torch.bfloat16)
 
 
+@pytest.mark.parametrize(("n", "k"), [(70, 300), (33, 130)], ids=["n70-k300", "n33-k130"])
+@pytest.mark.parametrize("config", [GEMM_CONFIGS[0].name, GEMM_CONFIGS[5].name, MATVEC_CONFIGS[1].name],
+                         ids=["gemm-64x64", "gemm-16x64", "matvec-split4"])
+def test_ragged_m_n_k_and_unaligned_rows_are_masked_exactly(config: str, n: int, k: int, no_torch_fallback: None) -> None:
+    """M in {1, 3, 17}, N and K ragged for every block, x's rows read from a wider buffer (row
+    stride K + 3 elements: never a multiple of 16 bytes) with NaN past K: every edge load must be
+    masked, not wrapped, and the result the reference's to fp32 rounding."""
+    for m in (1, 3, 17):
+        g, node, vals = _node((m,), n, k, torch.float32, True, False, "none")
+        wide = torch.full((m, k + 3), float("nan"), device=DEVICE)
+        wide[:, :k] = vals[0]
+        vals[0] = wide[:, :k]
+        assert vals[0].stride(0) == k + 3
+        _check(g, linear_kernel(node, config), vals, torch.float32)
+
+
 @pytest.mark.parametrize("config", [GEMM_CONFIGS[0].name, MATVEC_CONFIGS[1].name])
 def test_strided_inputs_and_leading_dims_are_read_in_place(config: str, no_torch_fallback: None) -> None:
     """x [2, 5, K] as a transposed view, W a transposed view, residual a column slice."""

@@ -91,6 +91,39 @@ def test_every_config_and_weight_format_matches_the_reference(config: str, varia
     _check(g, quant_linear_kernel(node, config), vals, dtype)
 
 
+# one pinned config per kernel: (kernel, op, config, rows M it runs); mv_w8 / mv_w4 take M = 17 as
+# two 16-row tiles, the dmv kernels one 16-row tile (M <= 16)
+RAGGED_KERNELS = [
+    ("mv_w8", "linear_w8", quant_matmul.MATVEC_CONFIGS[1].name, (1, 3, 17)),
+    ("mv_w4", "linear_w4", quant_matmul.MATVEC_CONFIGS[1].name, (1, 3, 17)),
+    ("dmv_w8", "linear_w8", quant_matmul.DMV_W8[1].name, (1, 3)),
+    ("dmv_w4", "linear_w4", quant_matmul.DMV_W4[1].name, (1, 3)),
+    ("gemm_w8", "linear_w8", GEMMS[0], (1, 3, 17)),
+    ("gemm_w4", "linear_w4", GEMMS[3], (1, 3, 17)),
+    ("gemm_a8", "linear_w8a8", GEMMS[3], (1, 3, 17)),
+]
+
+
+@pytest.mark.parametrize(("n", "k", "asym"), [(70, 300, False), (33, 130, True)], ids=["n70-k300-sym", "n33-k130-asym"])
+@pytest.mark.parametrize(("kernel", "op", "config", "ms"), RAGGED_KERNELS, ids=[r[0] for r in RAGGED_KERNELS])
+def test_each_kernel_masks_ragged_m_n_k_and_unaligned_rows_exactly(kernel: str, op: str, config: str, ms: tuple, n: int,
+                                                                   k: int, asym: bool, no_torch_fallback: None) -> None:
+    """Ragged M, N and K (int4: N ragged, K a whole number of groups) with x's rows read from a
+    wider buffer (row stride K + 3 elements: never a multiple of 16 bytes): every edge load must
+    be masked, not wrapped, and the result the reference's to fp32 rounding."""
+    group = 32
+    if op == "linear_w4":
+        k = k - k % group  # 288 / 128: int4's K is a multiple of the group by definition
+    attrs = {"activation": "none"} if op == "linear_w8a8" else _variant(op, asym, group, "none")
+    for m in ms:
+        g, node, vals = _node(op, attrs, m, n, k, torch.float32, True, seed=m + n)
+        wide = torch.full((m, k + 3), float("nan"), device=DEVICE)  # NaN past K: read only if a K mask is missing
+        wide[:, :k] = vals[0]
+        vals[0] = wide[:, :k]
+        assert vals[0].stride(0) == k + 3
+        _check(g, quant_linear_kernel(node, config), vals, torch.float32)
+
+
 @settings(max_examples=14, deadline=None, derandomize=True)
 @given(
     variant=st.sampled_from(VARIANTS),
