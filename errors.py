@@ -100,6 +100,15 @@ class PipelineParallelError(KilnError):
         super().__init__(f"pipeline parallel: {message}")
 
 
+class TensorPipelineParallelError(TensorParallelError, PipelineParallelError):
+    """A rank of `kiln.LLM(tensor_parallel_size=T, pipeline_parallel_size=P)` (both > 1) died or
+    failed (names the rank); catchable as either TensorParallelError or PipelineParallelError."""
+
+    def __init__(self, message: str):
+        self.node = ""
+        KilnError.__init__(self, f"tensor x pipeline parallel: {message}")
+
+
 class ExportError(KilnError):
     """A kiln graph cannot be exported (to ONNX): names the op and the node, and why."""
 

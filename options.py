@@ -30,10 +30,14 @@ class CompileOptions:
     # magnitude pruning of linear weights (passes/prune.py): None, a sparsity, "2:4" or a PruneScheme
     pruning: "str | float | PruneScheme | None" = None
     # tensor parallelism (passes/tensor_parallel.py): (rank, world_size) compiles this rank's
-    # share of the model; its collectives run on the default torch.distributed process group
+    # share of the model; its collectives run on the default torch.distributed process group, or
+    # on the group registered with ir.opset.collective.set_tensor_group
     tensor_parallel: tuple[int, int] | None = None
     # pipeline parallelism (passes/pipeline_parallel.py): (stage, num_stages) compiles this
-    # stage's layers; stage k is rank k of the default process group (send/recv to neighbours)
+    # stage's layers; stage k is rank k of the default process group (send/recv to neighbours),
+    # or the rank registered with ir.opset.collective.set_stage_ranks. Both together (T x P ranks):
+    # the graph is sharded with tensor_parallel=(t, T), then cut with pipeline_parallel=(s, P);
+    # kiln.runtime.distributed.setup_parallel_groups maps rank r to stage r // T, tensor rank r % T
     pipeline_parallel: tuple[int, int] | None = None
     # how tensor-parallel all-reduces run on GPUs (runtime/comm.py): "nccl" (torch.distributed),
     # "symm_mem" (one-shot all-reduce over NVLink peers' symmetric memory for messages up to
@@ -67,6 +71,4 @@ class CompileOptions:
             stage, stages = self.pipeline_parallel
             if not (isinstance(stage, int) and isinstance(stages, int) and stages >= 1 and 0 <= stage < stages):
                 raise ValueError(f"pipeline_parallel must be (stage, num_stages) with 0 <= stage < num_stages, got {self.pipeline_parallel!r}")
-            if self.tensor_parallel is not None and self.tensor_parallel[1] > 1 and stages > 1:
-                raise ValueError("tensor_parallel and pipeline_parallel cannot be combined yet: set one of them")
             object.__setattr__(self, "pipeline_parallel", (stage, stages))

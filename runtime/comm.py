@@ -29,14 +29,16 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 class SymmAllReduce:
-    """A `collective.set_all_reduce` hook over symmetric-memory buffers of the default group."""
+    """A `collective.set_all_reduce` hook over symmetric-memory buffers of the tensor-parallel
+    group (`collective.tensor_group()`, registered before this is built; else the default group)."""
 
     def __init__(self, device: torch.device):
         import torch.distributed._symmetric_memory as symm_mem
 
         self.symm_mem = symm_mem
         self.device = device
-        self.group_name = dist.group.WORLD.group_name
+        group = collective.tensor_group()
+        self.group_name = (group if group is not None else dist.group.WORLD).group_name
         if hasattr(symm_mem, "enable_symm_mem_for_group"):  # needed before torch 2.8, harmless after
             symm_mem.enable_symm_mem_for_group(self.group_name)
         self.buffers: dict[tuple, torch.Tensor] = {}
@@ -61,8 +63,8 @@ class SymmAllReduce:
 
 
 def setup_all_reduce(choice: str, device: torch.device) -> Any:
-    """Called by every rank right after joining the group, with the same `choice` (CompileOptions
-    .all_reduce). Installs the symmetric-memory hook when chosen and usable on every rank; returns
+    """Called by every rank right after joining the group (and registering its tensor-parallel
+    group, if any), with the same `choice` (CompileOptions.all_reduce). Installs the symmetric-memory hook when chosen and usable on every rank; returns
     the hook (or None: torch.distributed's all_reduce)."""
     collective.set_all_reduce(None)
     if choice == "nccl" or device.type != "cuda":
@@ -70,15 +72,17 @@ def setup_all_reduce(choice: str, device: torch.device) -> Any:
     hook, why = None, ""
     try:
         hook = SymmAllReduce(device)
-        probe = torch.full((8,), float(dist.get_rank() + 1), device=device)
+        group = collective.tensor_group()
+        rank, size = dist.get_rank(group), dist.get_world_size(group)
+        probe = torch.full((8,), float(rank + 1), device=device)
         got = hook(probe)
-        want = dist.get_world_size() * (dist.get_world_size() + 1) / 2
+        want = size * (size + 1) / 2
         ok = got is not None and bool(torch.all(got == want))
         why = "" if ok else f"the probe sum was {got.tolist() if got is not None else None}, not {want}"
     except Exception as e:  # noqa: BLE001 - decided together below
         ok, why = False, f"{type(e).__name__}: {e}"
     flag = torch.tensor([1 if ok else 0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)  # every rank takes the same path
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)  # every rank of the world takes the same path
     if not int(flag.item()):
         if choice == "symm_mem" and why:
             warnings.warn(f"kiln: symmetric-memory all-reduce unavailable, using NCCL: {why}", RuntimeWarning, stacklevel=2)

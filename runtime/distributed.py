@@ -12,6 +12,11 @@ or by starting the processes yourself and passing them explicitly:
     fn = compile_tensor_parallel(model)                        # this rank's share of the model
     logits = fn(input_ids)                                     # every rank returns the full logits
     shutdown_distributed()
+
+Tensor x pipeline parallelism (T x P ranks): after `init_distributed`, every rank calls
+`setup_parallel_groups(T, P)`, which makes one subgroup per stage for the tensor collectives and
+maps stages to ranks (stage s = rank // T, tensor rank t = rank % T), then compiles with the
+`CompileOptions(tensor_parallel=(t, T), pipeline_parallel=(s, P))` it returns.
 """
 
 from __future__ import annotations
@@ -62,9 +67,49 @@ def init_distributed(
 
 
 def shutdown_distributed() -> None:
-    """Tear the default process group down (a no-op when none is running)."""
+    """Tear the default process group down (a no-op when none is running) and forget the
+    tensor-group / stage-rank registrations of `setup_parallel_groups`."""
+    from ..ir.opset import collective
+
+    collective.reset_groups()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def parallel_layout(rank: int, tensor_size: int, pipeline_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`((t, T), (s, P))` of global rank `rank` in a T x P layout: stage s = rank // T, tensor rank
+    t = rank % T (each stage's T ranks are consecutive; rank 0 is stage 0, tensor rank 0)."""
+    if tensor_size < 1 or pipeline_size < 1 or not 0 <= rank < tensor_size * pipeline_size:
+        raise ValueError(f"rank {rank} is not in a {tensor_size} x {pipeline_size} (tensor x pipeline) layout")
+    stage, t = divmod(rank, tensor_size)
+    return (t, tensor_size), (stage, pipeline_size)
+
+
+def setup_parallel_groups(tensor_size: int, pipeline_size: int, *, timeout_s: float | None = None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Every rank of the running process group calls this with the same sizes, after joining.
+    Checks that the group has T * P ranks; with both > 1 creates one subgroup per stage (its T
+    ranks; every rank creates every subgroup, in stage order, as torch.distributed requires),
+    registers this rank's as the group of all_reduce / all_gather and maps stage k to rank
+    k * T + t for send / recv (`ir.opset.collective`). One of them 1: nothing to register (the
+    default group, stage k = rank k). Returns this rank's `(tensor_parallel, pipeline_parallel)`
+    option values. `shutdown_distributed` forgets the registrations."""
+    from ..ir.opset import collective
+
+    if not dist.is_initialized():
+        raise RuntimeError("setup_parallel_groups needs a process group: call init_distributed first (or launch with torchrun)")
+    world = dist.get_world_size()
+    if tensor_size * pipeline_size != world:
+        raise ValueError(f"tensor_parallel {tensor_size} x pipeline_parallel {pipeline_size} needs "
+                         f"{tensor_size * pipeline_size} ranks, the process group has {world}")
+    tp, pp = parallel_layout(dist.get_rank(), tensor_size, pipeline_size)
+    collective.set_tensor_group(None)
+    collective.set_stage_ranks(None)
+    if tensor_size > 1 and pipeline_size > 1:
+        kw = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        groups = [dist.new_group(ranks=[s * tensor_size + t for t in range(tensor_size)], **kw) for s in range(pipeline_size)]
+        collective.set_tensor_group(groups[pp[0]])
+        collective.set_stage_ranks([s * tensor_size + tp[0] for s in range(pipeline_size)])
+    return tp, pp
 
 
 def compile_tensor_parallel(model: Any, example_inputs: Any = None, *, options: CompileOptions | None = None, **kwargs: Any) -> Any:
@@ -77,9 +122,13 @@ def compile_tensor_parallel(model: Any, example_inputs: Any = None, *, options: 
 
     if not dist.is_initialized():
         raise RuntimeError("compile_tensor_parallel needs a process group: call init_distributed first (or launch with torchrun)")
+    if options is not None and options.pipeline_parallel is not None and options.pipeline_parallel[1] > 1:
+        raise ValueError("compile_tensor_parallel uses the whole process group for one tensor-parallel group; with "
+                         "pipeline_parallel too, call setup_parallel_groups(T, P) and kiln.compile with the options it returns")
     tp = (dist.get_rank(), dist.get_world_size())
     options = replace(options or CompileOptions(), tensor_parallel=tp)
     return kiln_compile(model, example_inputs, options=options, **kwargs)
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "compile_tensor_parallel", "free_port", "init_distributed", "shutdown_distributed"]
+__all__ = ["DEFAULT_TIMEOUT_S", "compile_tensor_parallel", "free_port", "init_distributed", "parallel_layout",
+           "setup_parallel_groups", "shutdown_distributed"]

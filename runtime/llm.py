@@ -47,11 +47,10 @@ class LLM:
         for name, size in (("tensor_parallel_size", tensor_parallel_size), ("pipeline_parallel_size", pipeline_parallel_size)):
             if not isinstance(size, int) or isinstance(size, bool) or size < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {size!r}")
-        if tensor_parallel_size > 1 and pipeline_parallel_size > 1:
-            raise ValueError("tensor_parallel_size and pipeline_parallel_size cannot both be > 1 yet: set one of them")
-        # one group serves both: rank 0 drives; "tensor" ranks hold shards, "pipeline" ranks stages
-        world = max(tensor_parallel_size, pipeline_parallel_size)
-        mode = "pipeline" if pipeline_parallel_size > 1 else "tensor"
+        # one group serves every layout: rank 0 drives; "tensor" ranks hold shards, "pipeline" ranks
+        # stages, "hybrid" ranks shard r % T of stage r // T (T = tensor_parallel_size)
+        world = tensor_parallel_size * pipeline_parallel_size
+        mode = ("hybrid" if tensor_parallel_size > 1 else "pipeline") if pipeline_parallel_size > 1 else "tensor"
         self._tp = None
         # workers of a parallel run: local processes ("mp", the default) or one Ray actor per
         # rank ("ray": ray_address "auto" / "ip:port", else this process's or a private runtime)
@@ -116,7 +115,7 @@ class LLM:
             spec = module if isinstance(model, torch.nn.Module) else model
             self._tp = TPGroup(world, spec, device=dev, dtype=dtype, block_size=block_size,
                                max_model_len=self.max_model_len, options=options, allow_pickle=allow_pickle,
-                               launcher=launcher, mode=mode)
+                               launcher=launcher, mode=mode, tensor_size=tensor_parallel_size)
             options, blocks = self._tp.options(options), self._tp.pool_size(blocks)
         try:
             with torch.no_grad():

@@ -33,6 +33,9 @@ def compile_pipeline_stage(model: Any, example_inputs: Any = None, *, options: C
 
     if not dist.is_initialized():
         raise RuntimeError("compile_pipeline_stage needs a process group: call init_distributed first (or launch with torchrun)")
+    if options is not None and options.tensor_parallel is not None and options.tensor_parallel[1] > 1:
+        raise ValueError("compile_pipeline_stage makes every rank a stage; with tensor_parallel too, call "
+                         "kiln.runtime.distributed.setup_parallel_groups(T, P) and kiln.compile with the options it returns")
     options = replace(options or CompileOptions(), pipeline_parallel=(dist.get_rank(), dist.get_world_size()))
     return kiln_compile(model, example_inputs, options=options, **kwargs)
 

@@ -19,6 +19,13 @@ broadcast. The driver is stage 0 (the pass numbers stages by rank); the hidden s
 through the send/recv ops in the stage plans, and the last stage sends its logits rows
 (float32 [rows, vocab], rows known to rank 0 from the step) back to rank 0 with `dist.send`.
 
+Tensor x pipeline (`mode="hybrid"`, `tensor_size=T`, world = T * P): rank r is tensor rank r % T of
+stage r // T and compiles with `CompileOptions(tensor_parallel=(r % T, T), pipeline_parallel=(r // T,
+P))`. Every rank creates the P per-stage groups of T ranks (same order everywhere); its own stage's
+is registered for the all-reduces / all-gathers, and stage k's send/recv peer is rank k * T + r % T
+(`runtime.distributed.setup_parallel_groups`). The driver is stage 0's tensor rank 0; tensor rank 0
+of the last stage (rank (P - 1) * T) sends the logits rows to it.
+
 A `WorkerLauncher` only starts the workers and says whether they are alive: `LocalProcesses`
 spawns them on this machine ("mp"), `tp_ray.RayActors` places one Ray actor per rank with a
 placement group ("ray", several machines). Both run `serve_rank`, and the process group and the
@@ -27,7 +34,8 @@ step broadcasts are the same whichever launched them.
 Failure handling (nothing hangs): the process group has a timeout, rank 0 asks the launcher
 whether every worker is alive before each step, and a worker that raises reports its traceback
 (through a queue, or through its Ray task) before it exits; the driver then raises
-`TensorParallelError` (`PipelineParallelError` in pipeline mode) naming the rank.
+`TensorParallelError` (`PipelineParallelError` in pipeline mode, `TensorPipelineParallelError`,
+a subclass of both, in hybrid mode) naming the rank.
 """
 
 from __future__ import annotations
@@ -42,11 +50,11 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.distributed as dist
 
-from ..errors import KilnError, PipelineParallelError, TensorParallelError
+from ..errors import KilnError, PipelineParallelError, TensorParallelError, TensorPipelineParallelError
 from ..ir.opset import collective
 from ..options import CompileOptions
 from .comm import setup_all_reduce
-from .distributed import free_port
+from .distributed import free_port, parallel_layout, setup_parallel_groups
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -100,16 +108,47 @@ def _rank_device(device: torch.device, rank: int) -> torch.device:
     return torch.device("cuda", rank) if device.type == "cuda" else device
 
 
-MODES = ("tensor", "pipeline")
+MODES = ("tensor", "pipeline", "hybrid")
 
 
-def _rank_options(options: CompileOptions | None, rank: int, world: int, mode: str = "tensor") -> CompileOptions:
-    field = "tensor_parallel" if mode == "tensor" else "pipeline_parallel"
-    return dataclasses.replace(options or CompileOptions(), **{field: (rank, world)})
+def _sizes(world: int, mode: str, tensor_size: int | None) -> tuple[int, int]:
+    """(T, P): tensor ranks per stage and stages of a `world`-rank group in `mode`."""
+    if mode == "tensor":
+        return world, 1
+    if mode == "pipeline":
+        return 1, world
+    return int(tensor_size or 0), world // int(tensor_size or 1)
+
+
+def _rank_options(options: CompileOptions | None, rank: int, world: int, mode: str = "tensor",
+                  tensor_size: int | None = None) -> CompileOptions:
+    """Rank `rank`'s compile options: its shard (tensor), its stage (pipeline), or both (hybrid:
+    stage rank // T, tensor rank rank % T)."""
+    tp, pp = parallel_layout(rank, *_sizes(world, mode, tensor_size))
+    fields = {"tensor": {"tensor_parallel": tp}, "pipeline": {"pipeline_parallel": pp}}.get(
+        mode, {"tensor_parallel": tp, "pipeline_parallel": pp})
+    return dataclasses.replace(options or CompileOptions(), **fields)
+
+
+def _logits_rank(world: int, mode: str, tensor_size: int | None = None) -> int:
+    """The rank that sends each step's logits rows to rank 0 (pipeline modes): tensor rank 0 of
+    the last stage (rank (P - 1) * T)."""
+    t, p = _sizes(world, mode, tensor_size)
+    return (p - 1) * t
+
+
+def _setup_groups(world: int, mode: str, tensor_size: int | None, device: torch.device, options: CompileOptions | None,
+                  timeout: float) -> None:
+    """After joining (and creating the control group), every rank alike: the per-stage tensor
+    groups and stage ranks (hybrid), then the all-reduce hook (tensor and hybrid)."""
+    if mode == "hybrid":
+        setup_parallel_groups(*_sizes(world, mode, tensor_size), timeout_s=timeout)
+    if mode != "pipeline":
+        setup_all_reduce((options or CompileOptions()).all_reduce, device)
 
 
 def _error(mode: str) -> type[KilnError]:
-    return TensorParallelError if mode == "tensor" else PipelineParallelError
+    return {"tensor": TensorParallelError, "pipeline": PipelineParallelError}.get(mode, TensorPipelineParallelError)
 
 
 def serve_rank(rank: int, world: int, init_method: str, device: torch.device, spec: Any, kw: dict) -> None:
@@ -126,8 +165,9 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
     clean = False
     try:
         control = _control_group(device, kw["timeout"])
-        if kw.get("mode", "tensor") == "tensor":
-            setup_all_reduce((kw["options"] or CompileOptions()).all_reduce, device)
+        mode, tensor_size = kw.get("mode", "tensor"), kw.get("tensor_size")
+        _setup_groups(world, mode, tensor_size, device, kw["options"], kw["timeout"])
+        sends_logits = mode != "tensor" and rank == _logits_rank(world, mode, tensor_size)
         module = _load(spec, kw, device)
         box: list[Any] = [None]
 
@@ -137,7 +177,7 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
 
         with torch.no_grad():
             runner = PagedModelRunner(module, block_size=kw["block_size"], device=device, num_blocks=blocks,
-                                      options=_rank_options(kw["options"], rank, world, kw.get("mode", "tensor")),
+                                      options=_rank_options(kw["options"], rank, world, mode, tensor_size),
                                       max_model_len=kw["max_model_len"])
         while True:
             dist.broadcast_object_list(box, src=0, group=control)
@@ -149,13 +189,13 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
                 runner.copy_blocks(msg[1])
             else:
                 logits = runner.execute(msg[1])
-                if logits is not None and kw.get("mode") == "pipeline" and logits.shape[0]:
+                if logits is not None and sends_logits and logits.shape[0]:
                     dist.send(logits.contiguous(), 0)  # the last stage's rows, for rank 0's sampler
     finally:
         # a clean stop destroys the group together with rank 0 (NCCL's teardown is collective);
         # after a failure the process ends (or its launcher kills it) without waiting for peers
         _destroy_group(timeout=30 if clean else 5)
-        collective.set_all_reduce(None)
+        collective.reset_groups()
 
 
 def _worker_main(rank: int, world: int, init_method: str, spec: Any, kw: dict, errors: Any) -> None:
@@ -211,7 +251,8 @@ class LocalProcesses:
     def start(self, world: int, init_method: str, spec: Any, kw: dict) -> None:
         if self.device.type == "cuda" and torch.cuda.device_count() < world:
             mode = kw.get("mode", "tensor")
-            raise _error(mode)(f"{mode}_parallel_size={world} needs {world} GPUs, this machine has {torch.cuda.device_count()}")
+            what = f"{mode}_parallel_size={world}" if mode != "hybrid" else f"tensor x pipeline parallel ({world} ranks)"
+            raise _error(mode)(f"{what} needs {world} GPUs, this machine has {torch.cuda.device_count()}")
         ctx = torch.multiprocessing.get_context("spawn")
         self.errors = ctx.Queue()
         self.procs = [ctx.Process(target=_worker_main, args=(r, world, init_method, spec, kw, self.errors), daemon=True)
@@ -262,7 +303,7 @@ class TPRunner:
             self.local.execute(chunks)  # stage 0: sends its hidden states on, returns nothing
             logits = torch.empty((rows, self.local.info.vocab_size), dtype=torch.float32, device=self.local.device)
             if rows:
-                dist.recv(logits, self.group.world - 1)
+                dist.recv(logits, self.group.logits_rank)  # the last stage's tensor rank 0
         except RuntimeError as e:  # torch.distributed's errors: a stage died or timed out
             raise self.group._failure(f"pipeline step failed: {e}") from e
         return logits
@@ -275,12 +316,13 @@ class TPRunner:
 
 class TPGroup:
     """The workers (started by a `WorkerLauncher`, local processes by default) and rank 0's
-    membership of the process group; `mode` "tensor" (every rank a shard) or "pipeline" (rank r
-    runs stage r)."""
+    membership of the process group; `mode` "tensor" (every rank a shard), "pipeline" (rank r
+    runs stage r) or "hybrid" (`tensor_size` T ranks per stage: rank r holds tensor shard r % T
+    of stage r // T; world = T * P)."""
 
     def __init__(self, world: int, spec: Any, *, device: torch.device, dtype: Any, block_size: int, max_model_len: int,
                  options: CompileOptions | None, allow_pickle: bool, timeout: float = DEFAULT_TIMEOUT_S,
-                 launcher: WorkerLauncher | None = None, mode: str = "tensor"):
+                 launcher: WorkerLauncher | None = None, mode: str = "tensor", tensor_size: int | None = None):
         self.launcher = launcher if launcher is not None else LocalProcesses(device)
         self.closed = True  # until the group is formed
         if mode not in MODES:
@@ -290,25 +332,30 @@ class TPGroup:
         if world < 2:
             self.launcher.kill()
             raise ValueError(f"a {mode}-parallel group needs at least 2 ranks, got {world}")
+        if mode == "hybrid" and not (isinstance(tensor_size, int) and 1 < tensor_size < world and world % tensor_size == 0):
+            self.launcher.kill()
+            raise ValueError(f"a hybrid group needs tensor_size T > 1 dividing world into P > 1 stages, got T={tensor_size}, world={world}")
         if dist.is_initialized():
             self.launcher.kill()
             raise self.error("torch.distributed is already initialised in this process; kiln.LLM starts its own "
-                             f"{mode}-parallel group (use {mode}_parallel_size=1 inside torchrun jobs for now)")
-        self.world = world
+                             f"{mode}-parallel group (use {'tensor_parallel_size=1 and pipeline_parallel_size=1' if mode == 'hybrid' else mode + '_parallel_size=1'} inside torchrun jobs for now)")
+        self.world, self.tensor_size = world, tensor_size if mode == "hybrid" else None
+        self.logits_rank = _logits_rank(world, mode, self.tensor_size)
         self.device = _rank_device(device, 0)
         kw = {"device": str(device), "dtype": dtype, "block_size": block_size, "max_model_len": max_model_len,
-              "options": options, "allow_pickle": allow_pickle, "timeout": timeout, "mode": mode}
+              "options": options, "allow_pickle": allow_pickle, "timeout": timeout, "mode": mode,
+              "tensor_size": self.tensor_size}
         try:
             host = self.launcher.host()
             init_method = f"tcp://{f'[{host}]' if ':' in host else host}:{free_port(host)}"
             self.launcher.start(world, init_method, spec, kw)
             _join_group(self.device, init_method, 0, world, timeout)
             self.control = _control_group(device, timeout)
-            if mode == "tensor":
-                setup_all_reduce((options or CompileOptions()).all_reduce, self.device)
+            _setup_groups(world, mode, self.tensor_size, self.device, options, timeout)
         except Exception as e:
             failure = e if isinstance(e, self.error) else self._failure(f"could not form the {mode}-parallel group: {e}")
             self.launcher.kill()
+            collective.reset_groups()
             if failure is e:
                 raise
             raise failure from e
@@ -320,7 +367,7 @@ class TPGroup:
         return getattr(self.launcher, "procs", [])
 
     def options(self, options: CompileOptions | None) -> CompileOptions:
-        return _rank_options(options, 0, self.world, self.mode)
+        return _rank_options(options, 0, self.world, self.mode, self.tensor_size)
 
     def pool_size(self, blocks: Callable[[Any], int]) -> Callable[[Any], int]:
         """Rank 0's pool sizing, shared with the workers (every shard holds the same blocks)."""
@@ -368,4 +415,4 @@ class TPGroup:
         self.launcher.kill()
         if dist.is_initialized():
             _destroy_group(timeout=10)
-        collective.set_all_reduce(None)
+        collective.reset_groups()

@@ -42,5 +42,5 @@ def test_pipeline_report_shows_stages_and_their_cuts() -> None:
 
 def test_parallel_report_wants_one_mode() -> None:
     model, ids = _llama()
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="tensor_parallel=N, pipeline_parallel=N or both"):
         kiln.parallel_report(model, (ids,))

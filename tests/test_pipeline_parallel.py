@@ -126,8 +126,8 @@ def test_more_stages_than_layers_raises(llama_graph: Graph) -> None:
 def test_pipeline_parallel_option_is_checked() -> None:
     with pytest.raises(ValueError, match="pipeline_parallel"):
         kiln.CompileOptions(pipeline_parallel=(2, 2))
-    with pytest.raises(ValueError, match="cannot be combined"):
-        kiln.CompileOptions(pipeline_parallel=(0, 2), tensor_parallel=(0, 2))
+    both = kiln.CompileOptions(pipeline_parallel=(1, 2), tensor_parallel=(0, 2))  # T x P: see test_hybrid_parallel
+    assert both.pipeline_parallel == (1, 2) and both.tensor_parallel == (0, 2)
 
 
 def test_send_and_recv_refuse_without_a_group() -> None:

@@ -6,7 +6,12 @@ collective in the same order: passes must never drop, duplicate, fold or reorder
 ranks only. The ops carry `Effect.COLLECTIVE`, which every pass treats as "not pure": never
 folded, deduplicated, shape-cached, fused or dropped.
 
-The references run on the default process group. A runtime may install a faster all-reduce for
+The references run on the default process group, unless a runtime registers (`set_tensor_group`)
+the group of this rank's tensor-parallel peers: with tensor x pipeline parallelism every stage's T
+ranks form one such subgroup, and all_reduce / all_gather run on it. send / recv keep the peer as a
+stage number in the IR; `set_stage_ranks` maps stage k to the global rank this process talks to
+(with T tensor ranks per stage, tensor rank t of stage k is rank k * T + t); without one, stage k
+is rank k (pipeline parallelism alone). A runtime may install a faster all-reduce for
 GPU tensors (`set_all_reduce`, e.g. runtime/comm.py's symmetric-memory one); it must make the same
 choice on every rank for every call. With `group_size=1` they are the identity (a
 copy); with `group_size > 1` the process group must be initialised with exactly that many ranks,
@@ -15,7 +20,7 @@ otherwise they raise instead of returning a partial sum or a single shard silent
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,6 +28,51 @@ import torch.distributed as dist
 from ..ops import Attr, AttrKind, Effect, InferenceError, declare
 from ..types import TensorType
 from ._infer import norm_dim, tensors
+
+_TENSOR_GROUP: Any = None  # this rank's tensor-parallel group; None: the default group
+_STAGE_RANKS: tuple[int, ...] | None = None  # global rank of each pipeline stage; None: stage k is rank k
+
+
+def set_tensor_group(group: Any) -> None:
+    """Run all_reduce / all_gather on `group` (a torch.distributed group holding this rank's
+    tensor-parallel peers), or with None on the default group again."""
+    global _TENSOR_GROUP
+    _TENSOR_GROUP = group
+
+
+def tensor_group() -> Any:
+    """The group all_reduce / all_gather run on (None: the default group)."""
+    return _TENSOR_GROUP
+
+
+def set_stage_ranks(ranks: "Sequence[int] | None") -> None:
+    """send / recv with peer stage k talk to global rank `ranks[k]`; None: stage k is rank k."""
+    global _STAGE_RANKS
+    if ranks is not None:
+        ranks = tuple(int(r) for r in ranks)
+        if any(r < 0 for r in ranks) or len(set(ranks)) != len(ranks):
+            raise ValueError(f"stage ranks must be distinct ranks >= 0, got {list(ranks)}")
+    _STAGE_RANKS = ranks
+
+
+def stage_rank(stage: int) -> int:
+    """The global rank send / recv use for pipeline stage `stage`."""
+    if _STAGE_RANKS is None:
+        return stage
+    if not 0 <= stage < len(_STAGE_RANKS):
+        raise RuntimeError(f"pipeline stage {stage} has no rank: the registered stage ranks are {list(_STAGE_RANKS)}")
+    return _STAGE_RANKS[stage]
+
+
+def reset_groups() -> None:
+    """Forget every registration: the default group, stage k = rank k, no all-reduce hook."""
+    set_tensor_group(None)
+    set_stage_ranks(None)
+    set_all_reduce(None)
+
+
+def _group_kw() -> dict:
+    return {} if _TENSOR_GROUP is None else {"group": _TENSOR_GROUP}
 
 
 def _check_group(op: str, group_size: int) -> bool:
@@ -34,8 +84,13 @@ def _check_group(op: str, group_size: int) -> bool:
             f"{op} over {group_size} ranks needs an initialised process group "
             "(kiln.runtime.distributed.init_distributed, or launch with torchrun)"
         )
-    if dist.get_world_size() != group_size:
-        raise RuntimeError(f"{op} expects {group_size} ranks but the process group has {dist.get_world_size()}")
+    size = dist.get_world_size(_TENSOR_GROUP) if _TENSOR_GROUP is not None else dist.get_world_size()
+    if size != group_size:
+        which = "the registered tensor-parallel group" if _TENSOR_GROUP is not None else "the process group"
+        hint = ("" if _TENSOR_GROUP is not None else
+                " (with pipeline parallelism too, register each stage's tensor group: "
+                "kiln.runtime.distributed.setup_parallel_groups)")
+        raise RuntimeError(f"{op} expects {group_size} ranks but {which} has {size}{hint}")
     return True
 
 
@@ -56,7 +111,7 @@ def _all_reduce(x: torch.Tensor, group_size: int) -> torch.Tensor:
             return out
     out = x.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
     if group_size > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, **_group_kw())
     return out
 
 
@@ -70,7 +125,7 @@ def _all_reduce_infer(types, a):  # noqa: ANN001, ANN202
 declare(
     "all_reduce", ["x"], [Attr("group_size", AttrKind.INT)], infer=_all_reduce_infer, impl=_all_reduce,
     effect=Effect.COLLECTIVE, category="collective",
-    doc="elementwise sum of x over the group_size ranks of the default process group (every rank gets the sum)",
+    doc="elementwise sum of x over the group_size ranks of the tensor-parallel group (default: the process group; every rank gets the sum)",
 )
 
 
@@ -80,10 +135,10 @@ def _all_gather(x: torch.Tensor, dim: int, group_size: int) -> torch.Tensor:
     x = x.contiguous()
     if x.is_cuda:  # NCCL: one flat gather (capturable, no per-part copies), then the parts moved to dim
         flat = torch.empty((group_size, *x.shape), dtype=x.dtype, device=x.device)
-        dist.all_gather_into_tensor(flat, x)
+        dist.all_gather_into_tensor(flat, x, **_group_kw())
         return torch.cat(flat.unbind(0), dim)
     parts = [torch.empty_like(x) for _ in range(group_size)]
-    dist.all_gather(parts, x)  # list form: gloo has no all_gather_into_tensor on every build
+    dist.all_gather(parts, x, **_group_kw())  # list form: gloo has no all_gather_into_tensor on every build
     return torch.cat(parts, dim)
 
 
@@ -110,16 +165,19 @@ declare(
 # stages talk, so messages flow one way and blocking send/recv cannot deadlock.
 
 
-def _check_peer(op: str, peer: int) -> None:
+def _check_peer(op: str, stage: int) -> int:
+    """The global rank of pipeline stage `stage` (see set_stage_ranks), checked to be another rank."""
     if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError(f"{op} with rank {peer} needs an initialised process group (kiln.runtime.distributed.init_distributed)")
+        raise RuntimeError(f"{op} with stage {stage} needs an initialised process group (kiln.runtime.distributed.init_distributed)")
+    peer = stage_rank(stage)
     if not 0 <= peer < dist.get_world_size() or peer == dist.get_rank():
-        raise RuntimeError(f"{op}: rank {peer} is not another rank of this {dist.get_world_size()}-rank process group")
+        raise RuntimeError(f"{op}: rank {peer} (stage {stage}) is not another rank of this {dist.get_world_size()}-rank process group")
+    return peer
 
 
 def _send(x: torch.Tensor, dst: int) -> None:
-    _check_peer("send", dst)
-    dist.send(x.contiguous(), dst)  # blocking; the process group's timeout bounds it
+    peer = _check_peer("send", dst)
+    dist.send(x.contiguous(), peer)  # blocking; the process group's timeout bounds it
 
 
 def _send_infer(types, a):  # noqa: ANN001, ANN202
@@ -132,14 +190,14 @@ def _send_infer(types, a):  # noqa: ANN001, ANN202
 declare(
     "send", ["x"], [Attr("dst", AttrKind.INT)], infer=_send_infer, impl=_send, effect=Effect.COLLECTIVE,
     category="collective", num_outputs=0,
-    doc="send x to rank dst of the default process group (the matching recv there gets it)",
+    doc="send x to pipeline stage dst (its rank: set_stage_ranks; default rank dst); the matching recv there gets it",
 )
 
 
 def _recv(src: int, shape: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    _check_peer("recv", src)
+    peer = _check_peer("recv", src)
     out = torch.empty(shape, dtype=dtype, device=device)
-    dist.recv(out, src)  # raises after the process group's timeout when src never sends
+    dist.recv(out, peer)  # raises after the process group's timeout when src never sends
     return out
 
 
@@ -154,5 +212,5 @@ def _recv_infer(types, a):  # noqa: ANN001, ANN202
 declare(
     "recv", [], [Attr("src", AttrKind.INT), Attr("shape", AttrKind.DIMS), Attr("dtype", AttrKind.DTYPE), Attr("device", AttrKind.DEVICE, "cpu")],
     infer=_recv_infer, impl=_recv, effect=Effect.COLLECTIVE, category="collective",
-    doc="a tensor of the given shape and dtype received from rank src (symbolic dims evaluate per call)",
+    doc="a tensor of the given shape and dtype received from pipeline stage src (symbolic dims evaluate per call)",
 )
