@@ -36,7 +36,7 @@ class LLM:
         tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, tokenizer: Any = None, block_size: int = 16, enable_prefix_caching: bool = True,
         max_num_batched_tokens: int = 2048, max_num_seqs: int = 64, allow_pickle: bool = False,
         options: CompileOptions | None = None, distributed_executor_backend: str | None = None,
-        ray_address: str | None = None, ray_placement_strategy: str = "PACK",
+        ray_address: str | None = None, ray_placement_strategy: str = "PACK", pipeline_microbatches: int | None = None,
     ):
         # quantize_weights: "int8", "int4", "w8a8", "fp8" or a QuantScheme, whose calibration
         # examples are token-id sequences or prompt strings (tokenized here), one prefill each
@@ -47,6 +47,11 @@ class LLM:
         for name, size in (("tensor_parallel_size", tensor_parallel_size), ("pipeline_parallel_size", pipeline_parallel_size)):
             if not isinstance(size, int) or isinstance(size, bool) or size < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {size!r}")
+        # pipeline modes: each step's chunks run as up to this many micro-batches in flight (None:
+        # min(stages, sequences in the step); 1: the whole step at once, stages taking turns)
+        from .tp import check_microbatches
+
+        check_microbatches(pipeline_microbatches)
         # one group serves every layout: rank 0 drives; "tensor" ranks hold shards, "pipeline" ranks
         # stages, "hybrid" ranks shard r % T of stage r // T (T = tensor_parallel_size)
         world = tensor_parallel_size * pipeline_parallel_size
@@ -128,7 +133,7 @@ class LLM:
         if self._tp is not None:
             from .tp import TPRunner
 
-            self.runner = TPRunner(self.runner, self._tp)
+            self.runner = TPRunner(self.runner, self._tp, microbatches=pipeline_microbatches)
         eos = getattr(config, "eos_token_id", None)
         if eos is None and self.tokenizer is not None:
             eos = self.tokenizer.eos_token_id

@@ -18,6 +18,15 @@ caches only; every stage needs each step's token ids and metadata, so every rank
 broadcast. The driver is stage 0 (the pass numbers stages by rank); the hidden states go forward
 through the send/recv ops in the stage plans, and the last stage sends its logits rows
 (float32 [rows, vocab], rows known to rank 0 from the step) back to rank 0 with `dist.send`.
+Micro-batches in flight: rank 0 cuts each step's chunks into up to m contiguous groups balanced by
+tokens (`split_chunks`; m = `pipeline_microbatches`, by default one per stage) and broadcasts them
+in one message; every rank runs its stage plan once per group, in order, so stage s works on group
+i while stage s + 1 works on group i - 1 (GPipe fill/drain within the step). The last stage sends
+each group's logits as soon as it has them; rank 0 posts that group's `dist.irecv` right after its
+own stage-0 work for the group (before the next group's), waits for all at the end and
+concatenates them in chunk order, so the last stage never waits on rank 0 while rank 0 computes,
+and on NCCL the receives sit in the same stream order as the last stage's sends (posting them all
+before the first send would put a receive ahead of the send it depends on in the pair's stream).
 
 Tensor x pipeline (`mode="hybrid"`, `tensor_size=T`, world = T * P): rank r is tensor rank r % T of
 stage r // T and compiles with `CompileOptions(tensor_parallel=(r % T, T), pipeline_parallel=(r // T,
@@ -187,10 +196,13 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
                 break
             if msg[0] == "copy":
                 runner.copy_blocks(msg[1])
-            else:
-                logits = runner.execute(msg[1])
-                if logits is not None and sends_logits and logits.shape[0]:
-                    dist.send(logits.contiguous(), 0)  # the last stage's rows, for rank 0's sampler
+            elif msg[0] == "exec":  # tensor mode: the whole step
+                runner.execute(msg[1])
+            else:  # "groups" (pipeline modes): the step's micro-batches, in order
+                for chunks in msg[1]:
+                    logits = runner.execute(chunks)
+                    if logits is not None and sends_logits and logits.shape[0]:
+                        dist.send(logits.contiguous(), 0)  # this group's rows, for rank 0's sampler
     finally:
         # a clean stop destroys the group together with rank 0 (NCCL's teardown is collective);
         # after a failure the process ends (or its launcher kills it) without waiting for peers
@@ -283,30 +295,91 @@ class LocalProcesses:
                 p.join(timeout=5)
 
 
+def check_microbatches(value: Any) -> int | None:
+    """`pipeline_microbatches`, checked: None (automatic) or an int >= 1."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"pipeline_microbatches must be None (automatic) or an int >= 1, got {value!r}")
+    return value
+
+
+def split_chunks(chunks: list, groups: int) -> list[list]:
+    """A pipeline step's micro-batches: `chunks` cut into min(`groups`, len(chunks)) contiguous,
+    non-empty groups (a chunk is never split; concatenating the groups gives `chunks` back, so the
+    logits rows come back in the step's order) whose largest token count is as small as it can be.
+
+    The cap is the least "largest group" that a greedy left-to-right packing fits into `groups`
+    groups (binary search); when the packing needs fewer groups, the largest splittable group is
+    cut at its most even point until there are `groups`: every stage then has that many pieces to
+    overlap, and splitting never raises the largest group."""
+    n = len(chunks)
+    k = min(groups, n)
+    if k <= 1:
+        return [list(chunks)] if chunks else []
+    sizes = [max(1, len(c.tokens)) for c in chunks]
+
+    def pack(cap: int) -> list[tuple[int, int]]:  # [lo, hi) index ranges, greedy left to right
+        out, lo, total = [], 0, 0
+        for i, size in enumerate(sizes):
+            if i > lo and total + size > cap:
+                out.append((lo, i))
+                lo, total = i, 0
+            total += size
+        return out + [(lo, n)]
+
+    lo, hi = max(sizes), sum(sizes)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(pack(mid)) <= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    ranges = pack(lo)
+    while len(ranges) < k:
+        j = max((j for j, (a, b) in enumerate(ranges) if b - a > 1), key=lambda j: sum(sizes[slice(*ranges[j])]))
+        a, b = ranges[j]
+        cut = min(range(a + 1, b), key=lambda c: max(sum(sizes[a:c]), sum(sizes[c:b])))
+        ranges[j:j + 1] = [(a, cut), (cut, b)]
+    return [list(chunks[a:b]) for a, b in ranges]
+
+
 class TPRunner:
     """Rank 0's runner for the engine: broadcasts each step (and copy-on-write copies) to the
-    workers, then runs it on its own shard (or stage 0, then receives the last stage's logits).
-    Same interface as `PagedModelRunner`."""
+    workers, then runs it on its own shard (or stage 0 once per micro-batch group, receiving each
+    group's logits from the last stage). Same interface as `PagedModelRunner`."""
 
-    def __init__(self, local: Any, group: "TPGroup"):
+    def __init__(self, local: Any, group: "TPGroup", microbatches: int | None = None):
+        """`microbatches` (pipeline modes): the most groups a step is split into (None: one per
+        stage; 1: the whole step at once, stages taking turns)."""
         self.local, self.group = local, group
+        self.microbatches = check_microbatches(microbatches)
 
     def __getattr__(self, name: str) -> Any:  # info, num_blocks, block_size, device, run, pool ...
         return getattr(self.local, name)
 
     def execute(self, chunks: list) -> torch.Tensor:
-        self.group.send(("exec", chunks))
         if self.group.mode == "tensor":
+            self.group.send(("exec", chunks))
             return self.local.execute(chunks)
-        rows = sum(c.want_logits for c in chunks)
+        groups = split_chunks(chunks, self.microbatches or self.group.stages)
+        self.group.send(("groups", groups))
+        vocab = self.local.info.vocab_size
+        pending: list[tuple[torch.Tensor, Any]] = []
         try:
-            self.local.execute(chunks)  # stage 0: sends its hidden states on, returns nothing
-            logits = torch.empty((rows, self.local.info.vocab_size), dtype=torch.float32, device=self.local.device)
-            if rows:
-                dist.recv(logits, self.group.logits_rank)  # the last stage's tensor rank 0
+            for group in groups:
+                self.local.execute(group)  # stage 0: sends this group's hidden states on, returns nothing
+                rows = sum(c.want_logits for c in group)
+                if rows:  # posted now, before stage 0 runs the next group: the last stage never waits on us
+                    buf = torch.empty((rows, vocab), dtype=torch.float32, device=self.local.device)
+                    pending.append((buf, dist.irecv(buf, self.group.logits_rank)))  # the last stage's tensor rank 0
+            for _, work in pending:
+                work.wait()
         except RuntimeError as e:  # torch.distributed's errors: a stage died or timed out
             raise self.group._failure(f"pipeline step failed: {e}") from e
-        return logits
+        if len(pending) == 1:
+            return pending[0][0]
+        if not pending:
+            return torch.empty((0, vocab), dtype=torch.float32, device=self.local.device)
+        return torch.cat([buf for buf, _ in pending])  # groups are contiguous: the step's chunk order
 
     def copy_blocks(self, copies: list) -> None:
         if copies:
@@ -341,6 +414,7 @@ class TPGroup:
                              f"{mode}-parallel group (use {'tensor_parallel_size=1 and pipeline_parallel_size=1' if mode == 'hybrid' else mode + '_parallel_size=1'} inside torchrun jobs for now)")
         self.world, self.tensor_size = world, tensor_size if mode == "hybrid" else None
         self.logits_rank = _logits_rank(world, mode, self.tensor_size)
+        self.stages = _sizes(world, mode, self.tensor_size)[1]
         self.device = _rank_device(device, 0)
         kw = {"device": str(device), "dtype": dtype, "block_size": block_size, "max_model_len": max_model_len,
               "options": options, "allow_pickle": allow_pickle, "timeout": timeout, "mode": mode,

@@ -222,10 +222,16 @@ def test_two_by_two_ranks_give_the_single_process_logits(tp2_pp2: tuple) -> None
             assert have.shape == tuple(want.shape) and rel_err(torch.from_numpy(have), want) < 1e-5
 
 
-def test_llm_tensor_times_pipeline_gives_the_single_process_greedy_tokens_and_a_dead_rank_is_an_error() -> None:
+def test_llm_tensor_times_pipeline_gives_the_single_process_greedy_tokens_and_a_dead_rank_is_an_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln.runtime import tp
+
     greedy = kiln.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     prompts = ["The fox and the crow", "Four score and seven years ago our fathers"]
     want = [o.outputs[0].token_ids for o in kiln.LLM("tiny-llama").generate(prompts, greedy)]
+    counts: list[int] = []  # micro-batch groups per step (automatic: one per stage, at most one per sequence)
+    split = tp.split_chunks
+    monkeypatch.setattr(tp, "split_chunks", lambda chunks, m: counts.append(min(m, len(chunks))) or split(chunks, m))
     llm = kiln.LLM("tiny-llama", tensor_parallel_size=T, pipeline_parallel_size=P)
     try:
         assert llm._tp.mode == "hybrid" and llm._tp.world == 4 and llm._tp.logits_rank == 2
@@ -235,6 +241,7 @@ def test_llm_tensor_times_pipeline_gives_the_single_process_greedy_tokens_and_a_
         got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy)]
         again = [o.outputs[0].token_ids for o in llm.generate(prompts[:1], greedy)]  # prefix-cache hits
         assert got == want and again == want[:1]
+        assert max(counts) == P and min(counts) == 1  # two sequences: two groups in flight; one: one
         worker = llm._tp.procs[2]  # rank 3: the last stage's tensor rank 1
         worker.kill()
         worker.join(timeout=10)

@@ -29,6 +29,27 @@ def test_tensor_parallel_llm_gives_the_single_process_greedy_tokens(world: int) 
     assert not torch.distributed.is_initialized()  # closed cleanly
 
 
+def test_pipeline_micro_batches_in_flight_give_the_single_process_greedy_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pipeline_parallel_size=2 with each step cut into micro-batches (automatic: one per stage;
+    2; 3, more groups than stages): the stages overlap and the tokens equal one process's. One
+    group of processes serves every setting (the number of groups is rank 0's choice per step)."""
+    from kiln.runtime import tp
+
+    prompts = PROMPTS + ["Once upon a time there was"]
+    want = [o.outputs[0].token_ids for o in kiln.LLM("tiny-llama").generate(prompts, GREEDY)]
+    counts: list[int] = []  # groups per step
+    split = tp.split_chunks
+    monkeypatch.setattr(tp, "split_chunks", lambda chunks, m: counts.append(min(m, len(chunks))) or split(chunks, m))
+    with kiln.LLM("tiny-llama", pipeline_parallel_size=2, pipeline_microbatches=3) as llm:
+        assert llm.runner.microbatches == 3
+        for m, most in ((3, 3), (None, 2), (2, 2)):
+            llm.runner.microbatches, counts[:] = m, []
+            got = [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)]
+            assert got == want, m
+            assert max(counts) == most and min(counts) >= 1, (m, counts)
+    assert not torch.distributed.is_initialized()
+
+
 def test_a_dead_worker_is_a_clear_error_not_a_hang() -> None:
     llm = kiln.LLM("tiny-llama", tensor_parallel_size=2)
     try:

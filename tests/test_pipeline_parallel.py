@@ -148,6 +148,38 @@ def test_microbatches_split_every_input_alike() -> None:
         microbatches(ids, num=6)
 
 
+def test_engine_steps_split_into_token_balanced_contiguous_groups() -> None:
+    """kiln.LLM's pipeline micro-batches: contiguous (the logits come back in chunk order), no
+    chunk split, never empty, min(m, chunks) groups, the largest group as small as it can be."""
+    from itertools import combinations
+
+    from kiln.runtime.model_runner import SeqChunk
+    from kiln.runtime.tp import split_chunks
+
+    def sizes(groups: list) -> list[list[int]]:
+        return [[len(c.tokens) for c in g] for g in groups]
+
+    def best(ns: list[int], k: int) -> int:  # the least largest group over every k-way cut
+        return min(max(sum(ns[a:b]) for a, b in zip((0, *cut), (*cut, len(ns))))
+                   for cut in combinations(range(1, len(ns)), k - 1))
+
+    for ns, m in [([1, 1, 1, 1], 2), ([500, 1, 1, 1], 2), ([500, 1, 1, 1], 3), ([1, 1, 1], 5), ([5] * 5, 2),
+                  ([3, 9, 2, 2, 8], 3), ([7], 4), (list(range(1, 11)), 4), ([1, 40, 1, 1, 1, 1], 4)]:
+        chunks = [SeqChunk([i] * n, 0, [0]) for i, n in enumerate(ns)]
+        groups = split_chunks(chunks, m)
+        assert [c for g in groups for c in g] == chunks  # order kept, nothing split or lost
+        assert len(groups) == min(m, len(ns)) and all(groups), sizes(groups)
+        assert max(map(sum, sizes(groups))) == best(ns, len(groups)), (ns, m, sizes(groups))
+    assert sizes(split_chunks([SeqChunk([0] * n, 0, [0]) for n in (4, 4, 4, 4)], 2)) == [[4, 4], [4, 4]]
+    assert split_chunks([], 2) == [] and len(split_chunks([SeqChunk([0], 0, [0])] * 3, 1)) == 1
+
+
+def test_pipeline_microbatches_is_checked() -> None:
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="pipeline_microbatches"):
+            kiln.LLM("tiny-llama", pipeline_parallel_size=2, pipeline_microbatches=bad)
+
+
 # --- multi-process: gloo -----------------------------------------------------------------------
 
 
