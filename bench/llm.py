@@ -13,7 +13,7 @@ ignored. Sections (all by default):
   too) vs HF eager generate (batched by bench/peers.py),
   mean time to first token, KV-slot utilisation (live tokens / slots of allocated blocks, mean
   over steps) and peak pool use.
-* quant: batch-1 decode of kiln bf16, int8, int4 (g128), w8a8, fp8, and the gpt-fast int8 recipe.
+* quant: batch-1 decode of kiln bf16, int8, int4 (g128), w8a8, fp8, bf16 2:4-pruned, and the gpt-fast int8 recipe.
 
     python3 bench/llm.py [--sections decode throughput quant] [--requests 256]
 """
@@ -190,14 +190,15 @@ def section_quant(model: torch.nn.Module, new: int) -> None:
     prompt = [rng.randrange(1, VOCAB) for _ in range(16)]
     rows = []
     base_toks = None
-    for scheme in (None, "int8", "int4", "w8a8", "fp8"):
+    for scheme in (None, "int8", "int4", "w8a8", "fp8", "2:4"):
         try:
-            llm, build_s, _ = make_llm(model, kv_cache_memory=4 << 30, quantization=scheme)
+            kw = {"options": kiln.CompileOptions(pruning="2:4")} if scheme == "2:4" else {"quantization": scheme}
+            llm, build_s, _ = make_llm(model, kv_cache_memory=4 << 30, **kw)
             tps = statistics.median(kiln_decode(llm, prompt, new)[0] for _ in range(3))
             toks = kiln_decode(llm, prompt, new)[1]
             base_toks = toks if scheme is None else base_toks
             same = sum(a == b for a, b in zip(toks, base_toks)) if base_toks else 0
-            rows.append((f"kiln {scheme or 'bf16'}", tps, f"build {build_s:.1f} s; {same}/{len(toks)} tokens equal bf16's"))
+            rows.append((f"kiln {'bf16 2:4 sparse' if scheme == '2:4' else scheme or 'bf16'}", tps, f"build {build_s:.1f} s; {same}/{len(toks)} tokens equal bf16's"))
             free(llm)
         except Exception as e:  # report and go on
             rows.append((f"kiln {scheme}", float("nan"), f"failed: {type(e).__name__}: {str(e)[:100]}"))

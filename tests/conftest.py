@@ -61,3 +61,35 @@ def trained_lm(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (a kil
 
     text = (Path(__file__).parent / "data" / "corpus.txt").read_text(encoding="utf-8")
     return save_trained(train_tiny_lm(text, steps=200, seed=0), tmp_path_factory.mktemp("trained_lm"))
+
+
+def collect_ranks(procs: list, results, wait_s: float) -> dict:  # noqa: ANN001 (a multiprocessing queue)
+    """The payloads of spawned ranks that each put one (rank, status, payload) on `results`, by
+    rank. A rank that reports a failure, exits without reporting or is late past `wait_s` fails
+    the test with its traceback or exit code (multi-process tests never hang)."""
+    import queue
+    import time
+
+    got: dict = {}
+    deadline = time.monotonic() + wait_s
+    while len(got) < len(procs):
+        try:
+            rank, status, payload = results.get(timeout=1.0)
+        except queue.Empty:
+            dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in got]
+            assert not dead, f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without reporting"
+            assert time.monotonic() < deadline, f"ranks {sorted(set(range(len(procs))) - set(got))} did not finish in {wait_s}s"
+            continue
+        assert status == "ok", f"rank {rank} failed:\n{payload}"
+        got[rank] = payload
+    return got
+
+
+def stop_ranks(procs: list, grace_s: float) -> None:
+    """Join spawned ranks, killing any still alive after `grace_s` (after a failure the others
+    may sit in a collective until their timeout)."""
+    for p in procs:
+        p.join(timeout=grace_s)
+        if p.is_alive():
+            p.kill()
+            p.join()

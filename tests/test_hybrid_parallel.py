@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import time
 import traceback
 
@@ -22,7 +21,7 @@ from kiln.errors import PipelineParallelError, TensorParallelError, TensorPipeli
 from kiln.ir.opset import collective
 from kiln.runtime.distributed import parallel_layout, setup_parallel_groups
 
-from conftest import rel_err
+from conftest import collect_ranks, rel_err, stop_ranks
 
 RANK_TIMEOUT_S = 30.0
 WAIT_S = 150.0  # 4 processes on 2 cores: spawn + imports + a compile each
@@ -185,25 +184,9 @@ def tp2_pp2() -> tuple[list, dict]:
         with torch.no_grad():
             fn = kiln.compile(tiny_lm())
             ref = [fn(ids).logits for ids in mbs]
-        got: dict = {}
-        deadline = time.monotonic() + WAIT_S
-        while len(got) < world:
-            try:
-                rank, status, payload = results.get(timeout=1.0)
-            except queue.Empty:
-                dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in got]
-                assert not dead, f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without reporting"
-                assert time.monotonic() < deadline, f"ranks {sorted(set(range(world)) - set(got))} did not finish in {WAIT_S}s"
-                continue
-            assert status == "ok", f"rank {rank} failed:\n{payload}"
-            got[rank] = payload
-        return ref, got
+        return ref, collect_ranks(procs, results, WAIT_S)
     finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        stop_ranks(procs, 5)
 
 
 def test_two_by_two_ranks_give_the_single_process_logits(tp2_pp2: tuple) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import time
 import traceback
 from typing import Callable
@@ -25,7 +24,7 @@ from kiln.ir.dtypes import f32
 from kiln.passes import PIPELINE, PassContext, run_pipeline
 from kiln.passes.tensor_parallel import tensor_parallel_graph
 
-from conftest import rel_err
+from conftest import collect_ranks, rel_err, stop_ranks
 
 KINDS = ("llama", "qwen2")
 RANK_TIMEOUT_S = 30.0  # collectives' timeout inside the ranks
@@ -227,26 +226,11 @@ def run_ranks(world: int, kinds: tuple[str, ...], ids: torch.Tensor, reference: 
     done = False
     try:
         ref = reference()
-        got: dict = {}
-        deadline = time.monotonic() + WAIT_S
-        while len(got) < world:
-            try:
-                rank, status, payload = results.get(timeout=1.0)
-            except queue.Empty:
-                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                assert not dead, f"a rank exited with code {dead[0]} without reporting"
-                assert time.monotonic() < deadline, f"ranks did not finish in {WAIT_S}s"
-                continue
-            assert status == "ok", f"rank {rank} failed:\n{payload}"
-            got[rank] = payload
+        got = collect_ranks(procs, results, WAIT_S)
         done = True
         return ref, got
-    finally:  # after a failure the other ranks may sit in a collective until their timeout: kill them
-        for p in procs:
-            p.join(timeout=10 if done else 1)
-            if p.is_alive():
-                p.kill()
-                p.join()
+    finally:
+        stop_ranks(procs, 10 if done else 1)
 
 
 # tp4 runs only Llama (4 heads, 2 kv heads: the kv-replication case); each extra model costs every
