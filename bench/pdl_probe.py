@@ -7,9 +7,9 @@ plus `gdc_wait`) the next kernel starts while the previous one finishes and can 
 (which depend on nothing) before it waits for its input vector.
 
 This probe chains L int8 weight-only matvecs y <- (W_i y) * s_i (dim x dim, like the 1.1B model's
-square projections) inside one CUDA graph, three ways: F.linear on bf16 weights (cuBLAS), a
-Triton int8 matvec launched normally, and the same kernel with PDL and the weight tile loaded
-before `gdc_wait`. It prints us per matvec (median over replays) and checks the results agree.
+square projections) inside one CUDA graph, four ways: F.linear on bf16 weights (cuBLAS), a
+Triton int8 matvec launched normally, the same kernel with PDL waiting first, and with PDL and
+the weight tile loaded before `gdc_wait`. It prints us per matvec (median over replays) and checks the results agree.
 
     python3 bench/pdl_probe.py [--dim 2048] [--layers 88] [--block-n 16]
 Needs CUDA on sm90+ (not run in CI).
@@ -32,12 +32,17 @@ except ImportError:  # older Triton: the probe reports PDL as unavailable
 
 @triton.jit
 def mv_int8(x_ptr, w_ptr, s_ptr, y_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    # PDL 0: plain launch; 1: PDL, waiting first (only the launch overlaps the previous kernel);
+    # 2: PDL, the weight tile loaded before the wait (the first DRAM round trip overlaps too)
+    if PDL == 1:
+        gdc_wait()
+        gdc_launch_dependents()
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, K)
     nmask = rn < N
     w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=nmask[:, None], other=0)  # independent of x
     s = tl.load(s_ptr + rn, mask=nmask, other=0).to(tl.float32)
-    if PDL:
+    if PDL == 2:
         gdc_wait()  # x is the previous kernel's output
         gdc_launch_dependents()  # the next matvec may start loading its weights now
     x = tl.load(x_ptr + rk).to(tl.float32)
@@ -91,23 +96,27 @@ def main() -> None:
             y = torch.nn.functional.linear(y, w)
         bufs[L].copy_(y)
 
-    def triton_chain(pdl: bool) -> None:
+    def triton_chain(pdl: int) -> None:
         bufs[0].copy_(x0)
         for i in range(L):
             mv_int8[grid](bufs[i], wq[i], scale[i], bufs[i + 1], d, K=d, BLOCK_N=bn, PDL=pdl,
-                          num_warps=args.warps, launch_pdl=pdl)
+                          num_warps=args.warps, launch_pdl=pdl > 0)
 
     rows = []
     cublas()
     want = bufs[L].float().clone()
     rows.append(("cuBLAS F.linear (bf16 weights)", time_graph(cublas), want))
-    for pdl in (False, True):
+    names = {0: "Triton int8 matvec", 1: "Triton int8 matvec + PDL (wait first)", 2: "Triton int8 matvec + PDL (weights before wait)"}
+    for pdl, name in names.items():
         if pdl and gdc_wait is None:
             print("PDL: this Triton has no gdc_wait")
             continue
-        triton_chain(pdl)
-        got = bufs[L].float().clone()
-        rows.append((f"Triton int8 matvec{' + PDL' if pdl else ''}", time_graph(lambda: triton_chain(pdl)), got))
+        try:
+            triton_chain(pdl)
+            got = bufs[L].float().clone()
+            rows.append((name, time_graph(lambda: triton_chain(pdl)), got))
+        except Exception as e:  # report and go on (a PDL launch the driver refuses, say)
+            print(f"{name}: failed: {type(e).__name__}: {str(e)[:200]}")
     wbytes = d * d  # int8
     floor_us = wbytes / 4.8e12 * 1e6
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "

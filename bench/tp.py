@@ -8,7 +8,7 @@ tokens after a 16-token prompt, decode steps only), and prefill throughput (4 pr
 in one step, tokens/s). Scaling efficiency = speed-up / TP. Bar (issue 7): TP=2 decode of the 7B
 shape >= 1.5x TP=1 (gpt-fast reports 1.6x for Llama-2-7B on A100s).
 
-    python3 bench/tp.py [--shapes 1b 7b] [--tp 1 2 4] [--new 128] [--timeout 240] [--all-reduce nccl symm_mem]
+    python3 bench/tp.py [--shapes 1b 7b] [--tp 1 2 4] [--pp 1 2] [--new 128] [--timeout 240] [--all-reduce nccl symm_mem]
 Each row runs in its own process under a time limit; KILN_HANG_DUMP_S=60 makes a stuck row print its stacks.
 On the device machines keep NVLink multicast off (NCCL_NVLS_ENABLE=0), as their docs require.
 """
@@ -88,13 +88,13 @@ def prefill_tps(llm: kiln.LLM) -> float:
     return best
 
 
-def measure(shape: str, tp: int, directory: str, new: int, device: str, all_reduce: str = "nccl") -> dict:
-    """One (shape, TP) configuration, in its own process (a hang or crash costs one row)."""
+def measure(shape: str, tp: int, directory: str, new: int, device: str, all_reduce: str = "nccl", pp: int = 1) -> dict:
+    """One (shape, TP, PP) configuration, in its own process (a hang or crash costs one row)."""
     from kiln import debug
 
     debug.arm_hang_dump()
     t0 = time.perf_counter()
-    with kiln.LLM(directory, dtype="bfloat16", device=device, tensor_parallel_size=tp, max_model_len=2048,
+    with kiln.LLM(directory, dtype="bfloat16", device=device, tensor_parallel_size=tp, pipeline_parallel_size=pp, max_model_len=2048,
                   kv_cache_memory=0.3 if device == "cuda" else 1 << 30,
                   options=kiln.CompileOptions(all_reduce=all_reduce)) as llm:
         build = time.perf_counter() - t0
@@ -108,49 +108,51 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shapes", nargs="+", default=["1b", "7b"], choices=list(SHAPES))
     p.add_argument("--tp", nargs="+", type=int, default=[1, 2, 4])
+    p.add_argument("--pp", nargs="+", type=int, default=[1], help="pipeline stages (rows for every TP x PP that fits)")
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--timeout", type=float, default=240, help="seconds one (shape, TP) row may take")
     p.add_argument("--all-reduce", nargs="+", default=["nccl"], choices=["nccl", "symm_mem", "auto"],
                    help="tensor-parallel all-reduce implementations to compare (rows for TP > 1)")
-    p.add_argument("--one", nargs=4, metavar=("SHAPE", "TP", "DIR", "ALL_REDUCE"), help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs=5, metavar=("SHAPE", "TP", "PP", "DIR", "ALL_REDUCE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     if args.one:
-        measure(args.one[0], int(args.one[1]), args.one[2], args.new, args.device, args.one[3])
+        measure(args.one[0], int(args.one[1]), args.one[3], args.new, args.device, args.one[4], int(args.one[2]))
         return
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     name = torch.cuda.get_device_name() if gpus else "cpu"
     print(f"kiln TP bench | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {gpus} x {name} | "
           f"torch {torch.__version__}\n")
-    print("| shape | TP | all-reduce | decode tok/s (batch 1) | decode vs TP=1 | efficiency | prefill tok/s | prefill vs TP=1 | build s | rank-0 CUDA graphs |")
+    print("| shape | TP x PP | all-reduce | decode tok/s (batch 1) | decode vs 1 GPU | efficiency | prefill tok/s | prefill vs 1 GPU | build s | rank-0 CUDA graphs |")
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for shape in args.shapes:
         with tempfile.TemporaryDirectory() as d:
             save_random(shape, d, args.device)
             base: dict | None = None
-            for tp in args.tp:
+            for tp, pp in [(t, q) for q in args.pp for t in args.tp]:
                 for ar in (args.all_reduce if tp > 1 else ["-"]):
-                    if args.device == "cuda" and tp > gpus:
-                        print(f"| {shape} | {tp} | {ar} | skipped: {gpus} GPUs | | | | | | |")
+                    label = f"{tp} x {pp}"
+                    if args.device == "cuda" and tp * pp > gpus:
+                        print(f"| {shape} | {label} | {ar} | skipped: {gpus} GPUs | | | | | | |")
                         continue
-                    r, why, tail = run_row(shape, tp, d, "nccl" if ar == "-" else ar, args)
+                    r, why, tail = run_row(shape, tp, pp, d, "nccl" if ar == "-" else ar, args)
                     if r is None:
-                        print(f"| {shape} | {tp} | {ar} | {why} | | | | | | |", flush=True)
+                        print(f"| {shape} | {label} | {ar} | {why} | | | | | | |", flush=True)
                         print(tail[-6000:], file=sys.stderr, flush=True)
                         continue
                     base = base or r
                     dec, pre = r["decode"], r["prefill"]
-                    print(f"| {shape} | {tp} | {ar} | {dec:.0f} | {dec / base['decode']:.2f}x | {dec / base['decode'] / tp * 100:.0f}% | "
+                    print(f"| {shape} | {label} | {ar} | {dec:.0f} | {dec / base['decode']:.2f}x | {dec / base['decode'] / (tp * pp) * 100:.0f}% | "
                           f"{pre:.0f} | {pre / base['prefill']:.2f}x | {r['build']:.1f} | {r.get('graphs', 0)} |", flush=True)
                     if r.get("capture_failure"):
-                        print(f"  ({shape} TP={tp} {ar}: capture failed: {r['capture_failure']})", flush=True)
+                        print(f"  ({shape} {label} {ar}: capture failed: {r['capture_failure']})", flush=True)
 
-
-def run_row(shape: str, tp: int, directory: str, all_reduce: str, args: argparse.Namespace) -> tuple[dict | None, str, str]:
+def run_row(shape: str, tp: int, pp: int, directory: str, all_reduce: str,
+            args: argparse.Namespace) -> tuple[dict | None, str, str]:
     """One row in a child process under the row time limit: (result or None, why not, stderr)."""
-    cmd = [sys.executable, __file__, "--one", shape, str(tp), directory, all_reduce, "--new", str(args.new), "--device", args.device]
+    cmd = [sys.executable, __file__, "--one", shape, str(tp), str(pp), directory, all_reduce, "--new", str(args.new), "--device", args.device]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         out, why, tail = proc.stdout, f"failed (exit {proc.returncode})", proc.stderr
@@ -160,6 +162,7 @@ def run_row(shape: str, tp: int, directory: str, all_reduce: str, args: argparse
         out, why, tail = text(e.stdout), f"timed out after {args.timeout:.0f} s", text(e.stderr)
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     return (json.loads(lines[-1][7:]) if lines else None), why, tail
+
 
 if __name__ == "__main__":
     main()

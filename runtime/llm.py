@@ -52,6 +52,9 @@ class LLM:
         from .tp import check_microbatches
 
         check_microbatches(pipeline_microbatches)
+        if pipeline_microbatches not in (None, 1) and pipeline_parallel_size == 1:
+            raise ValueError(f"pipeline_microbatches={pipeline_microbatches} needs pipeline_parallel_size > 1 "
+                             "(micro-batches flow between pipeline stages)")
         # one group serves every layout: rank 0 drives; "tensor" ranks hold shards, "pipeline" ranks
         # stages, "hybrid" ranks shard r % T of stage r // T (T = tensor_parallel_size)
         world = tensor_parallel_size * pipeline_parallel_size

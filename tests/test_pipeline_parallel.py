@@ -178,6 +178,8 @@ def test_pipeline_microbatches_is_checked() -> None:
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="pipeline_microbatches"):
             kiln.LLM("tiny-llama", pipeline_parallel_size=2, pipeline_microbatches=bad)
+    with pytest.raises(ValueError, match="needs pipeline_parallel_size > 1"):
+        kiln.LLM("tiny-llama", tensor_parallel_size=2, pipeline_microbatches=2)
 
 
 # --- multi-process: gloo -----------------------------------------------------------------------
