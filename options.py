@@ -41,7 +41,7 @@ class CompileOptions:
     pipeline_parallel: tuple[int, int] | None = None
     # how tensor-parallel all-reduces run on GPUs (runtime/comm.py): "nccl" (torch.distributed),
     # "symm_mem" (one-shot all-reduce over NVLink peers' symmetric memory for messages up to
-    # 4 MiB, NCCL above) or "auto" (symm_mem where every rank can use it, else nccl)
+    # 16 MiB, NCCL above; all_gathers too, as sums of zero-padded shards) or "auto" (symm_mem where every rank can use it, else nccl)
     all_reduce: str = "nccl"
 
     def __post_init__(self) -> None:

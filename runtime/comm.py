@@ -24,7 +24,10 @@ import torch.distributed as dist
 
 from ..ir.opset import collective
 
-MAX_BYTES = 4 << 20  # larger messages (prefill) go to NCCL's bandwidth-optimal algorithms
+# larger messages (long prefills) go to NCCL's bandwidth-optimal algorithms; up to this size a
+# one-shot sum (each rank reads every peer's buffer) is one capturable kernel, which also carries
+# the logits gather of decode batches (all_gather as a sum of zero-padded shards)
+MAX_BYTES = 16 << 20
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 

@@ -56,3 +56,40 @@ def test_all_reduce_option_is_checked() -> None:
     assert kiln.CompileOptions(all_reduce="auto").all_reduce == "auto"
     with pytest.raises(ValueError, match="all_reduce"):
         kiln.CompileOptions(all_reduce="mpi")
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_all_gather_through_the_hook_is_a_sum_of_zero_padded_shards(two_rank_group: list, monkeypatch: pytest.MonkeyPatch,
+                                                                    dim: int) -> None:
+    """Rank 1 of 2: the hook sees this rank's shard at offset 1 * size along dim, zeros elsewhere;
+    adding rank 0's padded shard (what the real sum does) gives the concatenation in rank order."""
+    mine, theirs = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    d = dim % 3
+    monkeypatch.setattr(collective.dist, "get_rank", lambda group=None: 1)
+    seen: list[torch.Tensor] = []
+
+    def hook(padded: torch.Tensor) -> torch.Tensor:
+        seen.append(padded.clone())
+        other = torch.zeros_like(padded)
+        other.narrow(d, 0, theirs.shape[d]).copy_(theirs)
+        return padded + other
+
+    collective.set_all_reduce(hook)
+    out = collective._all_gather(mine, dim=dim, group_size=2)
+    assert torch.equal(out, torch.cat([theirs, mine], d)) and not two_rank_group
+    assert torch.count_nonzero(seen[0].narrow(d, 0, mine.shape[d])) == 0  # rank 0's slot was zeros
+
+
+def test_a_declined_all_gather_goes_to_torch_distributed(two_rank_group: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    gathered: list = []
+
+    def fake_all_gather(parts: list, x: torch.Tensor, **kw: object) -> None:
+        gathered.append(x)
+        for p in parts:
+            p.copy_(x)
+
+    monkeypatch.setattr(collective.dist, "all_gather", fake_all_gather)
+    monkeypatch.setattr(collective.dist, "get_rank", lambda group=None: 0)
+    collective.set_all_reduce(lambda t: None)
+    x = torch.randn(2, 4)
+    assert torch.equal(collective._all_gather(x, dim=1, group_size=2), torch.cat([x, x], 1)) and len(gathered) == 1

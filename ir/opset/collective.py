@@ -133,6 +133,16 @@ def _all_gather(x: torch.Tensor, dim: int, group_size: int) -> torch.Tensor:
     if not _check_group("all_gather", group_size):
         return x.clone(memory_format=torch.contiguous_format)
     x = x.contiguous()
+    if _FAST_ALL_REDUCE is not None:
+        # through the installed all-reduce, as a sum of zero-padded shards (x + 0 is exact): the
+        # decode step's logits gather then runs on the same capturable kernel as its all-reduces
+        d = dim % x.dim()
+        rank = dist.get_rank(_TENSOR_GROUP) if _TENSOR_GROUP is not None else dist.get_rank()
+        padded = x.new_zeros(x.shape[:d] + (x.shape[d] * group_size,) + x.shape[d + 1:])
+        padded.narrow(d, rank * x.shape[d], x.shape[d]).copy_(x)
+        out = _FAST_ALL_REDUCE(padded)
+        if out is not None:
+            return out
     if x.is_cuda:  # NCCL: one flat gather (capturable, no per-part copies), then the parts moved to dim
         flat = torch.empty((group_size, *x.shape), dtype=x.dtype, device=x.device)
         dist.all_gather_into_tensor(flat, x, **_group_kw())
