@@ -232,7 +232,9 @@ class QuantLinearLauncher:
         H200. On CUDA the GEMM kernels (prefill, and all of W8A8) are offered only for `aligned`
         problems (N and K multiples of 64, 16-byte aligned rows: every model shape): on the H200
         they stopped with a misaligned-address fault on ragged test shapes (N 70, K 300;
-        2026-11-21, open), so PyTorch runs those there; the interpreter tests keep every shape."""
+        2026-11-21), so PyTorch runs those there; the interpreter tests keep every shape. The
+        likely cause, false `tl.multiple_of` / `tl.max_contiguous` hints on wrapped indices, is
+        removed (edges are masked now); this gate goes once the ragged GPU tests pass."""
         gemm_ok = aligned or not on_cuda
         if self.op == "linear_w8a8":
             if not gemm_ok:
