@@ -22,8 +22,6 @@ from typing import Any, Callable
 
 import torch
 
-from .. import debug
-
 
 class GraphRunner:
     """Calls `fn` (a plan function) directly, or replays its CUDA graph for a known signature."""
@@ -90,7 +88,6 @@ class GraphRunner:
             # a silent fallback would hide a several-fold slowdown of small steps: say it once
             warnings.warn(f"kiln: CUDA-graph capture failed, this plan now runs uncaptured (small batches become "
                           f"host-bound): {self.failure}", RuntimeWarning, stacklevel=3)
-            debug.log.info("CUDA graph capture failed, running uncaptured: %s", e)
             self.disabled = True
             torch.cuda.synchronize()
             return self.fn(*inputs)

@@ -317,6 +317,12 @@ def split_chunks(chunks: list, groups: int) -> list[list]:
     if k <= 1:
         return [list(chunks)] if chunks else []
     sizes = [max(1, len(c.tokens)) for c in chunks]
+    prefix = [0]
+    for size in sizes:
+        prefix.append(prefix[-1] + size)
+
+    def tokens(a: int, b: int) -> int:  # tokens of chunks[a:b], O(1): this runs every pipeline step
+        return prefix[b] - prefix[a]
 
     def pack(cap: int) -> list[tuple[int, int]]:  # [lo, hi) index ranges, greedy left to right
         out, lo, total = [], 0, 0
@@ -327,7 +333,7 @@ def split_chunks(chunks: list, groups: int) -> list[list]:
             total += size
         return out + [(lo, n)]
 
-    lo, hi = max(sizes), sum(sizes)
+    lo, hi = max(sizes), prefix[-1]
     while lo < hi:
         mid = (lo + hi) // 2
         if len(pack(mid)) <= k:
@@ -336,9 +342,9 @@ def split_chunks(chunks: list, groups: int) -> list[list]:
             lo = mid + 1
     ranges = pack(lo)
     while len(ranges) < k:
-        j = max((j for j, (a, b) in enumerate(ranges) if b - a > 1), key=lambda j: sum(sizes[slice(*ranges[j])]))
+        j = max((j for j, (a, b) in enumerate(ranges) if b - a > 1), key=lambda j: tokens(*ranges[j]))
         a, b = ranges[j]
-        cut = min(range(a + 1, b), key=lambda c: max(sum(sizes[a:c]), sum(sizes[c:b])))
+        cut = min(range(a + 1, b), key=lambda c: max(tokens(a, c), tokens(c, b)))
         ranges[j:j + 1] = [(a, cut), (cut, b)]
     return [list(chunks[a:b]) for a, b in ranges]
 
