@@ -88,7 +88,62 @@ def prefill_tps(llm: kiln.LLM) -> float:
     return best
 
 
-def measure(shape: str, tp: int, directory: str, new: int, device: str, all_reduce: str = "nccl", pp: int = 1) -> dict:
+def step_breakdown(llm: kiln.LLM, steps: int = 48) -> None:
+    """Where rank 0's batch-1 decode step goes (host timers around the step broadcast, the local
+    launch and the wait for the logits), then the profiler's top kernels over a few steps; printed
+    to stderr (`--breakdown`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    eng, runner = llm.engine, llm.runner
+    spent = {"send": 0.0, "launch": 0.0, "step": 0.0}
+    group, local = getattr(llm, "_tp", None), getattr(runner, "local", runner)
+
+    def timed(obj: object, name: str, key: str) -> None:
+        fn = getattr(obj, name)
+
+        def wrapper(*a: object, **k: object) -> object:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[key] += time.perf_counter() - t
+        setattr(obj, name, wrapper)
+
+    if group is not None:
+        timed(group, "send", "send")
+    timed(local, "execute", "launch")
+    params = kiln.SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True)
+    rid = eng.add_request(list(range(1, 17)), params)
+    for _ in range(8):
+        eng.step()
+    for k in spent:
+        spent[k] = 0.0
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) if torch.cuda.is_available() else None
+    if prof is not None:
+        prof.__enter__()
+    n = 0
+    while not eng.is_finished(rid):
+        t = sync()
+        eng.step()
+        spent["step"] += sync() - t
+        n += 1
+    if prof is not None:
+        prof.__exit__(None, None, None)
+    eng.release(rid)
+    us = {k: v / n * 1e6 for k, v in spent.items()}
+    print(f"BREAKDOWN per decode step over {n} steps (us, rank 0 host): step {us['step']:.0f} | broadcast {us['send']:.0f} | "
+          f"launch (args + replay) {us['launch']:.0f} | rest (wait for logits, sampling, scheduling) "
+          f"{us['step'] - us['send'] - us['launch']:.0f}", flush=True)
+    if prof is not None:
+        events = prof.key_averages()
+        gpu = sorted((e for e in events if e.device_time_total > 0), key=lambda e: -e.device_time_total)[:16]
+        cpu = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+        print("BREAKDOWN GPU per step: " + "; ".join(f"{e.key[:48]} x{e.count / n:.0f} {e.device_time_total / n:.0f}us" for e in gpu), flush=True)
+        print("BREAKDOWN host per step: " + "; ".join(f"{e.key[:40]} x{e.count / n:.0f} {e.self_cpu_time_total / n:.0f}us" for e in cpu), flush=True)
+
+
+def measure(shape: str, tp: int, directory: str, new: int, device: str, all_reduce: str = "nccl", pp: int = 1,
+            breakdown: bool = False) -> dict:
     """One (shape, TP, PP) configuration, in its own process (a hang or crash costs one row)."""
     from kiln import debug
 
@@ -98,6 +153,8 @@ def measure(shape: str, tp: int, directory: str, new: int, device: str, all_redu
                   kv_cache_memory=0.3 if device == "cuda" else 1 << 30,
                   options=kiln.CompileOptions(all_reduce=all_reduce)) as llm:
         build = time.perf_counter() - t0
+        if breakdown:
+            step_breakdown(llm)
         r = {"decode": decode_tps(llm, new), "prefill": prefill_tps(llm), "build": build,
              "graphs": llm.stats["cuda_graphs"], "capture_failure": llm.stats["capture_failure"]}
         print("RESULT " + json.dumps(r), flush=True)  # before the teardown: a slow close loses nothing
@@ -114,12 +171,13 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=240, help="seconds one (shape, TP) row may take")
     p.add_argument("--all-reduce", nargs="+", default=["nccl"], choices=["nccl", "symm_mem", "auto"],
                    help="tensor-parallel all-reduce implementations to compare (rows for TP > 1)")
+    p.add_argument("--breakdown", action="store_true", help="print where rank 0's decode step goes (host timers, profiler) per row")
     p.add_argument("--one", nargs=5, metavar=("SHAPE", "TP", "PP", "DIR", "ALL_REDUCE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     if args.one:
-        measure(args.one[0], int(args.one[1]), args.one[3], args.new, args.device, args.one[4], int(args.one[2]))
+        measure(args.one[0], int(args.one[1]), args.one[3], args.new, args.device, args.one[4], int(args.one[2]), args.breakdown)
         return
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     name = torch.cuda.get_device_name() if gpus else "cpu"
@@ -146,6 +204,8 @@ def main() -> None:
                     dec, pre = r["decode"], r["prefill"]
                     print(f"| {shape} | {label} | {ar} | {dec:.0f} | {dec / base['decode']:.2f}x | {dec / base['decode'] / (tp * pp) * 100:.0f}% | "
                           f"{pre:.0f} | {pre / base['prefill']:.2f}x | {r['build']:.1f} | {r.get('graphs', 0)} |", flush=True)
+                    if args.breakdown:
+                        print("\n".join(ln for ln in tail.splitlines() if "BREAKDOWN" in ln or ln.startswith("kiln rank")), flush=True)
                     if r.get("capture_failure"):
                         print(f"  ({shape} {label} {ar}: capture failed: {r['capture_failure']})", flush=True)
 
@@ -153,6 +213,7 @@ def run_row(shape: str, tp: int, pp: int, directory: str, all_reduce: str,
             args: argparse.Namespace) -> tuple[dict | None, str, str]:
     """One row in a child process under the row time limit: (result or None, why not, stderr)."""
     cmd = [sys.executable, __file__, "--one", shape, str(tp), str(pp), directory, all_reduce, "--new", str(args.new), "--device", args.device]
+    cmd += ["--breakdown"] if args.breakdown else []
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         out, why, tail = proc.stdout, f"failed (exit {proc.returncode})", proc.stderr
@@ -161,6 +222,8 @@ def run_row(shape: str, tp: int, pp: int, directory: str, all_reduce: str,
             return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
         out, why, tail = text(e.stdout), f"timed out after {args.timeout:.0f} s", text(e.stderr)
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    if args.breakdown:
+        tail = out + tail
     return (json.loads(lines[-1][7:]) if lines else None), why, tail
 
 

@@ -62,6 +62,19 @@ class GraphRunner:
             return self.fn(*inputs)
         return self._capture(sig, inputs)
 
+    def release(self) -> None:
+        """Destroy every captured graph and run uncaptured from now on. A process group whose
+        collectives a live graph captured cannot be torn down (NCCL's communicator destroy waits
+        for it, pytorch/pytorch#115388): the parallel runtimes call this before they destroy theirs."""
+        if self.graphs:
+            torch.cuda.synchronize()
+        for graph, *_ in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+        self.seen.clear()
+        self._pool = None
+        self.disabled = True
+
     def _capture(self, sig: tuple, inputs: tuple) -> tuple:
         t0 = time.perf_counter()
         try:

@@ -159,6 +159,9 @@ class LLM:
     def close(self) -> None:
         """Stop tensor- or pipeline-parallel workers (if any). The engine is unusable afterwards."""
         if getattr(self, "_tp", None) is not None:
+            runner = getattr(self, "runner", None)
+            if runner is not None and not self._tp.closed:
+                runner.release_graphs()  # a live graph holding NCCL calls blocks the group's teardown
             self._tp.close()
 
     def __enter__(self) -> "LLM":

@@ -174,6 +174,12 @@ class PagedModelRunner:
             # decode steps repeat a few bucketed shapes: replay them as CUDA graphs
             self.run = GraphRunner(self.plan.fn, max_graphs=64, retained=self.plan.retained, stable_inputs=True)
 
+    def release_graphs(self) -> None:
+        """Destroy the captured CUDA graphs (before a parallel group is torn down); later steps run uncaptured."""
+        release = getattr(self.run, "release", None)
+        if release is not None:
+            release()
+
     @property
     def num_blocks(self) -> int:
         return self.info.num_blocks

@@ -53,7 +53,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import inspect
+import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable, Protocol
 
@@ -173,6 +175,7 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
         torch.cuda.set_device(device)
     _join_group(device, init_method, rank, world, kw["timeout"])
     clean = False
+    runner: Any = None
     try:
         control = _control_group(device, kw["timeout"])
         mode, tensor_size = kw.get("mode", "tensor"), kw.get("tensor_size")
@@ -189,8 +192,11 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
             runner = PagedModelRunner(module, block_size=kw["block_size"], device=device, num_blocks=blocks,
                                       options=_rank_options(kw["options"], rank, world, mode, tensor_size),
                                       max_model_len=kw["max_model_len"])
+        times: list[tuple[int, float, float]] = []  # (step tokens, waited, ran) per message (KILN_STEP_TIMES)
         while True:
+            t0 = time.perf_counter()
             dist.broadcast_object_list(box, src=0, group=control)
+            t1 = time.perf_counter()
             msg = box[0]
             if msg[0] == "stop":
                 clean = True
@@ -204,11 +210,31 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
                     logits = runner.execute(chunks)
                     if logits is not None and sends_logits and logits.shape[0]:
                         dist.send(logits.contiguous(), 0)  # this group's rows, for rank 0's sampler
+            if debug.STEP_TIMES and msg[0] == "exec":
+                times.append((sum(len(c.tokens) for c in msg[1]), t1 - t0, time.perf_counter() - t1))
+        if times:
+            _print_step_times(rank, times)
     finally:
+        if runner is not None:
+            runner.release_graphs()  # a live graph holding NCCL calls blocks the group's teardown
         # a clean stop destroys the group together with rank 0 (NCCL's teardown is collective);
         # after a failure the process ends (or its launcher kills it) without waiting for peers
         _destroy_group(timeout=30 if clean else 5)
         collective.reset_groups()
+
+
+def _print_step_times(rank: int, times: list[tuple[int, float, float]]) -> None:
+    """KILN_STEP_TIMES: the median host time of this worker's steps, by step size, waiting for rank
+    0's message (rank 0's previous step, sampling, scheduling, the broadcast) and running the step."""
+    import statistics
+
+    sizes = sorted({n for n, _, _ in times})
+    for lo, hi in ((1, 8), (9, 1 << 30)):
+        picked = [(w, r) for n, w, r in times if lo <= n <= hi]
+        if picked:
+            print(f"kiln rank {rank}: {len(picked)} steps of {lo}-{min(hi, sizes[-1])} tokens; median host time "
+                  f"{statistics.median(w for w, _ in picked) * 1e6:.0f} us waiting for the step message, "
+                  f"{statistics.median(r for _, r in picked) * 1e6:.0f} us running the step", file=sys.stderr, flush=True)
 
 
 def _worker_main(rank: int, world: int, init_method: str, spec: Any, kw: dict, errors: Any) -> None:
