@@ -6,6 +6,8 @@ KILN_CACHE_DIR=dir where generated kernels are cached (a private 0700 directory)
 KILN_PAGED_ROPE=0  keep rotary-embedding nodes separate instead of folding them into paged attention
 KILN_HANG_DUMP_S=s every parallel rank (and the driver) prints all Python stacks to stderr after s
                    seconds and again every s seconds: where a multi-process run waits, when it hangs
+KILN_STEP_CHANNEL=auto|shm|gloo  how rank 0's step messages reach same-host parallel workers: shared
+                   memory or the gloo group (auto: shared memory on GPUs; workers on other machines: gloo)
 KILN_STEP_TIMES=1  every parallel worker prints, when it stops, where its steps' host time went
                    (waiting for rank 0's step message against running the step)
 """
@@ -19,6 +21,7 @@ DEBUG = os.environ.get("KILN_DEBUG", "") not in ("", "0")
 DUMP_DIR = os.environ.get("KILN_DUMP_DIR") or None
 CACHE_DIR = os.environ.get("KILN_CACHE_DIR") or None
 PAGED_ROPE = os.environ.get("KILN_PAGED_ROPE", "1") not in ("", "0")  # 0: keep rotary nodes out of paged attention
+STEP_CHANNEL = os.environ.get("KILN_STEP_CHANNEL", "auto")
 STEP_TIMES = os.environ.get("KILN_STEP_TIMES", "") not in ("", "0")
 HANG_DUMP_S = float(os.environ.get("KILN_HANG_DUMP_S") or 0)
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")  # Triton's own knob, read here once  # generated-kernel cache (default ~/.cache/kiln/kernels)

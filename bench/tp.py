@@ -171,6 +171,8 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=240, help="seconds one (shape, TP) row may take")
     p.add_argument("--all-reduce", nargs="+", default=["nccl"], choices=["nccl", "symm_mem", "auto"],
                    help="tensor-parallel all-reduce implementations to compare (rows for TP > 1)")
+    p.add_argument("--step-channel", nargs="+", default=["auto"], choices=["auto", "shm", "gloo"],
+                   help="how rank 0's step messages reach the workers (KILN_STEP_CHANNEL; rows for parallel runs)")
     p.add_argument("--breakdown", action="store_true", help="print where rank 0's decode step goes (host timers, profiler) per row")
     p.add_argument("--one", nargs=5, metavar=("SHAPE", "TP", "PP", "DIR", "ALL_REDUCE"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -183,19 +185,20 @@ def main() -> None:
     name = torch.cuda.get_device_name() if gpus else "cpu"
     print(f"kiln TP bench | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {gpus} x {name} | "
           f"torch {torch.__version__}\n")
-    print("| shape | TP x PP | all-reduce | decode tok/s (batch 1) | decode vs 1 GPU | efficiency | prefill tok/s | prefill vs 1 GPU | build s | rank-0 CUDA graphs |")
+    print("| shape | TP x PP | all-reduce, step messages | decode tok/s (batch 1) | decode vs 1 GPU | efficiency | prefill tok/s | prefill vs 1 GPU | build s | rank-0 CUDA graphs |")
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for shape in args.shapes:
         with tempfile.TemporaryDirectory() as d:
             save_random(shape, d, args.device)
             base: dict | None = None
             for tp, pp in [(t, q) for q in args.pp for t in args.tp]:
-                for ar in (args.all_reduce if tp > 1 else ["-"]):
+                for ar, ch in ([(a, c) for a in args.all_reduce for c in args.step_channel] if tp * pp > 1 else [("-", "-")]):
                     label = f"{tp} x {pp}"
                     if args.device == "cuda" and tp * pp > gpus:
                         print(f"| {shape} | {label} | {ar} | skipped: {gpus} GPUs | | | | | | |")
                         continue
-                    r, why, tail = run_row(shape, tp, pp, d, "nccl" if ar == "-" else ar, args)
+                    r, why, tail = run_row(shape, tp, pp, d, "nccl" if ar == "-" else ar, args, ch)
+                    ar = ar if ch == "-" else f"{ar}, {ch} steps"
                     if r is None:
                         print(f"| {shape} | {label} | {ar} | {why} | | | | | | |", flush=True)
                         print(tail[-6000:], file=sys.stderr, flush=True)
@@ -210,12 +213,13 @@ def main() -> None:
                         print(f"  ({shape} {label} {ar}: capture failed: {r['capture_failure']})", flush=True)
 
 def run_row(shape: str, tp: int, pp: int, directory: str, all_reduce: str,
-            args: argparse.Namespace) -> tuple[dict | None, str, str]:
+            args: argparse.Namespace, channel: str = "-") -> tuple[dict | None, str, str]:
     """One row in a child process under the row time limit: (result or None, why not, stderr)."""
     cmd = [sys.executable, __file__, "--one", shape, str(tp), str(pp), directory, all_reduce, "--new", str(args.new), "--device", args.device]
     cmd += ["--breakdown"] if args.breakdown else []
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        env = dict(os.environ, **({"KILN_STEP_CHANNEL": channel} if channel != "-" else {}))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
         out, why, tail = proc.stdout, f"failed (exit {proc.returncode})", proc.stderr
     except subprocess.TimeoutExpired as e:
         def text(b: object) -> str:

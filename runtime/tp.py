@@ -62,11 +62,13 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.distributed as dist
 
+from .. import debug
 from ..errors import KilnError, PipelineParallelError, TensorParallelError, TensorPipelineParallelError
 from ..ir.opset import collective
 from ..options import CompileOptions
 from .comm import setup_all_reduce
 from .distributed import free_port, parallel_layout, setup_parallel_groups
+from .step_channel import GlooChannel, SharedMemoryChannel
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -167,7 +169,6 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
     """A worker's life: join the group, build the same runner as rank 0 over its shard (or
     pipeline stage), execute the steps rank 0 broadcasts until it says stop; the last pipeline
     stage sends each step's logits to rank 0. Raises on any failure (the launcher reports it)."""
-    from .. import debug
     from .model_runner import PagedModelRunner
 
     debug.arm_hang_dump()
@@ -178,15 +179,14 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
     runner: Any = None
     try:
         control = _control_group(device, kw["timeout"])
+        channel = _worker_channel(kw, control, world, rank)
         mode, tensor_size = kw.get("mode", "tensor"), kw.get("tensor_size")
         _setup_groups(world, mode, tensor_size, device, kw["options"], kw["timeout"])
         sends_logits = mode != "tensor" and rank == _logits_rank(world, mode, tensor_size)
         module = _load(spec, kw, device)
-        box: list[Any] = [None]
 
         def blocks(_cfg: Any) -> int:  # rank 0 sizes the pool; every rank takes its number
-            dist.broadcast_object_list(box, src=0, group=control)
-            return int(box[0])
+            return int(channel.recv())
 
         with torch.no_grad():
             runner = PagedModelRunner(module, block_size=kw["block_size"], device=device, num_blocks=blocks,
@@ -195,9 +195,8 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
         times: list[tuple[int, float, float]] = []  # (step tokens, waited, ran) per message (KILN_STEP_TIMES)
         while True:
             t0 = time.perf_counter()
-            dist.broadcast_object_list(box, src=0, group=control)
+            msg = channel.recv()
             t1 = time.perf_counter()
-            msg = box[0]
             if msg[0] == "stop":
                 clean = True
                 break
@@ -221,6 +220,13 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
         # after a failure the process ends (or its launcher kills it) without waiting for peers
         _destroy_group(timeout=30 if clean else 5)
         collective.reset_groups()
+
+
+def _worker_channel(kw: dict, control: Any, world: int, rank: int) -> GlooChannel | SharedMemoryChannel:
+    """The channel rank 0 chose (`TPGroup`): the shared buffer it handed over at spawn, else gloo."""
+    gloo = GlooChannel(control)
+    buffer = kw.get("step_buffer")
+    return gloo if buffer is None else SharedMemoryChannel(buffer, world, rank, fallback=gloo)
 
 
 def _print_step_times(rank: int, times: list[tuple[int, float, float]]) -> None:
@@ -452,12 +458,26 @@ class TPGroup:
         kw = {"device": str(device), "dtype": dtype, "block_size": block_size, "max_model_len": max_model_len,
               "options": options, "allow_pickle": allow_pickle, "timeout": timeout, "mode": mode,
               "tensor_size": self.tensor_size}
+        # same-host workers this process spawns get the step messages through shared memory (a
+        # decode step's latency on GPUs); others, and CPU groups unless asked, through gloo
+        choice = debug.STEP_CHANNEL
+        if choice not in ("auto", "shm", "gloo"):
+            self.launcher.kill()
+            raise ValueError(f"KILN_STEP_CHANNEL must be auto, shm or gloo, got {choice!r}")
+        local = isinstance(self.launcher, LocalProcesses)
+        shm = local and (choice == "shm" or (choice == "auto" and device.type == "cuda"))
+        buffer = SharedMemoryChannel.create(world) if shm else None
+        if buffer is not None:
+            kw["step_buffer"] = buffer
         try:
             host = self.launcher.host()
             init_method = f"tcp://{f'[{host}]' if ':' in host else host}:{free_port(host)}"
             self.launcher.start(world, init_method, spec, kw)
             _join_group(self.device, init_method, 0, world, timeout)
             self.control = _control_group(device, timeout)
+            gloo = GlooChannel(self.control)
+            self.channel: GlooChannel | SharedMemoryChannel = gloo if buffer is None else SharedMemoryChannel(
+                buffer, world, 0, fallback=gloo, alive=self._dead_workers, timeout=timeout)
             _setup_groups(world, mode, self.tensor_size, self.device, options, timeout)
         except Exception as e:
             failure = e if isinstance(e, self.error) else self._failure(f"could not form the {mode}-parallel group: {e}")
@@ -491,14 +511,18 @@ class TPGroup:
         if check:
             self.check()
         try:
-            dist.broadcast_object_list([msg], src=0, group=self.control)
+            self.channel.send(msg)
         except Exception as e:
-            raise self._failure(f"broadcast to the workers failed: {e}") from e
+            raise self._failure(f"sending the step to the workers failed: {e}") from e
+
+    def _dead_workers(self) -> str | None:
+        dead = self.launcher.dead()
+        return f"worker rank(s) {', '.join(f'{r} ({how})' for r, how in dead)} stopped" if dead else None
 
     def check(self) -> None:
-        dead = self.launcher.dead()
+        dead = self._dead_workers()
         if dead:
-            raise self._failure(f"worker rank(s) {', '.join(f'{r} ({how})' for r, how in dead)} stopped")
+            raise self._failure(dead)
 
     def _failure(self, what: str) -> KilnError:
         details = [f"rank {rank}:\n{tb}" for rank, tb in self.launcher.reports()]
@@ -511,7 +535,7 @@ class TPGroup:
         try:
             stopped = not self.launcher.dead()
             if stopped:
-                dist.broadcast_object_list([("stop",)], src=0, group=self.control)
+                self.channel.send(("stop",))
         except Exception:  # noqa: BLE001 - closing anyway
             stopped = False
         if stopped and dist.is_initialized():
