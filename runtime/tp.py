@@ -8,8 +8,9 @@ Every rank compiles the model with `CompileOptions(tensor_parallel=(rank, N))` (
 sharding pass: each rank holds 1/N of the heads, MLP columns and KV cache, and the graph carries
 its all-reduce/all-gather ops) and owns a `PagedModelRunner` over its shard. torch.distributed
 carries everything between ranks (gloo on CPU, NCCL on GPUs): the model's collectives, and each
-step's inputs, which rank 0 broadcasts before it runs the step itself (`broadcast_object_list`;
-on GPUs over a gloo group beside NCCL, host to host, so no step message waits on a GPU stream).
+step's inputs, which rank 0 sends before it runs the step itself (`runtime.step_channel`: through
+shared memory to the workers it spawned on a GPU machine, else broadcast on a gloo group beside
+NCCL; host to host either way, so no step message waits on a GPU stream).
 The scheduler, the allocator and sampling live on rank 0 only: workers just execute steps, so
 their block tables are the driver's and no rank ever decides anything on its own.
 
