@@ -201,6 +201,8 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
             if msg[0] == "stop":
                 clean = True
                 break
+            if msg[0] == "noop":  # rank 0 is idle and still there
+                continue
             if msg[0] == "copy":
                 runner.copy_blocks(msg[1])
             elif msg[0] == "exec":  # tensor mode: the whole step
@@ -397,6 +399,10 @@ class TPRunner:
         return getattr(self.local, name)
 
     def execute(self, chunks: list) -> torch.Tensor:
+        with self.group.busy:  # no keep-alive message while a step's collectives are in flight
+            return self._execute(chunks)
+
+    def _execute(self, chunks: list) -> torch.Tensor:
         if self.group.mode == "tensor":
             self.group.send(("exec", chunks))
             return self.local.execute(chunks)
@@ -422,9 +428,10 @@ class TPRunner:
         return torch.cat([buf for buf, _ in pending])  # groups are contiguous: the step's chunk order
 
     def copy_blocks(self, copies: list) -> None:
-        if copies:
-            self.group.send(("copy", copies))
-        self.local.copy_blocks(copies)
+        with self.group.busy:
+            if copies:
+                self.group.send(("copy", copies))
+            self.local.copy_blocks(copies)
 
 
 class TPGroup:
@@ -434,10 +441,11 @@ class TPGroup:
     of stage r // T; world = T * P)."""
 
     def __init__(self, world: int, spec: Any, *, device: torch.device, dtype: Any, block_size: int, max_model_len: int,
-                 options: CompileOptions | None, allow_pickle: bool, timeout: float = DEFAULT_TIMEOUT_S,
+                 options: CompileOptions | None, allow_pickle: bool, timeout: float | None = None,
                  launcher: WorkerLauncher | None = None, mode: str = "tensor", tensor_size: int | None = None):
         self.launcher = launcher if launcher is not None else LocalProcesses(device)
         self.closed = True  # until the group is formed
+        timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
         if mode not in MODES:
             self.launcher.kill()
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -488,6 +496,31 @@ class TPGroup:
                 raise
             raise failure from e
         self.closed = False
+        # A worker waiting on the gloo group for the next step gives up after the group's timeout:
+        # an idle engine (a server between requests) sends a no-op message every timeout / 4.
+        # Between steps only (`busy`): on CPU the step messages share the group with the model's
+        # collectives, which must run in the same order on every rank.
+        self.busy = threading.RLock()
+        self._last_send = time.monotonic()
+        self._stop_keepalive = threading.Event()
+        if isinstance(self.channel, GlooChannel):
+            threading.Thread(target=self._keepalive, args=(max(timeout / 4, 0.5),), daemon=True,
+                             name="kiln-parallel-keepalive").start()
+
+    def _keepalive(self, period: float) -> None:
+        while not self._stop_keepalive.wait(period / 4):
+            if not self.busy.acquire(blocking=False):
+                continue  # a step is running: it is the workers' message
+            try:
+                if self.closed:
+                    return
+                if time.monotonic() - self._last_send >= period and not self.launcher.dead():
+                    self.channel.send(("noop",))
+                    self._last_send = time.monotonic()
+            except Exception:  # noqa: BLE001 - the engine's next step reports the failure
+                return
+            finally:
+                self.busy.release()
 
     @property
     def procs(self) -> list[Any]:
@@ -512,7 +545,9 @@ class TPGroup:
         if check:
             self.check()
         try:
-            self.channel.send(msg)
+            with self.busy:
+                self.channel.send(msg)
+                self._last_send = time.monotonic()
         except Exception as e:
             raise self._failure(f"sending the step to the workers failed: {e}") from e
 
@@ -533,10 +568,12 @@ class TPGroup:
         if getattr(self, "closed", True):
             return
         self.closed = True
+        self._stop_keepalive.set()
         try:
-            stopped = not self.launcher.dead()
-            if stopped:
-                self.channel.send(("stop",))
+            with self.busy:  # after a keep-alive message in flight, if any
+                stopped = not self.launcher.dead()
+                if stopped:
+                    self.channel.send(("stop",))
         except Exception:  # noqa: BLE001 - closing anyway
             stopped = False
         if stopped and dist.is_initialized():

@@ -161,3 +161,46 @@ def test_an_unknown_channel_setting_is_refused(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ValueError, match="KILN_STEP_CHANNEL"):
         kiln.LLM("tiny-llama", tensor_parallel_size=2)
     assert not dist.is_initialized()
+
+
+def test_an_idle_group_sends_keepalives_between_steps_only() -> None:
+    """A worker waiting on gloo gives up after the group's timeout, so an idle rank 0 sends a no-op
+    every timeout / 4 — never while a step holds `busy` (on CPU the step's collectives share the
+    group, and every rank must issue them in the same order)."""
+    import threading
+    import time
+
+    from kiln.runtime.tp import TPGroup
+
+    sent: list = []
+
+    class Recorder:
+        def send(self, msg: object) -> None:
+            sent.append((time.monotonic(), msg))
+
+    class Alive:
+        def dead(self) -> list:
+            return []
+
+    group = object.__new__(TPGroup)
+    group.busy, group.closed, group._last_send = threading.RLock(), False, time.monotonic()
+    group._stop_keepalive, group.channel, group.launcher = threading.Event(), Recorder(), Alive()
+    thread = threading.Thread(target=group._keepalive, args=(0.2,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sent and sent[0][1] == ("noop",)
+        with group.busy:  # a long step: no keep-alive inside it
+            t0 = time.monotonic()
+            time.sleep(0.6)
+            t1 = time.monotonic()
+        assert not [t for t, _ in sent if t0 <= t <= t1]
+        time.sleep(0.5)
+        assert [t for t, _ in sent if t > t1]  # idle again: they resume
+    finally:
+        group.closed = True
+        group._stop_keepalive.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
