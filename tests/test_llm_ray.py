@@ -28,7 +28,7 @@ def ray_cluster() -> Iterator[None]:
 
     if ray.is_initialized():
         pytest.skip("a Ray runtime is already running in this process")
-    start_local_ray(num_cpus=3)
+    start_local_ray(num_cpus=4)  # one CPU per rank of the 2 x 2 test
     try:
         yield
     finally:
@@ -53,6 +53,16 @@ def test_ray_actors_give_the_single_process_greedy_tokens(ray_cluster: None, sin
     assert not torch.distributed.is_initialized()  # closed cleanly
     assert ray.is_initialized()  # the test's runtime is not the LLM's to shut down
     assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())  # bundles released
+
+
+def test_ray_places_a_tensor_by_pipeline_group(ray_cluster: None, single_process_tokens: list) -> None:
+    """Both sizes through Ray: 4 ranks (2 stages of 2 shards), three actors beside the driver."""
+    with kiln.LLM("tiny-llama", tensor_parallel_size=2, pipeline_parallel_size=2, distributed_executor_backend="ray") as llm:
+        assert len(llm._tp.launcher.actors) == 3 and llm._tp.mode == "hybrid"
+        got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
+    assert got == single_process_tokens
+    assert not torch.distributed.is_initialized()
+    assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
 
 
 def test_a_killed_actor_is_a_clear_error_not_a_hang(ray_cluster: None) -> None:
