@@ -8,9 +8,9 @@ site=$(mktemp -d)
 ln -s "$root" "$site/kiln"          # the repository root is the kiln package
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export KILN_HANG_DUMP_S="${KILN_HANG_DUMP_S:-60}"
+export KILN_HANG_DUMP_S="${KILN_HANG_DUMP_S:-60}" KILN_STEP_TIMES=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 (cd "$root/tests" && timeout "${TP_TEST_S:-150}" python3 -m pytest -p no:cacheprovider -m gpu test_llm_tp.py -rs); status=$?
-cd "$root" && timeout "${TP_BENCH_S:-420}" python3 bench/tp.py --shapes 7b 1b --all-reduce nccl symm_mem --step-channel shm --timeout 120 "$@" \
+cd "$root" && timeout "${TP_BENCH_S:-420}" python3 bench/tp.py --shapes 7b 1b --all-reduce nccl symm_mem --step-channel shm --breakdown --timeout 120 "$@" \
     2>&1 | grep -v "non_strict_utils\|Writing model"
 exit $status
