@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import traceback
 
 import torch
@@ -35,6 +34,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import triton
 import triton.language as tl
+from pdl_probe import time_graph  # bench/ is this script's directory
 
 MAX_SPIN = 1 << 22
 
@@ -66,32 +66,6 @@ def ar_add_rmsnorm(x_ptr, own_buf, peer_buf, res_ptr, w_ptr, out_ptr, res_out_pt
     tl.store(res_out_ptr + row * D + cols, h.to(res_out_ptr.dtype.element_ty), mask=m)
     tl.store(out_ptr + row * D + cols, y.to(out_ptr.dtype.element_ty), mask=m)
     tl.store(counters + row, epoch)
-
-
-def time_graph(fn, reps: int = 50) -> float:
-    """Median ms of one replay of a CUDA graph of `fn` (both ranks replay in lockstep)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(5):
-        g.replay()
-    torch.cuda.synchronize()
-    dist.barrier()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def rank_main(rank: int, port: int, args: argparse.Namespace, results: mp.Queue) -> None:
@@ -159,7 +133,7 @@ def rank_main(rank: int, port: int, args: argparse.Namespace, results: mp.Queue)
             try:
                 got = chain(block).float()
                 diff = ((got - want).abs().max() / want.abs().max()).item()
-                ms = time_graph(lambda b=block: chain(b))
+                ms = time_graph(lambda b=block: chain(b), ready=dist.barrier)
                 got2 = chain(block).float()  # after many replays the handshake must still line up
                 diff = max(diff, ((got2 - want).abs().max() / want.abs().max()).item())
                 rows.append((name, ms * 1e3 / L, diff))

@@ -50,18 +50,23 @@ def mv_int8(x_ptr, w_ptr, s_ptr, y_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexp
     tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=nmask)
 
 
-def time_graph(fn, reps: int = 50) -> float:
-    """Median ms of one replay of a graph of `fn`."""
+def time_graph(fn, reps: int = 50, ready=None) -> float:  # noqa: ANN001
+    """Median ms of one replay of a graph of `fn` (bench/ar_norm_probe.py uses it too; `ready()`
+    runs once between the warm-up replays and the timed ones, e.g. a barrier across ranks)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         fn()
     torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
     for _ in range(5):
         g.replay()
+    if ready is not None:
+        torch.cuda.synchronize()
+        ready()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(reps):
