@@ -3,6 +3,9 @@
 Variant "dot": a split-K tensor-core kernel (x rows padded to 16, weight tile dequantized in
 registers to x's dtype, tl.dot, fp32 partials summed by a second launch when split). Variant
 "kiln": the shipped kernels (backends/triton/quant_kernels.py) over a grid of matvec configs.
+Variant "gemv": the shipped CUDA-core decode kernels (`gemv_w8` / `gemv_w4`) over a grid of
+GemvConfig tilings, each plain and, where PDL runs (sm90+), with programmatic dependent launch:
+the timed CUDA graph chains one launch per weight copy, so PDL overlaps them as in a decode step.
 Shapes: the 1.1B Llama's projections at M=2 (kiln pads a batch-1 decode to two rows). Prints, per
 shape, the best config of each variant: time (median of CUDA-event timings over rotating weight
 copies), GB/s of the quantized bytes, and bf16 F.linear (cuBLAS) on the same shape.
@@ -113,15 +116,16 @@ def time_fn(fn, copies: int, reps: int = 7) -> float:  # noqa: ANN001
 
 def main() -> None:
     from kiln.backends.triton.matmul import MatvecConfig
-    from kiln.backends.triton.quant_matmul import QuantLinearLauncher
+    from kiln.backends.triton.quant_matmul import GemvConfig, QuantLinearLauncher, pdl_available
     from kiln.ir.opset.quant import dequantize_int4, dequantize_int8, quantize_int4_grouped, quantize_int8_per_channel
 
     torch.manual_seed(0)
     dt = torch.bfloat16
     shapes = [(2560, 2048), (2048, 2048), (11264, 2048), (2048, 5632), (32000, 2048)]
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}\n")
-    print("| fmt | N x K | bf16 F.linear us | dot best us | GB/s | dot config | kiln best us | kiln config | rel err dot |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| fmt | N x K | bf16 F.linear us | dot best us | GB/s | dot config | kiln best us | kiln config | rel err dot | "
+          "gemv best us | GB/s | gemv config | rel err gemv |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for fmt, (n, k) in itertools.product(("int8", "int4"), shapes):
         copies = max(3, -(-256_000_000 // (n * k * 2)))  # >= 256 MB of bf16 weights per pass
         x = torch.randn(2, k, device="cuda", dtype=dt)
@@ -168,8 +172,26 @@ def main() -> None:
                 continue
             if t < kbest[0]:
                 kbest = (t, cfg.name)
+        gbest = (float("inf"), "", float("nan"))
+        pdl_modes = (False, True) if pdl_available() else (False,)
+        for bn, bk, warps, pdl in itertools.product((8, 16, 32), (512, 2048, 4096), (4, 8), pdl_modes):
+            cfg = GemvConfig(bn, bk, warps, pdl)
+            try:
+                def gemv(i: int, cfg: GemvConfig = cfg) -> torch.Tensor:
+                    q, s = qs[i % copies]
+                    y = torch.empty((2, n), dtype=dt, device="cuda")
+                    launcher._gemv(cfg, x, q, s, s, None, y, cfg.pdl)
+                    return y
+                err = ((gemv(0).float() - ref).norm() / ref.norm()).item()
+                t = time_fn(gemv, copies)
+            except Exception as e:  # noqa: BLE001
+                print(f"<!-- gemv {cfg.name}: {type(e).__name__}: {str(e)[:60]} -->")
+                continue
+            if t < gbest[0]:
+                gbest = (t, cfg.name, err)
         print(f"| {fmt} | {n} x {k} | {dense:.1f} | {best[0]:.1f} | {nbytes / best[0] / 1e3:.0f} | {best[1]} | "
-              f"{kbest[0]:.1f} | {kbest[1]} | {best[2]:.1e} |", flush=True)
+              f"{kbest[0]:.1f} | {kbest[1]} | {best[2]:.1e} | {gbest[0]:.1f} | {nbytes / gbest[0] / 1e3:.0f} | "
+              f"{gbest[1]} | {gbest[2]:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 VARIANTS = [("linear_w8", False, 0), ("linear_w8", True, 0), ("linear_w4", False, 32), ("linear_w4", True, 64),
             ("linear_w4", False, 128), ("linear_w4", True, 128)]
 GEMMS = [c.name for c in GEMM_CONFIGS]
+GEMV_ONE_STEP, GEMV_LOOP = "gemv_16x2048_w8", "gemv_32x512_w4"  # K in one tile; K in 512-column steps
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # sigmoid(-large) in numpy
 
 
@@ -74,8 +75,11 @@ def _check(g: ir.Graph, launcher: quant_matmul.QuantLinearLauncher, vals: list, 
 
 @pytest.fixture
 def no_torch_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail if a launcher quietly runs the op's reference instead of a Triton kernel."""
+    """Fail if a launcher quietly runs the op's reference instead of a Triton kernel. The kernels
+    themselves are under test, so the CUDA policy that keeps GEMMs to aligned problems (until the
+    ragged GEMMs are verified on a GPU) is lifted here: on CUDA these tests are that verification."""
     monkeypatch.setattr(quant_matmul, "torch_reference", lambda *a: pytest.fail("ran the reference, not a Triton kernel"))
+    monkeypatch.setattr(quant_matmul.QuantLinearLauncher, "_aligned", staticmethod(lambda x, q: True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
@@ -86,18 +90,20 @@ def test_every_config_and_weight_format_matches_the_reference(config: str, varia
     """N = 70 is ragged for every BLOCK_N; int8's K = 300 is ragged for every BLOCK_K and gives the
     split-K matvecs several splits (int4's K is a multiple of the group by definition)."""
     op, asym, group = variant
-    m, k = (3 if config.startswith(("matvec", "dmv")) else 17), (256 if op == "linear_w4" else 300)
+    m, k = (3 if config.startswith(("matvec", "dmv", "gemv")) else 17), (256 if op == "linear_w4" else 300)
     g, node, vals = _node(op, _variant(op, asym, group), m, 70, k, dtype, True)
     _check(g, quant_linear_kernel(node, config), vals, dtype)
 
 
 # one pinned config per kernel: (kernel, op, config, rows M it runs); mv_w8 / mv_w4 take M = 17 as
-# two 16-row tiles, the dmv kernels one 16-row tile (M <= 16)
+# two 16-row tiles, the dmv kernels one 16-row tile (M <= 16), the gemv kernels M <= 4 rows
 RAGGED_KERNELS = [
     ("mv_w8", "linear_w8", quant_matmul.MATVEC_CONFIGS[1].name, (1, 3, 17)),
     ("mv_w4", "linear_w4", quant_matmul.MATVEC_CONFIGS[1].name, (1, 3, 17)),
     ("dmv_w8", "linear_w8", quant_matmul.DMV_W8[1].name, (1, 3)),
     ("dmv_w4", "linear_w4", quant_matmul.DMV_W4[1].name, (1, 3)),
+    ("gemv_w8", "linear_w8", GEMV_LOOP, (1, 3)),
+    ("gemv_w4", "linear_w4", GEMV_LOOP, (1, 3)),
     ("gemm_w8", "linear_w8", GEMMS[0], (1, 3, 17)),
     ("gemm_w4", "linear_w4", GEMMS[3], (1, 3, 17)),
     ("gemm_a8", "linear_w8a8", GEMMS[3], (1, 3, 17)),
@@ -122,6 +128,69 @@ def test_each_kernel_masks_ragged_m_n_k_and_unaligned_rows_exactly(kernel: str, 
         vals[0] = wide[:, :k]
         assert vals[0].stride(0) == k + 3
         _check(g, quant_linear_kernel(node, config), vals, torch.float32)
+
+
+# (op, asymmetric, group_size, K for one step, K for the looped tiling): int8's K is ragged for
+# both, int4's a whole number of groups with a ragged last step (1152 = 2.25 x 512, 1280 = 2.5 x 512)
+GEMV_VARIANTS = [("linear_w8", False, 0, 300, 1100), ("linear_w8", True, 0, 300, 1100),
+                 ("linear_w4", False, 32, 288, 1152), ("linear_w4", True, 32, 288, 1152),
+                 ("linear_w4", False, 128, 256, 1280), ("linear_w4", True, 128, 256, 1280)]
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("config", [GEMV_ONE_STEP, GEMV_LOOP])
+@pytest.mark.parametrize("variant", GEMV_VARIANTS, ids=lambda v: f"{v[0]}-{'asym' if v[1] else 'sym'}-g{v[2]}")
+def test_gemv_kernels_match_the_reference_in_one_step_and_over_a_ragged_k_loop(
+        variant: tuple, config: str, m: int, dtype: torch.dtype, bias: bool, no_torch_fallback: None) -> None:
+    """gemv_w8 / gemv_w4 for every weight format at decode row counts, N = 70 ragged for every
+    BLOCK_N, K in one tile (no loop) or over several 512-column steps with a ragged last one."""
+    op, asym, group, k_one, k_loop = variant
+    k = k_one if config == GEMV_ONE_STEP else k_loop
+    g, node, vals = _node(op, _variant(op, asym, group, "gelu_tanh"), m, 70, k, dtype, bias, seed=m + k)
+    _check(g, quant_linear_kernel(node, config), vals, dtype)
+
+
+def test_gemv_pdl_configs_are_offered_only_on_sm90_cuda_for_constant_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PDL variants lead the CUDA decode candidates where PDL runs (mocked: sm90 and gdc_wait) and
+    every operand but x is a constant; never on CPU, where a pinned PDL config launches plainly."""
+    from kiln.backends.triton.quant_matmul import DMV_W8, GEMV_CONFIGS, GEMV_M, QuantLinearLauncher
+
+    pdl = [c.name for c in GEMV_CONFIGS if c.pdl]
+    plain = [c.name for c in GEMV_CONFIGS if not c.pdl]
+    dmv = [c.name for c in DMV_W8]
+    const = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
+    fed = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
+    assert not quant_matmul.pdl_available()  # the interpreter never runs gdc calls
+    assert const.candidates(1, on_cuda=True) == plain + dmv + [TORCH]  # pre-Hopper CUDA
+    assert const.candidates(1) == dmv + plain + [TORCH]  # CPU: the interpreter runs the first, as before
+    monkeypatch.setattr(quant_matmul, "pdl_available", lambda: True)
+    assert const.candidates(1, on_cuda=True) == pdl + plain + dmv + [TORCH]
+    assert const.candidates(GEMV_M, on_cuda=True)[0] == pdl[0]
+    assert const.candidates(GEMV_M + 1, on_cuda=True) == dmv + [TORCH]  # one weight pass per row: dmv's job
+    assert fed.candidates(1, on_cuda=True) == plain + dmv + [TORCH]  # weights a kernel may write
+    assert const.candidates(1) == dmv + plain + [TORCH]
+
+    launches: list[bool] = []
+    monkeypatch.setattr(QuantLinearLauncher, "_gemv", lambda self, *a: launches.append(a[-1]))
+    g, node, vals = _node("linear_w8", _variant("linear_w8", False, 0), 1, 8, 32, torch.float32, False)
+    assert not quant_linear_kernel(node).constant_weights  # graph inputs, not constants
+    const.run(pdl[0], tuple(v.cpu() for v in vals))
+    assert launches == [False]  # CPU tensors: no PDL launch even where the GPU could
+
+
+def _constant_node(op: str, asym: bool, group: int, m: int, d: int, dtype: torch.dtype) -> tuple:
+    """x [m, d] as the graph's input and d x d quantized weights (scaled by 1/sqrt(d), so a chain
+    keeps its magnitude) and a bias as graph constants: what the quantize pass makes."""
+    w = _rand((d, d), torch.float32, 2) / d**0.5
+    params = [*_weights(op, asym, group, w.to(dtype)), _rand((d,), dtype, 4)]
+    g = ir.Graph()
+    ins = [g.add_input("x", ir.TensorType(from_torch(dtype), (m, d)))]
+    ins += [g.add_constant(f"c{i}", p) for i, p in enumerate(params)]
+    node = g.add_node(op, ins, _variant(op, asym, group, "none"))
+    g.outputs = list(node.outputs)
+    return g, node, _rand((m, d), dtype, 1).to(DEVICE), [p.to(DEVICE) for p in params]
 
 
 @settings(max_examples=14, deadline=None, derandomize=True)
@@ -243,9 +312,9 @@ def test_cuda_configs_match_the_reference_at_model_shapes(config: str, variant: 
     from triton.runtime.errors import OutOfResources
 
     op, asym, group = variant
-    if op == "linear_w8a8" and config.startswith("matvec"):
+    if op == "linear_w8a8" and config.startswith(("matvec", "gemv")):
         pytest.skip("W8A8 has no matvec kernel (its small-M path is the 16-row GEMM tile)")
-    m = 7 if config.startswith("matvec") else 300
+    m = 7 if config.startswith("matvec") else 3 if config.startswith("gemv") else 300
     attrs = {"activation": "gelu_tanh"} if op == "linear_w8a8" else _variant(op, asym, group, "gelu_tanh")
     g, node, vals = _node(op, attrs, m, 1000, 2048, dtype, True)
     try:
@@ -270,15 +339,47 @@ def test_cuda_autotuned_launcher_is_correct_and_replays_in_a_cuda_graph(m: int) 
     assert _err(out, ref) <= TOL[torch.bfloat16]
 
 
+@pytest.mark.parametrize(("op", "asym", "group"), [("linear_w8", False, 0), ("linear_w4", True, 128)],
+                         ids=["int8", "int4-asym-g128"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pdl_gemv_chained_twice_in_a_cuda_graph_reads_each_input_after_its_writer(
+        op: str, asym: bool, group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """y = f(f(x)) with a PDL gemv, captured once and replayed on fresh x: the second launch reads
+    the first one's output, so a read before `gdc_wait` (or a store before it) shows as a wrong y."""
+    if not quant_matmul.pdl_available():
+        pytest.skip("PDL needs sm90+ and a Triton with gdc_wait")
+    g, node, x, params = _constant_node(op, asym, group, 1, 2048, torch.bfloat16)
+    launcher = quant_linear_kernel(node, "gemv_16x2048_w8_pdl")
+    launches: list[bool] = []
+    gemv = quant_matmul.QuantLinearLauncher._gemv
+    monkeypatch.setattr(quant_matmul.QuantLinearLauncher, "_gemv", lambda self, *a: (launches.append(a[-1]), gemv(self, *a)))
+    launcher(x, *params)  # compiles outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        mid = launcher(x, *params)
+        out = launcher(mid, *params)
+    assert launches == [True] * 3
+    for seed in (5, 6, 7):
+        x.copy_(_rand(tuple(x.shape), torch.bfloat16, seed))
+        graph.replay()
+        torch.cuda.synchronize()
+        (ref_mid,) = ir.run_graph(g, [x.cpu()])
+        (ref_out,) = ir.run_graph(g, [mid.cpu()])
+        assert _err(mid, ref_mid) <= TOL[torch.bfloat16] and _err(out, ref_out) <= TOL[torch.bfloat16]
+
+
 def test_cuda_candidates_are_the_tensor_core_matvecs_and_aligned_gemms() -> None:
-    """On CUDA: decode gets the dmv tilings (+ PyTorch); the GEMMs (prefill, W8A8) only for aligned
-    problems until their misaligned-address fault on ragged shapes is fixed (quant_matmul.candidates)."""
-    from kiln.backends.triton.quant_matmul import DMV_W4, DMV_W8, QuantLinearLauncher
+    """On CUDA: decode gets the dmv tilings (+ PyTorch), batch-1 decode the gemv ones before them;
+    the GEMMs (prefill, W8A8) only for aligned problems until their misaligned-address fault on
+    ragged shapes is fixed (quant_matmul.candidates)."""
+    from kiln.backends.triton.quant_matmul import DMV_W4, DMV_W8, GEMV_CONFIGS, QuantLinearLauncher
 
     w8 = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
     w4 = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False)
     a8 = QuantLinearLauncher("linear_w8a8", {"activation": "none"}, False)
-    assert w8.candidates(2, on_cuda=True) == [c.name for c in DMV_W8] + [TORCH]
+    assert w8.candidates(2, on_cuda=True) == [c.name for c in GEMV_CONFIGS if not c.pdl] + [c.name for c in DMV_W8] + [TORCH]
     assert w4.candidates(16, on_cuda=True, aligned=False) == [c.name for c in DMV_W4] + [TORCH]
     assert w8.candidates(17, on_cuda=True, aligned=False) == [TORCH] == a8.candidates(1, on_cuda=True, aligned=False)
     assert any(c in GEMMS for c in w8.candidates(17, on_cuda=True)) and any(c in GEMMS for c in a8.candidates(1, on_cuda=True))

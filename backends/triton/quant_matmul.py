@@ -6,10 +6,16 @@ docstring has the napkin math). Like matmul.LinearLauncher, each problem key (op
 activation, group, zero points, bias, M bucket, N, K) picks among a few Triton configs and the
 op's own reference implementation ("torch") through `autotune.choose`: timed on CUDA once, the
 first candidate untimed on CPU, never timed during CUDA-graph capture.
+
+Batch-1 decode (M <= GEMV_M) also gets the CUDA-core `gemv` kernels; on Hopper their PDL
+variants launch with programmatic dependent launch and read the weights before waiting on the
+previous kernel, so they are offered only when every operand but x is a graph constant (the
+quantize pass's codes / scales / zeros, a constant bias): nothing a kernel in flight writes.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,6 +31,7 @@ from .quant_kernels import kernel_source
 OPS = ("linear_w8", "linear_w4", "linear_w8a8")
 _KNOWN_ATTRS = frozenset({"activation", "group_size", "asymmetric", "act_scale"})
 _FINISH_N = 128  # columns per program of the split-K finish kernel
+GEMV_M = 4  # at most this many rows: the gemv kernels join the decode candidates (one pass per row)
 
 @dataclass(frozen=True, slots=True)
 class DotMatvecConfig:
@@ -42,11 +49,32 @@ class DotMatvecConfig:
         return f"dmv_{self.block_n}x{self.block_k}_k{self.split_k}_w{self.warps}_s{self.stages}"
 
 
+@dataclass(frozen=True, slots=True)
+class GemvConfig:
+    """A batch-1 decode tiling of `gemv_w8` / `gemv_w4`: output columns per program, K per step
+    (capped at K rounded up to a power of two: one step when K fits; int4 at least one group),
+    warps, and whether to launch with programmatic dependent launch (sm90+, constant weights)."""
+
+    block_n: int
+    block_k: int
+    warps: int
+    pdl: bool
+
+    @property
+    def name(self) -> str:
+        return f"gemv_{self.block_n}x{self.block_k}_w{self.warps}{'_pdl' if self.pdl else ''}"
+
+
 MATVEC_CONFIGS = (MatvecConfig(64, 256, 1, 4), MatvecConfig(32, 256, 4, 4), MatvecConfig(128, 128, 2, 8))
 # the fastest tilings per 1.1B-Llama shape on an H200 (bench/quant_sweep.py, bench/RESULTS.md)
 DMV_W8 = (DotMatvecConfig(32, 256, 1, 4, 4), DotMatvecConfig(32, 128, 4, 4, 4), DotMatvecConfig(64, 128, 1, 4, 4))
 DMV_W4 = (DotMatvecConfig(32, 128, 8, 4, 3), DotMatvecConfig(64, 128, 8, 4, 3), DotMatvecConfig(64, 128, 1, 4, 3),
           DotMatvecConfig(128, 128, 4, 4, 3))
+# bench/pdl_probe.py's winner (16 rows x all of K = 2048, 8 warps), half the rows for twice the
+# programs (small N; K up to 4096 in one step), and a looped K; each tiling holds 128 fp32 weights
+# per thread. PDL variants first: they are the same kernels, launched to overlap the previous one.
+_GEMV_TILINGS = ((16, 2048, 8), (8, 4096, 8), (32, 512, 4))
+GEMV_CONFIGS = tuple(GemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in _GEMV_TILINGS)
 GEMM_CONFIGS = (
     GemmConfig(64, 64, 32, 8, 4, 3),
     GemmConfig(128, 128, 64, 8, 8, 3),
@@ -54,9 +82,22 @@ GEMM_CONFIGS = (
     GemmConfig(16, 64, 128, 1, 4, 4),
     GemmConfig(128, 256, 64, 8, 8, 3),
 )
-CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig] = {
-    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4
+CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig] = {
+    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_CONFIGS
 }
+
+
+@functools.cache
+def pdl_available() -> bool:
+    """Programmatic dependent launch can run here: a CUDA GPU of compute capability 9+ (Hopper)
+    and a Triton with `gdc_wait`; never under the interpreter (it cannot run the gdc calls)."""
+    if debug.TRITON_INTERPRET or not torch.cuda.is_available():
+        return False
+    try:
+        from triton.language.extra.cuda import gdc_wait  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability()[0] >= 9
 
 
 def torch_reference(op: str, ins: tuple, attrs: tuple) -> torch.Tensor:
@@ -70,12 +111,15 @@ class QuantLinearLauncher:
     `config` names a kernel config (see CONFIGS) or "torch" to skip autotuning (tests, benchmarks);
     otherwise the first call per problem key picks one. Matvec configs do not apply to W8A8 (its
     small-M path is the 16-row GEMM tile); a config that does not apply runs the reference.
+    `constant_weights`: every operand but x is a constant no kernel writes, so a PDL config may
+    read them before waiting on the previous kernel; otherwise PDL configs launch without PDL.
     """
 
     __slots__ = ("op", "activation", "group_size", "asymmetric", "act_scale", "has_bias", "config", "chosen",
-                 "_attrs", "_mod", "_by_shape")
+                 "constant_weights", "_attrs", "_mod", "_by_shape")
 
-    def __init__(self, op: str, attrs: dict[str, Any], has_bias: bool, config: str | None = None):
+    def __init__(self, op: str, attrs: dict[str, Any], has_bias: bool, config: str | None = None,
+                 constant_weights: bool = False):
         if config is not None and config != TORCH and config not in CONFIGS:
             raise ValueError(f"unknown quantized matmul config {config!r}; known: {', '.join(CONFIGS)}, {TORCH}")
         if op not in OPS:
@@ -83,7 +127,7 @@ class QuantLinearLauncher:
         declared = REGISTRY[op].attrs
         self._attrs = tuple(attrs.get(a.name, a.default) for a in declared)  # the reference's trailing arguments
         values = {a.name: v for a, v in zip(declared, self._attrs)}
-        self.op, self.has_bias, self.config = op, has_bias, config
+        self.op, self.has_bias, self.config, self.constant_weights = op, has_bias, config, constant_weights
         self.activation = str(values["activation"])
         self.group_size = int(values.get("group_size", 0))
         self.asymmetric = bool(values.get("asymmetric", False))
@@ -121,6 +165,12 @@ class QuantLinearLauncher:
             if x2.shape[0] > SMALL_M:  # one 16-row tile: more rows are a GEMM's job
                 return torch_reference(self.op, ins, self._attrs)
             self._dot_matvec(cfg, x2, q, scale, zeros, bias, y)
+        elif isinstance(cfg, GemvConfig):
+            if x2.shape[0] > GEMV_M:  # one pass over the weights per row: more rows are dmv's job
+                return torch_reference(self.op, ins, self._attrs)
+            # PDL reads scales and zeros before the wait: not a copy .contiguous() just launched
+            copied = scale is not ins[2] or (self.asymmetric and zeros is not ins[3])
+            self._gemv(cfg, x2, q, scale, zeros, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda) and not copied)
         else:
             self._matvec(cfg, x2, q, scale, zeros, bias, y)
         return y.view(*x.shape[:-1], n)
@@ -207,6 +257,27 @@ class QuantLinearLauncher:
             mod.finish[(-(-n // _FINISH_N), 1)](part, b, y, m, n, HAS_BIAS=bias is not None, SPLIT=split,
                                                 BLOCK_M=SMALL_M, BLOCK_N=_FINISH_N)
 
+    def _gemv(self, cfg: GemvConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
+              bias: Any, y: torch.Tensor, pdl: bool) -> None:
+        """One launch of `gemv_w8` / `gemv_w4`, with programmatic dependent launch when `pdl`. M and
+        K are compile-time constants (K is the weight's, M at most GEMV_M): a few compiles per node."""
+        (m, k), n = x2.shape, q.shape[0]
+        block_k = min(cfg.block_k, _pow2(k))
+        args = (x2, q, scale, zeros, bias if bias is not None else y, y, n, *x2.stride(), *q.stride())
+        flags: dict[str, Any] = {"M": m, "K": k, "HAS_BIAS": bias is not None, "ASYM": self.asymmetric, "PDL": pdl,
+                                 "BLOCK_M": _pow2(m), "BLOCK_N": cfg.block_n, "num_warps": cfg.warps}
+        if pdl:  # only then: a Triton without PDL (pdl_available False) takes no launch_pdl
+            flags["launch_pdl"] = True
+        grid = (-(-n // cfg.block_n),)
+        mod = self._module(x2)
+        if self.op == "linear_w4":  # a step is whole groups
+            mod.gemv_w4[grid](*args, *scale.stride(), GS=self.group_size, BLOCK_K=max(block_k, self.group_size), **flags)
+        else:
+            mod.gemv_w8[grid](*args, BLOCK_K=block_k, **flags)
+
+    def _pdl_ok(self, on_cuda: bool) -> bool:
+        return on_cuda and self.constant_weights and pdl_available()
+
     def _w8a8(self, cfg: GemmConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: Any, y: torch.Tensor) -> None:
         """Per-row int8 activations (one program per row), then the int8 x int8 -> int32 GEMM."""
         (m, k), n = x2.shape, q.shape[0]
@@ -229,7 +300,9 @@ class QuantLinearLauncher:
         """Candidate names for M rows, in CPU preference order (the first wins untimed).
 
         Decode (M <= 16) weight-only: the tensor-core matvec tilings that won per shape on an
-        H200. On CUDA the GEMM kernels (prefill, and all of W8A8) are offered only for `aligned`
+        H200; at M <= GEMV_M also the CUDA-core gemv tilings, on CUDA first (their PDL variants
+        where `_pdl_ok`), on CPU after the dmv ones (the interpreter runs the first; no PDL there).
+        On CUDA the GEMM kernels (prefill, and all of W8A8) are offered only for `aligned`
         problems (N and K multiples of 64, 16-byte aligned rows: every model shape): on the H200
         they stopped with a misaligned-address fault on ragged test shapes (N 70, K 300;
         2026-11-21), so PyTorch runs those there; the interpreter tests keep every shape. The
@@ -242,7 +315,12 @@ class QuantLinearLauncher:
             return [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name, TORCH] if m <= SMALL_M else \
                 [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
         if m <= SMALL_M:
-            return [c.name for c in (DMV_W4 if self.op == "linear_w4" else DMV_W8)] + [TORCH]
+            dmv = [c.name for c in (DMV_W4 if self.op == "linear_w4" else DMV_W8)]
+            if m > GEMV_M:
+                return dmv + [TORCH]
+            pdl = self._pdl_ok(on_cuda)
+            gemv = [c.name for c in GEMV_CONFIGS if pdl or not c.pdl]
+            return (gemv + dmv if on_cuda else dmv + gemv) + [TORCH]
         return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH] if gemm_ok else [TORCH]
 
     @staticmethod
@@ -270,7 +348,8 @@ class QuantLinearLauncher:
 def quant_linear_kernel(node: Any, config: str | None = None) -> QuantLinearLauncher | None:
     """A launcher for a linear_w8 / linear_w4 / linear_w8a8 node with fp32, fp16 or bf16
     activations, else None (the node stays in PyTorch). int4 needs a power-of-two group >= 32
-    (every group kiln's quantizer makes); `config` pins a candidate instead of autotuning."""
+    (every group kiln's quantizer makes); `config` pins a candidate instead of autotuning. PDL
+    configs run as such only when every operand but x is a graph constant (`constant_weights`)."""
     if node.op.name not in OPS:
         return None
     attrs = dict(node.attrs)
@@ -282,4 +361,5 @@ def quant_linear_kernel(node: Any, config: str | None = None) -> QuantLinearLaun
     if node.op.name == "linear_w4" and (group < 32 or group & (group - 1)):
         return None
     has_bias = len(node.inputs) == 4 + bool(attrs.get("asymmetric", False))
-    return QuantLinearLauncher(node.op.name, attrs, has_bias, config)
+    constant = all(v.kind == "const" for v in node.inputs[1:])
+    return QuantLinearLauncher(node.op.name, attrs, has_bias, config, constant_weights=constant)
