@@ -248,6 +248,16 @@ def dmv_w4(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, ssn, 
 
 
 @triton.jit
+def wait_for_input(PDL: tl.constexpr):
+    # with programmatic dependent launch: wait for the previous kernel (x is its output; nothing
+    # it writes may be read, and nothing stored, before this), then let the next kernel start
+    # loading its weights
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
 def gemv_rows(acc, wf, x, rm, kx, kin, sxm, sxk, M: tl.constexpr):
     # acc[i, :] += wf . x[i, kx] for each of the M rows on CUDA cores (wf: fp32 (BLOCK_N, BLOCK_K)
     # weights, code - zero); one row at a time, so only one product tile is live
@@ -282,9 +292,7 @@ def gemv_w8(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.co
         off = 128.0  # signed q is shifted by +128 into a code below
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
-    if PDL:
-        gdc_wait()  # x is the previous kernel's output
-        gdc_launch_dependents()  # the next kernel may start loading its weights now
+    wait_for_input(PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     code = code.to(tl.int32)
     if not ASYM:
@@ -347,9 +355,7 @@ def gemv_w4(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, ssn, ssg, M: tl.constexpr
         off = 8.0
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
-    if PDL:
-        gdc_wait()  # x is the previous kernel's output
-        gdc_launch_dependents()  # the next kernel may start loading its weights now
+    wait_for_input(PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     byte = byte.to(tl.int32)
     acc = gemv_rows_w4(acc, decode(byte & 15, off), decode(byte >> 4, off), s, x, rm, kx, kx < K, sxm, sxk, M)
