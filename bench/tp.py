@@ -89,9 +89,9 @@ def prefill_tps(llm: kiln.LLM) -> float:
 
 
 def step_breakdown(llm: kiln.LLM, steps: int = 48) -> None:
-    """Where rank 0's batch-1 decode step goes (host timers around the step broadcast, the local
-    launch and the wait for the logits), then the profiler's top kernels over a few steps; printed
-    to stderr (`--breakdown`)."""
+    """Where rank 0's batch-1 decode step goes: host timers around the step message, the local
+    launch and the whole step (no profiler running), then a second run under the profiler for the
+    top kernels and host calls per step; printed as BREAKDOWN lines (`--breakdown`)."""
     from torch.profiler import ProfilerActivity, profile
 
     eng, runner = llm.engine, llm.runner
@@ -109,37 +109,38 @@ def step_breakdown(llm: kiln.LLM, steps: int = 48) -> None:
                 spent[key] += time.perf_counter() - t
         setattr(obj, name, wrapper)
 
+    def decode(n: int) -> int:  # n decode steps after an 8-step warm-up; the timers count only those
+        rid = eng.add_request(list(range(1, 17)), kiln.SamplingParams(max_tokens=n + 8, temperature=0.0, ignore_eos=True))
+        for _ in range(8):
+            eng.step()
+        for k in spent:
+            spent[k] = 0.0
+        done = 0
+        while not eng.is_finished(rid):
+            t = sync()
+            eng.step()
+            spent["step"] += sync() - t
+            done += 1
+        eng.release(rid)
+        return done
+
     if group is not None:
         timed(group, "send", "send")
     timed(local, "execute", "launch")
-    params = kiln.SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True)
-    rid = eng.add_request(list(range(1, 17)), params)
-    for _ in range(8):
-        eng.step()
-    for k in spent:
-        spent[k] = 0.0
-    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) if torch.cuda.is_available() else None
-    if prof is not None:
-        prof.__enter__()
-    n = 0
-    while not eng.is_finished(rid):
-        t = sync()
-        eng.step()
-        spent["step"] += sync() - t
-        n += 1
-    if prof is not None:
-        prof.__exit__(None, None, None)
-    eng.release(rid)
+    n = decode(steps)
     us = {k: v / n * 1e6 for k, v in spent.items()}
-    print(f"BREAKDOWN per decode step over {n} steps (us, rank 0 host): step {us['step']:.0f} | broadcast {us['send']:.0f} | "
-          f"launch (args + replay) {us['launch']:.0f} | rest (wait for logits, sampling, scheduling) "
-          f"{us['step'] - us['send'] - us['launch']:.0f}", flush=True)
-    if prof is not None:
-        events = prof.key_averages()
-        gpu = sorted((e for e in events if e.device_time_total > 0), key=lambda e: -e.device_time_total)[:16]
-        cpu = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
-        print("BREAKDOWN GPU per step: " + "; ".join(f"{e.key[:48]} x{e.count / n:.0f} {e.device_time_total / n:.0f}us" for e in gpu), flush=True)
-        print("BREAKDOWN host per step: " + "; ".join(f"{e.key[:40]} x{e.count / n:.0f} {e.self_cpu_time_total / n:.0f}us" for e in cpu), flush=True)
+    print(f"BREAKDOWN per decode step over {n} steps (us, rank 0 host, no profiler): step {us['step']:.0f} | "
+          f"step message {us['send']:.0f} | launch (args + replay) {us['launch']:.0f} | rest (wait for logits, "
+          f"sampling, scheduling) {us['step'] - us['send'] - us['launch']:.0f}", flush=True)
+    if not torch.cuda.is_available():
+        return
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        n = decode(steps)
+    events = prof.key_averages()
+    gpu = sorted((e for e in events if e.device_time_total > 0), key=lambda e: -e.device_time_total)[:16]
+    cpu = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+    print("BREAKDOWN GPU per step: " + "; ".join(f"{e.key[:48]} x{e.count / n:.0f} {e.device_time_total / n:.0f}us" for e in gpu), flush=True)
+    print("BREAKDOWN host per step (profiled): " + "; ".join(f"{e.key[:40]} x{e.count / n:.0f} {e.self_cpu_time_total / n:.0f}us" for e in cpu), flush=True)
 
 
 def measure(shape: str, tp: int, directory: str, new: int, device: str, all_reduce: str = "nccl", pp: int = 1,
@@ -211,6 +212,7 @@ def main() -> None:
                         print("\n".join(ln for ln in tail.splitlines() if "BREAKDOWN" in ln or ln.startswith("kiln rank")), flush=True)
                     if r.get("capture_failure"):
                         print(f"  ({shape} {label} {ar}: capture failed: {r['capture_failure']})", flush=True)
+
 
 def run_row(shape: str, tp: int, pp: int, directory: str, all_reduce: str,
             args: argparse.Namespace, channel: str = "-") -> tuple[dict | None, str, str]:

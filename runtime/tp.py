@@ -187,7 +187,10 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
         module = _load(spec, kw, device)
 
         def blocks(_cfg: Any) -> int:  # rank 0 sizes the pool; every rank takes its number
-            return int(channel.recv())
+            msg = _next_message(channel)
+            if msg[0] != "blocks":
+                raise RuntimeError(f"expected rank 0's pool size, got a {msg[0]!r} message")
+            return int(msg[1])
 
         with torch.no_grad():
             runner = PagedModelRunner(module, block_size=kw["block_size"], device=device, num_blocks=blocks,
@@ -196,13 +199,11 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
         times: list[tuple[int, float, float]] = []  # (step tokens, waited, ran) per message (KILN_STEP_TIMES)
         while True:
             t0 = time.perf_counter()
-            msg = channel.recv()
+            msg = _next_message(channel)
             t1 = time.perf_counter()
             if msg[0] == "stop":
                 clean = True
                 break
-            if msg[0] == "noop":  # rank 0 is idle and still there
-                continue
             if msg[0] == "copy":
                 runner.copy_blocks(msg[1])
             elif msg[0] == "exec":  # tensor mode: the whole step
@@ -223,6 +224,15 @@ def serve_rank(rank: int, world: int, init_method: str, device: torch.device, sp
         # after a failure the process ends (or its launcher kills it) without waiting for peers
         _destroy_group(timeout=30 if clean else 5)
         collective.reset_groups()
+
+
+def _next_message(channel: Any) -> tuple:
+    """The next step message, past rank 0's keep-alive no-ops (`TPGroup._keepalive`: they may come
+    at any time the driver is not in a step, the pool-size exchange at start-up included)."""
+    while True:
+        msg = channel.recv()
+        if msg[0] != "noop":
+            return msg
 
 
 def _worker_channel(kw: dict, control: Any, world: int, rank: int) -> GlooChannel | SharedMemoryChannel:
@@ -534,7 +544,7 @@ class TPGroup:
         """Rank 0's pool sizing, shared with the workers (every shard holds the same blocks)."""
         def shared(cfg: Any) -> int:
             n = int(blocks(cfg))
-            self.send(n, check=False)
+            self.send(("blocks", n), check=False)
             return n
 
         return shared

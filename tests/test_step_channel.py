@@ -204,3 +204,19 @@ def test_an_idle_group_sends_keepalives_between_steps_only() -> None:
         group._stop_keepalive.set()
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_a_worker_skips_keepalives_wherever_they_come() -> None:
+    """Keep-alive no-ops may arrive before any step message, the start-up pool size included
+    (rank 0 compiling for longer than a keep-alive period): the worker takes the next real one."""
+    from kiln.runtime.tp import _next_message
+
+    class Queue:
+        def __init__(self, msgs: list) -> None:
+            self.msgs = msgs
+
+        def recv(self) -> tuple:
+            return self.msgs.pop(0)
+
+    q = Queue([("noop",), ("noop",), ("blocks", 12), ("noop",), ("exec", []), ("stop",)])
+    assert [_next_message(q) for _ in range(3)] == [("blocks", 12), ("exec", []), ("stop",)]
