@@ -20,7 +20,15 @@ pytest.importorskip("triton")
 import kiln  # noqa: E402
 from kiln import ir  # noqa: E402
 from kiln.backends.triton import autotune, matmul  # noqa: E402
-from kiln.backends.triton.matmul import CONFIGS, GEMM_CONFIGS, MATVEC_CONFIGS, TORCH, linear_kernel  # noqa: E402
+from kiln.backends.triton.matmul import (  # noqa: E402
+    CONFIGS,
+    GEMM_CONFIGS,
+    GEMV_CONFIGS,
+    GEMV_M,
+    MATVEC_CONFIGS,
+    TORCH,
+    linear_kernel,
+)
 from kiln.ir.dtypes import from_torch  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,7 +90,7 @@ def test_pinned_kernels_match_the_reference(config: str, m: int, n: int, k: int,
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_every_config_runs_ragged_shapes_with_the_full_epilogue(config: str, no_torch_fallback: None) -> None:
     """K = 300 is ragged for every BLOCK_K and gives the split-K matvec configs several splits."""
-    m = 3 if config.startswith("matvec") else 17
+    m = 3 if config.startswith(("matvec", "gemv")) else 17
     g, node, vals = _node((m,), 70, 300, torch.bfloat16, True, True, "silu")
     _check(g, linear_kernel(node, config), vals, torch.bfloat16)
 
@@ -114,6 +122,42 @@ def test_strided_inputs_and_leading_dims_are_read_in_place(config: str, no_torch
     b = _rand((n,), torch.float32, 4)
     assert not (x.is_contiguous() or w.is_contiguous() or r.is_contiguous())
     _check(g, linear_kernel(node, config), [x, w, r, b], torch.float32)
+
+
+@pytest.mark.parametrize("config", [c.name for c in GEMV_CONFIGS if not c.pdl])
+def test_gemv_takes_one_to_four_rows_with_k_in_one_step_or_looped(config: str, no_torch_fallback: None) -> None:
+    """M 1..GEMV_M, K below, equal to and past BLOCK_K (ragged), x rows strided with NaN past K."""
+    for m, n, k in ((1, 70, 300), (GEMV_M, 33, 2048), (2, 24, 5000)):
+        g, node, vals = _node((m,), n, k, torch.float32, True, True, "silu")
+        wide = torch.full((m, k + 3), float("nan"), device=DEVICE)
+        wide[:, :k] = vals[0]
+        vals[0] = wide[:, :k]
+        _check(g, linear_kernel(node, config), vals, torch.float32)
+
+
+def test_gemv_joins_the_decode_candidates_up_to_four_rows_with_pdl_only_for_constant_weights(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU the interpreter keeps the matvec first (and no PDL); at M > GEMV_M no gemv at all;
+    PDL gemv configs are offered on sm90 only when the weight and bias are graph constants."""
+    plain = [c.name for c in GEMV_CONFIGS if not c.pdl]
+    pdl = [c.name for c in GEMV_CONFIGS if c.pdl]
+    g, node, _ = _node((1,), 8, 16, torch.float32, True, False, "none")
+    launcher = linear_kernel(node)
+    assert not launcher.constant_weights
+    names = launcher.candidates(GEMV_M)
+    assert names[0] == MATVEC_CONFIGS[1].name and set(plain) <= set(names) and not set(pdl) & set(names)
+    assert not set(plain) & set(launcher.candidates(GEMV_M + 1))
+    g = ir.Graph()
+    x = g.add_input("x", ir.TensorType(from_torch(torch.float32), (1, 16)))
+    w, b = g.add_constant("w", _rand((8, 16), torch.float32, 2)), g.add_constant("b", _rand((8,), torch.float32, 3))
+    const = linear_kernel(g.add_node("linear", [x, w, b], {"activation": "none"}))
+    assert const.constant_weights
+    r = g.add_input("r", ir.TensorType(from_torch(torch.float32), (1, 8)))
+    assert linear_kernel(g.add_node("linear_add", [x, w, r, b], {"activation": "none"})).constant_weights  # residual: read after the wait
+    b_in = g.add_input("b_in", ir.TensorType(from_torch(torch.float32), (8,)))
+    assert not linear_kernel(g.add_node("linear", [x, w, b_in], {"activation": "none"})).constant_weights
+    monkeypatch.setattr(matmul, "pdl_available", lambda: True)
+    assert const._pdl_ok(True) and not const._pdl_ok(False) and not launcher._pdl_ok(True)
 
 
 def test_unsupported_dtypes_and_ops_stay_in_pytorch() -> None:
@@ -212,7 +256,7 @@ def test_compiled_mlp_runs_both_linears_as_triton_kernels(no_torch_fallback: Non
 def test_cuda_configs_match_the_reference_at_model_shapes(config: str, dtype: torch.dtype) -> None:
     from triton.runtime.errors import OutOfResources
 
-    m = 7 if config.startswith("matvec") else 300
+    m = 7 if config.startswith("matvec") else 3 if config.startswith("gemv") else 300
     g, node, vals = _node((m,), 1000, 2048, dtype, True, True, "gelu_tanh")
     try:
         _check(g, linear_kernel(node, config), vals, dtype)
@@ -234,3 +278,42 @@ def test_cuda_autotuned_launcher_is_correct_and_replays_in_a_cuda_graph(m: int) 
     torch.cuda.synchronize()
     (ref,) = ir.run_graph(g, [v.cpu() for v in vals])
     assert _err(out, ref) <= TOL[torch.bfloat16]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pdl_gemv_chained_twice_in_a_cuda_graph_reads_each_input_after_its_writer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """y = f(f(x) + r) with a PDL gemv (constant weight and bias), captured once and replayed on
+    fresh x: the second launch reads the first one's output, so a read of x or the residual
+    before `gdc_wait` (or a store before it) shows as a wrong y."""
+    if not matmul.pdl_available():
+        pytest.skip("PDL needs sm90+ and a Triton with gdc_wait")
+    d, dtype = 2048, torch.bfloat16
+    g = ir.Graph()
+    x_in = g.add_input("x", ir.TensorType(from_torch(dtype), (1, d)))
+    r_in = g.add_input("r", ir.TensorType(from_torch(dtype), (1, d)))
+    params = [(_rand((d, d), torch.float32, 2) / d**0.5).to(dtype), _rand((d,), dtype, 4)]
+    w, b = (g.add_constant(f"c{i}", p.cpu()) for i, p in enumerate(params))
+    node = g.add_node("linear_add", [x_in, w, r_in, b], {"activation": "none"})
+    g.outputs = list(node.outputs)
+    launcher = linear_kernel(node, "gemv_16x2048_w8_pdl")
+    launches: list[bool] = []
+    gemv = matmul.LinearLauncher._gemv
+    monkeypatch.setattr(matmul.LinearLauncher, "_gemv", lambda self, *a: (launches.append(a[-1]), gemv(self, *a)))
+    x, r = _rand((1, d), dtype, 1), _rand((1, d), dtype, 3)
+    launcher(x, params[0], r, params[1])  # compiles outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        mid = launcher(x, params[0], r, params[1])
+        out = launcher(mid, params[0], mid, params[1])
+    assert launches == [True] * 3
+    for seed in (5, 6, 7):
+        x.copy_(_rand((1, d), dtype, seed))
+        r.copy_(_rand((1, d), dtype, seed + 10))
+        graph.replay()
+        torch.cuda.synchronize()
+        (ref_mid,) = ir.run_graph(g, [x.cpu(), r.cpu()])
+        (ref_out,) = ir.run_graph(g, [mid.cpu(), mid.cpu()])
+        assert _err(mid, ref_mid) <= TOL[dtype] and _err(out, ref_out) <= TOL[dtype]

@@ -4,7 +4,8 @@ A kernel family (matmul, attention, ...) names its candidates (Triton configs, a
 PyTorch op itself as "torch", so kiln never picks something slower than what it replaces) and
 calls `choose(key, candidates)` the first time it sees a problem key (op, dtypes, shape bucket,
 device). Each candidate is a zero-argument callable that runs the work once on real inputs.
-Timing: CUDA events around `reps` calls after one warm-up, median of `rounds` rounds. The winner
+Timing: CUDA events around `reps` calls (captured in a CUDA graph, as decode runs them) after
+one warm-up, median of `rounds` rounds. The winner
 is kept in memory and in `<kernel cache>/autotune.json` (a private directory, see cache.py),
 keyed by the problem key and the GPU's name, so later processes skip the timing.
 
@@ -57,19 +58,47 @@ def _save(key: str, choice: str) -> None:
 
 
 def time_ms(fn: Callable[[], object], reps: int = 10, rounds: int = 3) -> float:
-    """Median over `rounds` of the mean CUDA-event time of `reps` calls, after one warm-up."""
+    """Median over `rounds` of the mean CUDA-event time of `reps` calls, after one warm-up.
+
+    The `reps` calls are captured in one CUDA graph and replayed where they can be: that is how
+    kiln runs decode, and eager timing would measure the host's launch cost instead of the
+    kernel (a Triton launch from Python costs more than a small matvec runs), picking the kernel
+    with the cheapest launch rather than the fastest one. A candidate that cannot be captured is
+    timed eagerly."""
     fn()
     torch.cuda.synchronize()
+    graph = _captured(fn, reps)
+    if graph is not None:
+        run: Callable[[], object] = graph.replay
+        run()  # the first replay uploads the graph
+    else:
+        def run() -> None:
+            for _ in range(reps):
+                fn()
     times = []
     for _ in range(rounds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(reps):
-            fn()
+        run()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / reps)
     return statistics.median(times)
+
+
+def _captured(fn: Callable[[], object], reps: int) -> "torch.cuda.CUDAGraph | None":
+    """`reps` calls of `fn` captured in one CUDA graph, or None where they cannot be (a host
+    sync inside, say)."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                fn()
+    except Exception as e:  # noqa: BLE001 - not capturable: time it eagerly
+        debug.log.info("autotune: timing eagerly, capture failed: %s", e)
+        torch.cuda.synchronize()
+        return None
+    return graph
 
 
 def choose(key: str, candidates: dict[str, Callable[[], object]], on_cuda: bool) -> str:

@@ -5,7 +5,7 @@ x [..., K] is flattened to [M, K]; W is [N, K] (nn.Linear's layout); bias [N] an
 runs on the fp32 accumulator, so the result is rounded once, to the output dtype. fp32 inputs
 use `input_precision="ieee"` (never tf32).
 
-Two kernel shapes, both picked per problem by `autotune.choose` against PyTorch itself:
+Three kernel shapes, all picked per problem by `autotune.choose` against PyTorch itself:
 
 * `gemm`: BLOCK_M x BLOCK_N tiles over a BLOCK_K loop of `tl.dot`, programs in groups of
   GROUP_M tile rows so the W tiles a group reads stay in L2. Napkin math (H200, bf16):
@@ -21,12 +21,22 @@ Two kernel shapes, both picked per problem by `autotune.choose` against PyTorch 
   register tile reduced over K once at the end. Small N gives too few programs to saturate HBM,
   so a config can split K: each split writes fp32 partials [SPLIT, M, N] and a second small
   kernel sums them in a fixed order and runs the epilogue (deterministic, no atomics).
+* `gemv` (batch-1 decode, M <= GEMV_M = 4): the latency-bound case, on CUDA cores. The matvec
+  above pays a [BLOCK_M, BLOCK_N, BLOCK_K] register tile and cuBLAS picks tiles for GEMMs: with
+  N = 4096 output columns it runs 64 programs on 132 SMs (the 7B row-parallel projections at
+  TP=2 ran at 2.3 TB/s, bench/RESULTS.md). Here each program owns BLOCK_N (8-32) columns of
+  all M rows, so N = 4096 is 128-512 programs; K is a compile-time constant, so K <= BLOCK_K is
+  one load of the whole [BLOCK_N, K] weight tile and no loop; products in fp32, `tl.sum` per row.
+  With `PDL` (programmatic dependent launch, sm90+, weights that are graph constants) the first
+  step's weights and the bias are loaded before `gdc_wait()`, overlapping the previous kernel's
+  tail; x and the residual (earlier kernels' outputs) are read after it.
 
 Kernel source is kiln-made text only: the activation is one of a fixed table of expressions.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -84,8 +94,44 @@ GEMM_CONFIGS = (
     GemmConfig(128, 64, 32, 8, 4, 4),
     GemmConfig(16, 64, 128, 1, 4, 4),
 )
+@dataclass(frozen=True, slots=True)
+class GemvConfig:
+    """A batch-1 decode tiling of the CUDA-core `gemv` kernels (dense, and `gemv_w8` / `gemv_w4`
+    in quant_kernels.py): output columns per program, K per step (capped at K rounded up to a
+    power of two: one step when K fits; int4 at least one group), warps, and whether to launch
+    with programmatic dependent launch (sm90+, constant weights)."""
+
+    block_n: int
+    block_k: int
+    warps: int
+    pdl: bool
+
+    @property
+    def name(self) -> str:
+        return f"gemv_{self.block_n}x{self.block_k}_w{self.warps}{'_pdl' if self.pdl else ''}"
+
+
 MATVEC_CONFIGS = (MatvecConfig(64, 128, 1, 4), MatvecConfig(32, 256, 4, 4), MatvecConfig(128, 64, 2, 8))
-CONFIGS: dict[str, GemmConfig | MatvecConfig] = {c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS}
+GEMV_M = 4  # at most this many rows: the gemv kernels join the decode candidates (one pass per row)
+# bench/pdl_probe.py's winner (16 rows x all of K = 2048, 8 warps), half the rows for twice the
+# programs (small N; K up to 4096 in one step), and a looped K; each tiling holds 128 fp32 weights
+# per thread. PDL variants first: they are the same kernels, launched to overlap the previous one.
+GEMV_TILINGS = ((16, 2048, 8), (8, 4096, 8), (32, 512, 4))
+GEMV_CONFIGS = tuple(GemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in GEMV_TILINGS)
+CONFIGS: dict[str, GemmConfig | MatvecConfig | GemvConfig] = {c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + GEMV_CONFIGS}
+
+
+@functools.cache
+def pdl_available() -> bool:
+    """Programmatic dependent launch can run here: a CUDA GPU of compute capability 9+ (Hopper)
+    and a Triton with `gdc_wait`; never under the interpreter (it cannot run the gdc calls)."""
+    if debug.TRITON_INTERPRET or not torch.cuda.is_available():
+        return False
+    try:
+        from triton.language.extra.cuda import gdc_wait  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability()[0] >= 9
 TORCH = "torch"  # the PyTorch candidate: F.linear, activation, add
 
 # The epilogue's activation on the fp32 accumulator `acc` (gelu_tanh: 0.5*y*(1 + tanh(z)) =
@@ -100,6 +146,11 @@ _ACT = {
 
 _SOURCE = '''import triton
 import triton.language as tl
+
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # an older Triton: only PDL=False kernels compile (the launcher offers no other)
+    gdc_wait = gdc_launch_dependents = None
 
 
 @triton.jit
@@ -182,6 +233,60 @@ def matvec(x, w, b, r, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, srm, srn,
 
 
 @triton.jit
+def wait_for_input(PDL: tl.constexpr):
+    # with programmatic dependent launch: wait for the previous kernel (x is its output; nothing
+    # it writes may be read, and nothing stored, before this), then let the next kernel start
+    # loading its weights
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
+def gemv_rows(acc, wf, x, rm, kx, kin, sxm, sxk, M: tl.constexpr):
+    # acc[i, :] += wf . x[i, kx] for each of the M rows on CUDA cores (wf: fp32 (BLOCK_N, BLOCK_K)
+    # weights); one row at a time, so only one product tile is live
+    for i in tl.static_range(M):
+        xv = tl.load(x + i * sxm + kx * sxk, mask=kin, other=0.0).to(tl.float32)
+        acc += tl.where(rm[:, None] == i, tl.sum(wf * xv[None, :], axis=1)[None, :], 0.0)
+    return acc
+
+
+@triton.jit
+def gemv(x, w, b, r, y, N, sxm, sxk, swn, swk, srm, srn, M: tl.constexpr, K: tl.constexpr,
+         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr,
+         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # batch-1 decode on CUDA cores, no x padding: each program owns BLOCK_N columns of all M
+    # rows; K is a compile-time constant, so K <= BLOCK_K is one load of the whole weight tile
+    # and no loop. What no earlier kernel writes (the first step's weights, the bias) is loaded
+    # before the PDL wait; x, the residual and every store come after it.
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    nmask = rn < N  # (BLOCK_N,): loads past N / K are masked, the store drops columns past N
+    wp = w + rn[:, None] * swn + rk[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
+    if K % BLOCK_K == 0:
+        wt = tl.load(wp, mask=nmask[:, None], other=0.0)
+    else:
+        wt = tl.load(wp, mask=nmask[:, None] & (rk[None, :] < K), other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
+    wait_for_input(PDL)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = gemv_rows(acc, wt.to(tl.float32), x, rm, rk, rk < K, sxm, sxk, M)
+{loop:k0:BLOCK_K:K}
+        wp += BLOCK_K * swk
+        if K % BLOCK_K == 0:
+            wt = tl.load(wp, mask=nmask[:, None], other=0.0)
+        else:
+            wt = tl.load(wp, mask=nmask[:, None] & (rk[None, :] < K - k0), other=0.0)
+        acc = gemv_rows(acc, wt.to(tl.float32), x, rm, k0 + rk, rk < K - k0, sxm, sxk, M)
+{step:k0}    if HAS_BIAS:  # before the activation, as the reference
+        acc += bias[None, :]
+    epilogue(acc, rm, rn, M, N, b, r, y, srm, srn, False, HAS_RES)
+
+
+@triton.jit
 def finish(part, b, r, y, M, N, srm, srn, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
            SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -251,15 +356,19 @@ class LinearLauncher:
     benchmarks); otherwise the first call per (M bucket) times the candidates and remembers the
     winner. "sparse24" (PyTorch's 2:4 semi-structured kernels, sparse24.py) is a candidate only for
     a CUDA fp16/bf16 weight whose values have 2:4 structure; where it cannot run, PyTorch's dense
-    F.linear does.
+    F.linear does. `constant_weights`: the weight and bias are constants no kernel writes, so a
+    PDL gemv config may read them before waiting on the previous kernel (else it launches plain).
     """
 
-    __slots__ = ("activation", "has_bias", "has_residual", "config", "chosen", "_mod", "_by_shape", "sparse")
+    __slots__ = ("activation", "has_bias", "has_residual", "config", "constant_weights", "chosen", "_mod",
+                 "_by_shape", "sparse")
 
-    def __init__(self, activation: str, has_bias: bool, has_residual: bool, config: str | None = None):
+    def __init__(self, activation: str, has_bias: bool, has_residual: bool, config: str | None = None,
+                 constant_weights: bool = False):
         if config is not None and config not in (TORCH, SPARSE24) and config not in CONFIGS:
             raise ValueError(f"unknown matmul config {config!r}; known: {', '.join(CONFIGS)}, {TORCH}, {SPARSE24}")
         self.activation, self.has_bias, self.has_residual, self.config = activation, has_bias, has_residual, config
+        self.constant_weights = constant_weights
         self.chosen: dict[str, str] = {}  # autotune key -> candidate name, for this node
         self._mod: dict[bool, Any] = {}  # fp32? -> loaded kernel module
         self._by_shape: dict[tuple, str] = {}  # (x shape, dtype) -> choice: no key string per call
@@ -287,6 +396,10 @@ class LinearLauncher:
         cfg = CONFIGS[name]
         if isinstance(cfg, GemmConfig):
             self._gemm(cfg, x2, w, bias, r2, y)
+        elif isinstance(cfg, GemvConfig):
+            if x2.shape[0] > GEMV_M:  # one pass over the weights per row: more rows are matvec's job
+                return torch_linear(x, w, bias, residual, self.activation)
+            self._gemv(cfg, x2, w, bias, r2, y, cfg.pdl and self._pdl_ok(x2.is_cuda))
         else:
             self._matvec(cfg, x2, w, bias, r2, y)
         return y.view(*x.shape[:-1], n)
@@ -340,6 +453,22 @@ class LinearLauncher:
         if split > 1:
             mod.finish[(-(-n // 128), tiles_m)](part, b, r, y_, m, n, *rs, **flags, SPLIT=split, BLOCK_M=block_m, BLOCK_N=128)
 
+    def _gemv(self, cfg: GemvConfig, x2: torch.Tensor, w: torch.Tensor, bias: Any, r2: Any, y: torch.Tensor,
+              pdl: bool) -> None:
+        """One launch of `gemv`, with programmatic dependent launch when `pdl`. M and K are
+        compile-time constants (K is the weight's, M at most GEMV_M): a few compiles per node."""
+        (m, k), n = x2.shape, w.shape[0]
+        (b, r, y_), rs = self._epilogue_args(y, bias, r2)
+        flags: dict[str, Any] = {"M": m, "K": k, "HAS_BIAS": bias is not None, "HAS_RES": r2 is not None, "PDL": pdl,
+                                 "BLOCK_M": _pow2(m), "BLOCK_N": cfg.block_n, "BLOCK_K": min(cfg.block_k, _pow2(k)),
+                                 "num_warps": cfg.warps}
+        if pdl:  # only then: a Triton without PDL (pdl_available False) takes no launch_pdl
+            flags["launch_pdl"] = True
+        self._module(x2).gemv[(-(-n // cfg.block_n),)](x2, w, b, r, y_, n, *x2.stride(), *w.stride(), *rs, **flags)
+
+    def _pdl_ok(self, on_cuda: bool) -> bool:
+        return on_cuda and self.constant_weights and pdl_available()
+
     def candidates(self, m: int, w: torch.Tensor | None = None) -> list[str]:
         """Candidate names for M rows, in CPU preference order (the first wins untimed).
 
@@ -349,6 +478,11 @@ class LinearLauncher:
         weight `w`, "sparse24" joins (before "torch") where `w` is eligible (CUDA only)."""
         if m <= SMALL_M:
             names = [MATVEC_CONFIGS[1].name, MATVEC_CONFIGS[0].name, GEMM_CONFIGS[5].name, TORCH]
+            on_cuda = w is not None and w.is_cuda
+            if m <= GEMV_M:  # batch-1 decode: the CUDA-core gemv tilings, first on CUDA (PDL where it may)
+                pdl = self._pdl_ok(on_cuda)
+                gemv = [c.name for c in GEMV_CONFIGS if pdl or not c.pdl]
+                names = gemv + names if on_cuda else names[:1] + gemv + names[1:]
         else:
             names = [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[3].name, TORCH]
         if w is not None and self.sparse.usable(w):
@@ -385,4 +519,6 @@ def linear_kernel(node: Any, config: str | None = None) -> LinearLauncher | None
         return None
     has_residual = node.op.name == "linear_add"
     has_bias = len(node.inputs) == 3 + has_residual
-    return LinearLauncher(node.attrs["activation"], has_bias, has_residual, config)
+    # the weight and bias (never the residual: an earlier kernel's output) are graph constants
+    constant = all(v.kind == "const" for v in (node.inputs[1], node.inputs[-1] if has_bias else node.inputs[1]))
+    return LinearLauncher(node.attrs["activation"], has_bias, has_residual, config, constant_weights=constant)

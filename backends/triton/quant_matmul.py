@@ -15,7 +15,6 @@ quantize pass's codes / scales / zeros, a constant bias): nothing a kernel in fl
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,13 +24,27 @@ from ... import debug
 from ...ir import REGISTRY
 from .autotune import bucket, choose
 from .cache import load_module
-from .matmul import _ACT, _DTYPES, _INT32, _MATVEC_TILE, SMALL_M, TORCH, GemmConfig, MatvecConfig, _pow2, split_k
+from .matmul import (
+    _ACT,
+    _DTYPES,
+    _INT32,
+    _MATVEC_TILE,
+    GEMV_CONFIGS,
+    GEMV_M,
+    SMALL_M,
+    TORCH,
+    GemmConfig,
+    GemvConfig,
+    MatvecConfig,
+    _pow2,
+    pdl_available,
+    split_k,
+)
 from .quant_kernels import kernel_source
 
 OPS = ("linear_w8", "linear_w4", "linear_w8a8")
 _KNOWN_ATTRS = frozenset({"activation", "group_size", "asymmetric", "act_scale"})
 _FINISH_N = 128  # columns per program of the split-K finish kernel
-GEMV_M = 4  # at most this many rows: the gemv kernels join the decode candidates (one pass per row)
 
 @dataclass(frozen=True, slots=True)
 class DotMatvecConfig:
@@ -49,32 +62,11 @@ class DotMatvecConfig:
         return f"dmv_{self.block_n}x{self.block_k}_k{self.split_k}_w{self.warps}_s{self.stages}"
 
 
-@dataclass(frozen=True, slots=True)
-class GemvConfig:
-    """A batch-1 decode tiling of `gemv_w8` / `gemv_w4`: output columns per program, K per step
-    (capped at K rounded up to a power of two: one step when K fits; int4 at least one group),
-    warps, and whether to launch with programmatic dependent launch (sm90+, constant weights)."""
-
-    block_n: int
-    block_k: int
-    warps: int
-    pdl: bool
-
-    @property
-    def name(self) -> str:
-        return f"gemv_{self.block_n}x{self.block_k}_w{self.warps}{'_pdl' if self.pdl else ''}"
-
-
 MATVEC_CONFIGS = (MatvecConfig(64, 256, 1, 4), MatvecConfig(32, 256, 4, 4), MatvecConfig(128, 128, 2, 8))
 # the fastest tilings per 1.1B-Llama shape on an H200 (bench/quant_sweep.py, bench/RESULTS.md)
 DMV_W8 = (DotMatvecConfig(32, 256, 1, 4, 4), DotMatvecConfig(32, 128, 4, 4, 4), DotMatvecConfig(64, 128, 1, 4, 4))
 DMV_W4 = (DotMatvecConfig(32, 128, 8, 4, 3), DotMatvecConfig(64, 128, 8, 4, 3), DotMatvecConfig(64, 128, 1, 4, 3),
           DotMatvecConfig(128, 128, 4, 4, 3))
-# bench/pdl_probe.py's winner (16 rows x all of K = 2048, 8 warps), half the rows for twice the
-# programs (small N; K up to 4096 in one step), and a looped K; each tiling holds 128 fp32 weights
-# per thread. PDL variants first: they are the same kernels, launched to overlap the previous one.
-_GEMV_TILINGS = ((16, 2048, 8), (8, 4096, 8), (32, 512, 4))
-GEMV_CONFIGS = tuple(GemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in _GEMV_TILINGS)
 GEMM_CONFIGS = (
     GemmConfig(64, 64, 32, 8, 4, 3),
     GemmConfig(128, 128, 64, 8, 8, 3),
@@ -85,19 +77,6 @@ GEMM_CONFIGS = (
 CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig] = {
     c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_CONFIGS
 }
-
-
-@functools.cache
-def pdl_available() -> bool:
-    """Programmatic dependent launch can run here: a CUDA GPU of compute capability 9+ (Hopper)
-    and a Triton with `gdc_wait`; never under the interpreter (it cannot run the gdc calls)."""
-    if debug.TRITON_INTERPRET or not torch.cuda.is_available():
-        return False
-    try:
-        from triton.language.extra.cuda import gdc_wait  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.get_device_capability()[0] >= 9
 
 
 def torch_reference(op: str, ins: tuple, attrs: tuple) -> torch.Tensor:
