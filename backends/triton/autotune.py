@@ -4,8 +4,8 @@ A kernel family (matmul, attention, ...) names its candidates (Triton configs, a
 PyTorch op itself as "torch", so kiln never picks something slower than what it replaces) and
 calls `choose(key, candidates)` the first time it sees a problem key (op, dtypes, shape bucket,
 device). Each candidate is a zero-argument callable that runs the work once on real inputs.
-Timing: CUDA events around `reps` calls (captured in a CUDA graph, as decode runs them) after
-one warm-up, median of `rounds` rounds. The winner
+Timing: CUDA events around `reps` calls (captured in a CUDA graph, as decode runs them, each
+after an L2 flush whose own time is subtracted) after one warm-up, median of `rounds` rounds. The winner
 is kept in memory and in `<kernel cache>/autotune.json` (a private directory, see cache.py),
 keyed by the problem key and the GPU's name, so later processes skip the timing.
 
@@ -60,45 +60,60 @@ def _save(key: str, choice: str) -> None:
 def time_ms(fn: Callable[[], object], reps: int = 10, rounds: int = 3) -> float:
     """Median over `rounds` of the mean CUDA-event time of `reps` calls, after one warm-up.
 
-    The `reps` calls are captured in one CUDA graph and replayed where they can be: that is how
-    kiln runs decode, and eager timing would measure the host's launch cost instead of the
-    kernel (a Triton launch from Python costs more than a small matvec runs), picking the kernel
-    with the cheapest launch rather than the fastest one. A candidate that cannot be captured is
-    timed eagerly."""
+    Each call follows a read of a buffer twice the size of L2, and the reads' own time (timed
+    alone) is subtracted: a decode step streams gigabytes of weights, so no kernel ever finds
+    its weights in L2, and timing the same weight back to back (a 33 MB projection fits the
+    H200's 50 MB L2) would pick the kernel that is fastest from L2 instead of from HBM.
+    The calls are captured in one CUDA graph and replayed where they can be: that is how kiln
+    runs decode, and eager timing would measure the host's launch cost instead of the kernel
+    (a Triton launch from Python costs more than a small matvec runs). A candidate that cannot
+    be captured is timed eagerly."""
     fn()
     torch.cuda.synchronize()
-    graph = _captured(fn, reps)
-    if graph is not None:
-        run: Callable[[], object] = graph.replay
-        run()  # the first replay uploads the graph
-    else:
-        def run() -> None:
-            for _ in range(reps):
-                fn()
+    flush = _l2_flush()
+    with_fn = _replayable(lambda: (flush(), fn()), reps)
+    alone = _replayable(flush, reps)
     times = []
     for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
+        times.append(max(_elapsed_ms(with_fn) - _elapsed_ms(alone), 0.0) / reps)
     return statistics.median(times)
 
 
-def _captured(fn: Callable[[], object], reps: int) -> "torch.cuda.CUDAGraph | None":
-    """`reps` calls of `fn` captured in one CUDA graph, or None where they cannot be (a host
-    sync inside, say)."""
+def _l2_flush() -> Callable[[], object]:
+    """A read of twice L2's size on the current GPU: evicts whatever a candidate left there."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    n = 2 * max(int(getattr(props, "L2_cache_size", 0)), 8 << 20) // 4
+    buf = torch.zeros(n, dtype=torch.float32, device="cuda")
+    return lambda: buf.sum()
+
+
+def _elapsed_ms(run: Callable[[], object]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _replayable(step: Callable[[], object], reps: int) -> Callable[[], object]:
+    """`reps` calls of `step` as one callable: a CUDA-graph replay where they can be captured,
+    else the eager loop (a host sync inside, say)."""
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):
             for _ in range(reps):
-                fn()
+                step()
     except Exception as e:  # noqa: BLE001 - not capturable: time it eagerly
         debug.log.info("autotune: timing eagerly, capture failed: %s", e)
         torch.cuda.synchronize()
-        return None
-    return graph
+
+        def eager() -> None:
+            for _ in range(reps):
+                step()
+        return eager
+    graph.replay()  # the first replay uploads the graph
+    return graph.replay
 
 
 def choose(key: str, candidates: dict[str, Callable[[], object]], on_cuda: bool) -> str:
