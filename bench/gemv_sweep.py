@@ -6,7 +6,8 @@ candidate `LinearLauncher.candidates` offers (the CUDA-core `gemv` tilings, PDL 
 the split-K `matvec`, the 16-row GEMM tile, "torch") is timed as autotune times it: launches
 captured in a CUDA graph and replayed, CUDA events, median of rounds. Each graph chains one
 launch per weight copy (enough copies for 256 MB, so L2 (50 MB) never holds the weights) and
-the time is per launch. GB/s counts the weight, x and y bytes.
+the time is per launch (autotune also reads 2 x L2 before each call and subtracts that read's
+time). GB/s counts the weight, x and y bytes.
 
     python3 bench/gemv_sweep.py [--m 1 2]
 """
@@ -21,9 +22,9 @@ from kiln.backends.triton import autotune
 from kiln.backends.triton.matmul import LinearLauncher
 
 SHAPES = {  # name: (N, K)
-    "7b qkv": (12288, 4096), "7b o": (4096, 4096), "7b gate_up": (22016, 4096), "7b down": (4096, 11008),
-    "7b/2 qkv": (6144, 4096), "7b/2 o": (4096, 2048), "7b/2 gate_up": (11008, 4096), "7b/2 down": (4096, 5504),
-    "1b qkv": (2560, 2048), "1b o": (2048, 2048), "1b gate_up": (11264, 2048), "1b down": (2048, 5632),
+    "7b-qkv": (12288, 4096), "7b-o": (4096, 4096), "7b-gate_up": (22016, 4096), "7b-down": (4096, 11008),
+    "7b/2-qkv": (6144, 4096), "7b/2-o": (4096, 2048), "7b/2-gate_up": (11008, 4096), "7b/2-down": (4096, 5504),
+    "1b-qkv": (2560, 2048), "1b-o": (2048, 2048), "1b-gate_up": (11264, 2048), "1b-down": (2048, 5632),
 }
 
 

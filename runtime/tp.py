@@ -58,6 +58,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 from typing import Any, Callable, Protocol
 
 import torch
@@ -78,14 +79,46 @@ def _backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def _join_group(device: torch.device, init_method: str, rank: int, world: int, timeout: float) -> None:
+def _join_group(device: torch.device, init_method: str, rank: int, world: int, timeout: float,
+                dead: Callable[[], str | None] | None = None) -> None:
     """Join the default group: NCCL on GPUs, created eagerly for this rank's device (`device_id`),
-    so no communicator is ever set up lazily inside a CUDA-graph capture; gloo on CPU."""
+    so no communicator is ever set up lazily inside a CUDA-graph capture; gloo on CPU.
+
+    The rendezvous is a TCPStore at `init_method` (tcp://host:port) that rank 0 serves. Each
+    worker marks itself joined in it before the group forms, and rank 0 polls those marks while
+    asking `dead()` whether a worker has stopped: one that dies while starting (an import error,
+    a main module without the `if __name__ == "__main__":` guard) fails rank 0 at once with the
+    worker's report, instead of after the whole timeout waiting for a client that never comes."""
+    url = urllib.parse.urlparse(init_method)
+    if url.scheme != "tcp" or url.hostname is None or url.port is None:
+        raise ValueError(f"init_method must be tcp://host:port, got {init_method!r}")
+    wait = datetime.timedelta(seconds=timeout)
+    store = dist.TCPStore(url.hostname, url.port, world, is_master=rank == 0, timeout=wait, wait_for_workers=False)
+    if rank == 0:
+        _wait_for_workers(store, world, timeout, dead)
+    else:
+        store.set(f"kiln/joined/{rank}", "1")
     kwargs: dict[str, Any] = {}
     if device.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters:
         kwargs["device_id"] = device
-    dist.init_process_group(_backend(device), init_method=init_method, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout), **kwargs)
+    # the prefix init_process_group gives a store it made itself from a URL
+    dist.init_process_group(_backend(device), store=dist.PrefixStore("default_pg", store), rank=rank,
+                            world_size=world, timeout=wait, **kwargs)
+
+
+def _wait_for_workers(store: Any, world: int, timeout: float, dead: Callable[[], str | None] | None) -> None:
+    keys = [f"kiln/joined/{r}" for r in range(1, world)]
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while not store.check(keys):
+        why = dead() if dead is not None else None
+        if why:
+            raise RuntimeError(f"{why} before joining the group")
+        if time.monotonic() > deadline:
+            late = [r for r, k in enumerate(keys, 1) if not store.check([k])]
+            raise TimeoutError(f"worker rank(s) {', '.join(map(str, late))} did not join within {timeout:g} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _control_group(device: torch.device, timeout: float) -> Any:
@@ -492,7 +525,7 @@ class TPGroup:
             host = self.launcher.host()
             init_method = f"tcp://{f'[{host}]' if ':' in host else host}:{free_port(host)}"
             self.launcher.start(world, init_method, spec, kw)
-            _join_group(self.device, init_method, 0, world, timeout)
+            _join_group(self.device, init_method, 0, world, timeout, dead=self._dead_workers)
             self.control = _control_group(device, timeout)
             gloo = GlooChannel(self.control)
             self.channel: GlooChannel | SharedMemoryChannel = gloo if buffer is None else SharedMemoryChannel(

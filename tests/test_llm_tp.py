@@ -65,6 +65,23 @@ def test_a_dead_worker_is_a_clear_error_not_a_hang() -> None:
     assert not torch.distributed.is_initialized()
 
 
+def test_a_worker_that_dies_while_starting_fails_the_driver_at_once(tmp_path) -> None:  # noqa: ANN001
+    """A script without the `if __name__ == "__main__":` guard: each spawned worker re-runs it
+    and dies while bootstrapping. The driver must say so within seconds, naming the rank, not
+    wait out the group's rendezvous timeout (120 s) for a client that never comes."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_main_guard.py"
+    script.write_text("import kiln\nkiln.LLM('tiny-llama', tensor_parallel_size=2)\n")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=110)
+    took = time.monotonic() - t0
+    assert proc.returncode != 0
+    assert "TensorParallelError" in proc.stderr and "rank(s) 1" in proc.stderr and "before joining" in proc.stderr, proc.stderr[-2000:]
+    assert took < 60, took
+
+
 def test_tensor_parallel_size_is_checked() -> None:
     with pytest.raises(ValueError, match="tensor_parallel_size"):
         kiln.LLM("tiny-llama", tensor_parallel_size=0)
