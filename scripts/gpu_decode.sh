@@ -12,7 +12,7 @@ ln -s "$root" "$site/kiln"          # the repository root is the kiln package
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 KILN_STEP_TIMES=1
 cd "$root"
-timeout "${SWEEP_S:-150}" python3 bench/gemv_sweep.py --m 1 --shapes ${SWEEP_SHAPES:-7b/2-o 7b/2-down 7b-o 7b-qkv 1b-o 1b-gate_up} > "$out/gemv_sweep.log" 2>&1
+timeout "${SWEEP_S:-150}" python3 bench/gemv_sweep.py --m ${SWEEP_M:-1} --shapes ${SWEEP_SHAPES:-7b/2-o 7b/2-down 7b-o 7b-qkv 1b-o 1b-gate_up} > "$out/gemv_sweep.log" 2>&1
 echo "sweep rc=$?"; grep "^|" "$out/gemv_sweep.log"
 if [ "${KERNEL_TESTS:-0}" = 1 ]; then
   (cd tests && timeout -s ABRT "${KERNEL_TEST_S:-200}" python3 -X faulthandler -m pytest -p no:cacheprovider -q -m gpu \

@@ -124,8 +124,9 @@ CONFIGS: dict[str, GemmConfig | MatvecConfig | GemvConfig] = {c.name: c for c in
 @functools.cache
 def pdl_available() -> bool:
     """Programmatic dependent launch can run here: a CUDA GPU of compute capability 9+ (Hopper)
-    and a Triton with `gdc_wait`; never under the interpreter (it cannot run the gdc calls)."""
-    if debug.TRITON_INTERPRET or not torch.cuda.is_available():
+    and a Triton with `gdc_wait`; never under the interpreter (it cannot run the gdc calls), nor
+    with KILN_PDL=0."""
+    if debug.TRITON_INTERPRET or not debug.PDL or not torch.cuda.is_available():
         return False
     try:
         from triton.language.extra.cuda import gdc_wait  # noqa: F401
