@@ -59,7 +59,7 @@ GRAPH_TOKENS = 256  # steps up to this many (padded) tokens replay CUDA graphs
 def _bucket(n: int) -> int:
     """Flat-batch sizes on CUDA: powers of two up to 64, then multiples of 64 (few shapes)."""
     if n <= 64:
-        return max(2, 1 << (n - 1).bit_length())
+        return 1 << (n - 1).bit_length()
     return -(-n // 64) * 64
 
 
@@ -159,7 +159,11 @@ class PagedModelRunner:
         t1 = time.perf_counter()
         self.graph = g
         hook = kernel_hook(self.options.backend, device)
-        self.plan = build_plan(g, device, traced.symbol_ranges, kernel_for=hook, arena=self.options.arena)
+        # export assumes dynamic dims are >= 2 (it specialises 0 and 1), but nothing in a traced
+        # decoder depends on the token count being above one; a batch-1 decode step is one token,
+        # and padding it to two would make every projection read its weights for two rows
+        ranges = {sym: (min(lo, 1), hi) for sym, (lo, hi) in traced.symbol_ranges.items()}
+        self.plan = build_plan(g, device, ranges, kernel_for=hook, arena=self.options.arena)
         # CUDA graphs only when paged attention runs as kernels: the reference reads the block
         # tables on the host, and a capture that fails mid-way leaves CUDA's RNG unusable.
         capturable = all(i in self.plan.launched for i, n in enumerate(g.nodes) if n.op.name == "paged_attention")
@@ -221,7 +225,7 @@ class PagedModelRunner:
                 pick.append(starts[-1] - 1)
         total = len(ids)
         wanted = len(pick)
-        padded = _bucket(total) if bucket else max(2, total)
+        padded = _bucket(total) if bucket else total
         ids += [0] * (padded - total)
         pos += [0] * (padded - total)
         slots += [-1] * (padded - total)
