@@ -62,6 +62,19 @@ def test_greedy_tokens_equal_transformers_generate(kind: str) -> None:
         assert getattr(llm.runner.run, "captures", 0) > 0
 
 
+def test_a_single_prompt_decodes_one_token_per_step_and_equals_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch-1 decode steps run the plan on exactly one token (not padded to two: every
+    projection would read its weights for a second row), on CPU and in CUDA graphs alike."""
+    llm = _llm("llama")
+    steps: list[int] = []
+    step_args = llm.runner._step_args
+    monkeypatch.setattr(llm.runner, "_step_args", lambda *a, **k: (r := step_args(*a, **k), steps.append(r[0][0].shape[1]))[0])
+    prompt = _prompts(1, seed=11)[0]
+    out = llm.generate([prompt], kiln.SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))
+    assert out[0].outputs[0].token_ids == _reference(_hf("llama"), prompt, 10)
+    assert steps.count(1) == 9, steps  # the prefill, then nine one-token steps
+
+
 def test_a_batch_of_different_lengths_equals_each_prompt_alone() -> None:
     llm = _llm("llama")
     prompts = _prompts(5, seed=4)
