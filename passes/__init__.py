@@ -8,6 +8,7 @@ turns passes off by name.
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_nodes
 from .fold import fold_constants
+from .fuse_collectives import fuse_collectives
 from .fuse_elementwise import fuse_elementwise
 from .fuse_epilogues import fuse_epilogues
 from .fuse_patterns import fuse_patterns
@@ -22,5 +23,5 @@ from .simplify import simplify
 
 __all__ = [
     "PIPELINE", "MemoryPlan", "Pass", "PassContext", "PassError", "PassRecord", "QuantScheme", "eliminate_common_subexpressions",
-    "eliminate_dead_nodes", "fold_constants", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "graph_pass", "pad_matmul_dims", "plan_memory", "PruneScheme", "prune_weights", "quantize_weights", "run_pipeline", "simplify",
+    "eliminate_dead_nodes", "fold_constants", "fuse_collectives", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "graph_pass", "pad_matmul_dims", "plan_memory", "PruneScheme", "prune_weights", "quantize_weights", "run_pipeline", "simplify",
 ]

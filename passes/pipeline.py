@@ -5,6 +5,7 @@ from __future__ import annotations
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_nodes
 from .fold import fold_constants
+from .fuse_collectives import fuse_collectives
 from .fuse_elementwise import fuse_elementwise
 from .fuse_epilogues import fuse_epilogues
 from .fuse_patterns import fuse_patterns
@@ -30,6 +31,7 @@ PIPELINE: list[Pass] = [
     quantize_weights,  # after fuse_projections: a fused QKV / gate-up weight is quantized once
     split_pipeline,  # before fusion: add_rms_norm would straddle layers; each stage fuses on its own
     fuse_epilogues,
+    fuse_collectives,  # after fuse_epilogues: all_reduce + add_rms_norm -> one collective
     fuse_elementwise,
     pad_matmul_dims,
     plan_memory,

@@ -25,7 +25,7 @@ from ..ir.printer import format_graph
 from ..options import CompileOptions
 from ..passes import PIPELINE, run_pipeline
 
-_COMM_OPS = ("all_reduce", "all_gather", "send", "recv")
+_COMM_OPS = ("all_reduce", "all_reduce_add_rms_norm", "all_gather", "send", "recv")
 
 
 def _weight_bytes(g: Graph) -> int:

@@ -573,12 +573,13 @@ def test_every_declared_op_is_covered_here() -> None:
     # linear_w8 / linear_w4: quantized weights, checked against dequantize + F.linear in tests/test_quantize.py;
     # linear_w8a8: against a float W8A8 simulation there; linear_fp8: fp8 codes, against dequantize + F.linear in
     # tests/test_calibration.py
-    # all_reduce / all_gather: collectives over torch.distributed, checked in one process (group of one, and the
-    # gathered shape) and on gloo in 2 and 4 processes in tests/test_tensor_parallel.py
+    # all_reduce / all_gather / all_reduce_add_rms_norm: collectives over torch.distributed, checked in one
+    # process (group of one, and the gathered shape) and on gloo in 2 and 4 processes in
+    # tests/test_tensor_parallel.py
     # send / recv: point-to-point between pipeline stages, chained in one process and on gloo in
     # tests/test_pipeline_parallel.py
     not_generated = {"copy_to", "fusion_group", "paged_attention", "linear_add", "linear_w8", "linear_w4", "linear_w8a8", "linear_fp8",
-                     "all_reduce", "all_gather", "send", "recv"}
+                     "all_reduce", "all_gather", "all_reduce_add_rms_norm", "send", "recv"}
     assert set(ir.REGISTRY) - covered - not_generated == set()
 
 

@@ -22,8 +22,9 @@ def test_tensor_parallel_report_shows_each_ranks_share_and_its_traffic() -> None
     rep = kiln.parallel_report(model, (ids,), tensor_parallel=2)
     assert rep["world"] == 2 and len(rep["ranks"]) == 2
     for r in rep["ranks"]:
-        # 2 layers: one all-reduce after attention and one after the MLP each; the lm_head gathers
-        assert r["collectives"] == {"all_reduce": 4, "all_gather": 1}
+        # 2 layers: one all-reduce after attention and one after the MLP each (each fused with the
+        # residual add + RMSNorm after it); the lm_head gathers
+        assert r["collectives"] == {"all_reduce_add_rms_norm": 4, "all_gather": 1}
         # fp32: 64 hidden floats per all-reduce and 128 vocab floats gathered, per token
         assert r["comm_bytes_per_token"] == 4 * 64 * 4 + 128 * 4
         assert 0.4 < r["weight_bytes"] / rep["single_weight_bytes"] < 0.75  # sharded; embedding replicated

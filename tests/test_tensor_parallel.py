@@ -145,7 +145,8 @@ def test_pipeline_shards_before_fusion_and_keeps_collectives() -> None:
     options = kiln.CompileOptions(tensor_parallel=(0, 2))
     g, records = run_pipeline(traced.graph, PIPELINE, options)
     counts = g.op_counts()
-    assert counts["all_reduce"] == 4 and counts["all_gather"] == 1  # survive DCE, CSE, fusion
+    # survive DCE, CSE, fusion; each all-reduce fused with the residual add + RMSNorm reading it
+    assert counts["all_reduce_add_rms_norm"] == 4 and "all_reduce" not in counts and counts["all_gather"] == 1
     weights = [tuple(n.inputs[1].type.shape) for n in g.nodes if n.op.name == "linear"]
     # per layer: fused sharded q/k/v (32 + 16 + 16 rows), o_proj columns, fused gate/up (64 + 64), down columns
     assert weights == [(64, 64), (64, 32), (128, 64), (64, 64)] * 2 + [(64, 64)]  # + the lm_head shard
@@ -161,7 +162,7 @@ def test_quantization_applies_to_the_rank_graph(llama_graph: Graph) -> None:
     quantized = [n for n in g.nodes if n.op.name == "linear_w8"]
     assert quantize_weights in rest and len(quantized) == 8  # fused qkv, o, gate/up, down per layer; lm_head skipped
     assert sorted({tuple(n.output.type.shape[-1:]) for n in quantized}) == [(64,), (128,)]
-    assert g.op_counts()["all_reduce"] == 4
+    assert g.op_counts()["all_reduce_add_rms_norm"] == 4
 
 
 def test_collectives_of_one_rank_are_identities_and_refuse_without_a_group() -> None:
@@ -177,6 +178,79 @@ def test_collectives_of_one_rank_are_identities_and_refuse_without_a_group() -> 
     wide.outputs = [out]
     with pytest.raises(RuntimeError, match="needs an initialised process group"):
         run_graph(wide, [t])
+
+
+def test_fused_all_reduce_norm_of_one_rank_equals_add_rms_norm_and_a_fast_path_may_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln.ir.opset import collective
+
+    g = Graph()
+    x, r = (g.add_input(n, TensorType(f32, (3, 8))) for n in ("x", "r"))
+    w = g.add_input("w", TensorType(f32, (8,)))
+    g.outputs = list(g.add_node("all_reduce_add_rms_norm", [x, r, w], {"group_size": 1, "eps": 1e-5}).outputs)
+    ref = Graph()
+    xr, rr = (ref.add_input(n, TensorType(f32, (3, 8))) for n in ("x", "r"))
+    wr = ref.add_input("w", TensorType(f32, (8,)))
+    ref.outputs = list(ref.add_node("add_rms_norm", [ref.call("all_reduce", xr, group_size=1), rr, wr], {"eps": 1e-5}).outputs)
+    vals = [torch.randn(3, 8), torch.randn(3, 8), torch.rand(8) + 0.5]
+    assert all(torch.equal(a, b) for a, b in zip(run_graph(g, vals), run_graph(ref, vals)))
+    # a runtime's fused kernel: never asked by a group of one; in a group, asked first, and it may
+    # decline (None: the reference runs) or answer
+    seen: list = []
+    monkeypatch.setattr(collective, "_FAST_AR_NORM", lambda *a: seen.append(a) or None)
+    assert all(torch.equal(a, b) for a, b in zip(run_graph(g, vals), run_graph(ref, vals))) and not seen
+    monkeypatch.setattr(collective, "_check_group", lambda op, n: True)
+    monkeypatch.setattr(collective, "_FAST_ALL_REDUCE", lambda t: t.clone())  # stands in for a group's sum
+    assert all(torch.equal(a, b) for a, b in zip(run_graph(g, vals), run_graph(ref, vals)))
+    assert len(seen) == 1 and seen[0][3] == 1e-5
+    monkeypatch.setattr(collective, "_FAST_AR_NORM", lambda x, r, w, eps: (x, r))
+    assert [torch.equal(a, b) for a, b in zip(run_graph(g, vals), vals[:2])] == [True, True]
+
+
+def test_the_triton_backend_runs_the_fused_all_reduce_norm_as_the_all_reduce_and_its_row_kernel() -> None:
+    """Without a fused kernel installed, the Triton backend keeps the kernels the graph ran before
+    fuse_collectives: the all-reduce, then the add + RMSNorm row kernel (Triton's interpreter on CPU)."""
+    pytest.importorskip("triton")
+    from kiln.backends.triton.norms import AllReduceNormLauncher, row_kernel
+
+    g = Graph()
+    x, r = (g.add_input(n, TensorType(f32, (3, 40))) for n in ("x", "r"))
+    w = g.add_input("w", TensorType(f32, (40,)))
+    node = g.add_node("all_reduce_add_rms_norm", [x, r, w], {"group_size": 1, "eps": 1e-5})
+    g.outputs = list(node.outputs)
+    launcher = row_kernel(node)
+    assert isinstance(launcher, AllReduceNormLauncher)
+    vals = [torch.randn(3, 40), torch.randn(3, 40), torch.rand(40) + 0.5]
+    for got, want in zip(launcher(*vals), run_graph(g, vals)):
+        assert rel_err(got, want) < 1e-5
+
+
+def test_fuse_collectives_takes_an_all_reduce_read_only_by_the_norm_after_it() -> None:
+    from kiln.passes import PassContext
+    from kiln.passes.fuse_collectives import fuse_collectives
+
+    def graph(extra_reader: bool, collective_between: bool) -> Graph:
+        g = Graph()
+        p, h = (g.add_input(n, TensorType(f32, (2, 8))) for n in ("p", "h"))
+        w = g.add_input("w", TensorType(f32, (8,)))
+        s = g.call("all_reduce", p, group_size=1)
+        other = g.call("all_reduce", h, group_size=1) if collective_between else h
+        outs = list(g.add_node("add_rms_norm", [other, s, w], {"eps": 1e-6}).outputs)  # the sum as the second operand
+        g.outputs = outs + ([g.call("relu", s)] if extra_reader else [])
+        return g
+
+    ctx = PassContext(kiln.CompileOptions())
+    fused = fuse_collectives(graph(False, False), ctx)
+    assert fused.op_counts() == {"all_reduce_add_rms_norm": 1}
+    node = fused.nodes[0]
+    assert [v.name for v in node.inputs] == ["p", "h", "w"] and node.attrs["eps"] == 1e-6
+    assert "all_reduce" in fuse_collectives(graph(True, False), ctx).op_counts()  # the sum is read elsewhere too
+    # never reorder collectives: with another all-reduce between, the norm takes that (later) one
+    # and the earlier one stays where it is
+    kept = fuse_collectives(graph(False, True), ctx)
+    assert [n.op.name for n in kept.nodes] == ["all_reduce", "all_reduce_add_rms_norm"]
+    assert [v.name for v in kept.nodes[1].inputs][0] == "h"
+    vals = [torch.randn(2, 8), torch.randn(2, 8), torch.rand(8) + 0.5]
+    assert all(torch.equal(a, b) for a, b in zip(run_graph(fused, vals), run_graph(graph(False, False), vals)))
 
 
 def test_tensor_parallel_option_is_checked() -> None:
@@ -266,7 +340,8 @@ def test_tensor_parallel_rank_plans_hold_the_collectives(tp_runs: tuple) -> None
     for rank in range(world):
         for kind in KINDS_AT[world]:
             counts = got[rank][kind][1]
-            assert counts["all_reduce"] == 4 and counts["all_gather"] == 1, (rank, kind, counts)
+            reduces = counts.get("all_reduce", 0) + counts.get("all_reduce_add_rms_norm", 0)  # fused where the norm was
+            assert reduces == 4 and counts["all_gather"] == 1, (rank, kind, counts)
 
 
 def test_a_failing_rank_surfaces_its_error_instead_of_hanging() -> None:

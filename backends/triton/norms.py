@@ -104,9 +104,31 @@ class RowLauncher:
         return (s, y) if self.add else y
 
 
-def row_kernel(node: Any) -> RowLauncher | None:
+class AllReduceNormLauncher:
+    """`all_reduce_add_rms_norm`: the runtime's fused kernel where one is installed, else the
+    all-reduce (NCCL, or the symmetric-memory one-shot) and then the add + RMSNorm row kernel:
+    the same kernels the graph ran before fuse_collectives joined the two nodes."""
+
+    __slots__ = ("group_size", "eps", "norm")
+
+    def __init__(self, group_size: int, eps: float, out_dtype: torch.dtype):
+        self.group_size, self.eps = group_size, eps
+        self.norm = RowLauncher("add_rms", eps, out_dtype)
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> Any:
+        from ...ir.opset import collective
+
+        fused = collective.fused_all_reduce_add_rms_norm(x, residual, weight, self.group_size, self.eps)
+        if fused is not None:
+            return fused
+        return self.norm(collective._all_reduce(x, self.group_size), residual, weight)
+
+
+def row_kernel(node: Any) -> RowLauncher | AllReduceNormLauncher | None:
     """A launcher for a norm/softmax node over the last dim, or None when the form differs."""
     name = node.op.name
+    if name == "all_reduce_add_rms_norm":
+        return AllReduceNormLauncher(int(node.attrs["group_size"]), float(node.attrs["eps"]), node.outputs[-1].type.dtype.torch)
     kinds = {"rms_norm": "rms", "add_rms_norm": "add_rms", "layer_norm": "ln", "add_layer_norm": "add_ln"}
     if name not in kinds and name not in ("softmax", "log_softmax"):
         return None

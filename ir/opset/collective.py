@@ -129,6 +129,51 @@ declare(
 )
 
 
+_FAST_AR_NORM: "Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple | None] | None" = None
+
+
+def set_all_reduce_add_rms_norm(fn: "Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple | None] | None") -> None:
+    """Install (or with None remove) a fused all_reduce_add_rms_norm: fn(x, residual, weight, eps)
+    returns (sum, normed) or declines with None (the reference runs: all_reduce, then add_rms_norm).
+    Rank-symmetric by contract, like `set_all_reduce`."""
+    global _FAST_AR_NORM
+    _FAST_AR_NORM = fn
+
+
+def fused_all_reduce_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, group_size: int,
+                                  eps: float) -> tuple | None:
+    """The installed fused kernel's (sum, normed), or None where there is none or it declines
+    (then all_reduce, then add_rms_norm). Backends whose norm kernel replaces the reference call
+    this first (backends/triton/norms.py)."""
+    if _check_group("all_reduce_add_rms_norm", group_size) and _FAST_AR_NORM is not None:
+        return _FAST_AR_NORM(x, residual, weight, eps)
+    return None
+
+
+def _all_reduce_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, group_size: int,
+                             eps: float) -> tuple:
+    from .nn import _add_rms_norm
+
+    out = fused_all_reduce_add_rms_norm(x, residual, weight, group_size, eps)
+    return out if out is not None else _add_rms_norm(_all_reduce(x, group_size), residual, weight, eps)
+
+
+def _all_reduce_add_rms_norm_infer(types, a):  # noqa: ANN001, ANN202
+    from .nn import _add_norm_infer
+
+    _all_reduce_infer(types[:1], a)
+    return _add_norm_infer("rms_norm")(types, {"eps": a["eps"]})
+
+
+declare(
+    "all_reduce_add_rms_norm", ["x", "residual", "weight"], [Attr("group_size", AttrKind.INT), Attr("eps", AttrKind.FLOAT, 1e-6)],
+    infer=_all_reduce_add_rms_norm_infer, impl=_all_reduce_add_rms_norm, effect=Effect.COLLECTIVE,
+    category="collective", num_outputs=2,
+    doc="the sum of x over the group_size ranks plus residual, and its RMSNorm: (s, rms_norm(s)) with "
+        "s = all_reduce(x) + residual (one kernel on GPUs that can; a row-parallel projection's epilogue)",
+)
+
+
 def _all_gather(x: torch.Tensor, dim: int, group_size: int) -> torch.Tensor:
     if not _check_group("all_gather", group_size):
         return x.clone(memory_format=torch.contiguous_format)
