@@ -145,13 +145,37 @@ _ACT = {
     "gelu_tanh": "    acc = acc * tl.sigmoid(1.5957691216057308 * (acc + 0.044715 * acc * acc * acc))\n",
 }
 
-_SOURCE = '''import triton
-import triton.language as tl
-
-try:
+# the PDL wait and the per-row CUDA-core product, shared by `gemv` here and quant_kernels' gemv_w8 / gemv_w4
+GEMV_COMMON = '''try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # an older Triton: only PDL=False kernels compile (the launcher offers no other)
     gdc_wait = gdc_launch_dependents = None
+
+
+@triton.jit
+def wait_for_input(PDL: tl.constexpr):
+    # with programmatic dependent launch: wait for the previous kernel (x is its output; nothing
+    # it writes may be read, and nothing stored, before this), then let the next kernel start
+    # loading its weights
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
+def gemv_rows(acc, wf, x, rm, kx, kin, sxm, sxk, M: tl.constexpr):
+    # acc[i, :] += wf . x[i, kx] for each of the M rows on CUDA cores (wf: fp32 (BLOCK_N, BLOCK_K)
+    # weights); one row at a time, so only one product tile is live
+    for i in tl.static_range(M):
+        xv = tl.load(x + i * sxm + kx * sxk, mask=kin, other=0.0).to(tl.float32)
+        acc += tl.where(rm[:, None] == i, tl.sum(wf * xv[None, :], axis=1)[None, :], 0.0)
+    return acc
+
+
+'''
+
+_SOURCE = '''import triton
+import triton.language as tl
 
 
 @triton.jit
@@ -233,27 +257,7 @@ def matvec(x, w, b, r, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, srm, srn,
         tl.store(part + pid_k * M * N + rm[:, None] * N + rn[None, :], out, mask=mask)
 
 
-@triton.jit
-def wait_for_input(PDL: tl.constexpr):
-    # with programmatic dependent launch: wait for the previous kernel (x is its output; nothing
-    # it writes may be read, and nothing stored, before this), then let the next kernel start
-    # loading its weights
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
-
-
-@triton.jit
-def gemv_rows(acc, wf, x, rm, kx, kin, sxm, sxk, M: tl.constexpr):
-    # acc[i, :] += wf . x[i, kx] for each of the M rows on CUDA cores (wf: fp32 (BLOCK_N, BLOCK_K)
-    # weights); one row at a time, so only one product tile is live
-    for i in tl.static_range(M):
-        xv = tl.load(x + i * sxm + kx * sxk, mask=kin, other=0.0).to(tl.float32)
-        acc += tl.where(rm[:, None] == i, tl.sum(wf * xv[None, :], axis=1)[None, :], 0.0)
-    return acc
-
-
-@triton.jit
+{gemv_common}@triton.jit
 def gemv(x, w, b, r, y, N, sxm, sxk, swn, swk, srm, srn, M: tl.constexpr, K: tl.constexpr,
          HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -330,7 +334,7 @@ def split_k(k: int, block_k: int, splits: int) -> tuple[int, int]:
 
 def kernel_source(activation: str, fp32: bool, interpreted: bool = False) -> str:
     """The Triton module for one activation (fp32 inputs get IEEE-exact dot products)."""
-    src = _SOURCE.replace("{act}", _ACT[activation]).replace("{dot}", dot_expr("a", "bt", fp32, interpreted))
+    src = _SOURCE.replace("{gemv_common}", GEMV_COMMON).replace("{act}", _ACT[activation]).replace("{dot}", dot_expr("a", "bt", fp32, interpreted))
     return _loops(src, interpreted)
 
 

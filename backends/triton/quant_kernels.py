@@ -47,15 +47,10 @@ constant, so `(code - zero)` costs nothing extra.
 
 from __future__ import annotations
 
-from .matmul import _ACT, _loops, dot_expr
+from .matmul import _ACT, GEMV_COMMON, _loops, dot_expr
 
 _SOURCE = '''import triton
 import triton.language as tl
-
-try:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # an older Triton: only PDL=False kernels compile (the launcher offers no other)
-    gdc_wait = gdc_launch_dependents = None
 
 
 @triton.jit
@@ -247,27 +242,7 @@ def dmv_w4(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, ssn, 
 {step:k0}    partial_or_epilogue(acc, rm, rn, pid_k, M, N, b, y, part, HAS_BIAS, SPLIT)
 
 
-@triton.jit
-def wait_for_input(PDL: tl.constexpr):
-    # with programmatic dependent launch: wait for the previous kernel (x is its output; nothing
-    # it writes may be read, and nothing stored, before this), then let the next kernel start
-    # loading its weights
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
-
-
-@triton.jit
-def gemv_rows(acc, wf, x, rm, kx, kin, sxm, sxk, M: tl.constexpr):
-    # acc[i, :] += wf . x[i, kx] for each of the M rows on CUDA cores (wf: fp32 (BLOCK_N, BLOCK_K)
-    # weights, code - zero); one row at a time, so only one product tile is live
-    for i in tl.static_range(M):
-        xv = tl.load(x + i * sxm + kx * sxk, mask=kin, other=0.0).to(tl.float32)
-        acc += tl.where(rm[:, None] == i, tl.sum(wf * xv[None, :], axis=1)[None, :], 0.0)
-    return acc
-
-
-@triton.jit
+{gemv_common}@triton.jit
 def gemv_w8(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.constexpr,
             HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, PDL: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -507,4 +482,4 @@ def gemm_a8(xq, w, s, sc, b, y, M, N, K, swn, swk,
 
 def kernel_source(activation: str, fp32: bool, interpreted: bool = False) -> str:
     """The Triton module for one activation (fp32 activations get IEEE-exact float dots)."""
-    return _loops(_SOURCE.replace("{act}", _ACT[activation]).replace("{dot}", dot_expr("a", "b", fp32, interpreted)), interpreted)
+    return _loops(_SOURCE.replace("{gemv_common}", GEMV_COMMON).replace("{act}", _ACT[activation]).replace("{dot}", dot_expr("a", "b", fp32, interpreted)), interpreted)
