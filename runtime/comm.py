@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .. import debug
 from ..ir.opset import collective
 
 # larger messages (long prefills) go to NCCL's bandwidth-optimal algorithms; up to this size a
@@ -70,11 +71,74 @@ class SymmAllReduce:
         return torch.ops.symm_mem.one_shot_all_reduce(buf, "sum", self.group_name)
 
 
+class SymmAllReduceNorm:
+    """A `collective.set_all_reduce_add_rms_norm` hook for a tensor group of two ranks: the partial
+    rows go through symmetric memory and one kernel sums, adds the residual and norms them
+    (backends/triton/allreduce_norm.py). Declines (None: the all-reduce and the row kernel run)
+    for more rows than the kernel's buffers hold, non-CUDA or mixed dtypes, or strided rows;
+    the decision depends only on shapes and dtypes, the same on both ranks. Buffers per (width,
+    dtype) are allocated and rendezvoused on first use, an uncaptured call on both ranks."""
+
+    def __init__(self, device: torch.device):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        from ..backends.triton.allreduce_norm import kernel_module
+
+        self.symm_mem, self.device = symm_mem, device
+        group = collective.tensor_group()
+        self.group = group if group is not None else dist.group.WORLD
+        if dist.get_world_size(self.group) != 2:
+            raise ValueError("the fused all-reduce + RMSNorm kernel serves tensor groups of two ranks")
+        self.peer = 1 - dist.get_rank(self.group)
+        self.mod = kernel_module()
+        self.state: dict[tuple, tuple] = {}
+        self.calls = 0
+
+    def takes(self, x: torch.Tensor, res: torch.Tensor, w: torch.Tensor) -> bool:
+        from ..backends.triton.allreduce_norm import MAX_D, MAX_ROWS
+
+        d = x.shape[-1] if x.dim() else 0
+        rows = x.numel() // max(d, 1)
+        return (x.is_cuda and x.dtype in DTYPES and res.dtype == x.dtype and w.dtype == x.dtype and res.shape == x.shape
+                and tuple(w.shape) == (d,) and 0 < rows <= MAX_ROWS and 0 < d <= MAX_D and x.is_contiguous()
+                and res.is_contiguous() and w.is_contiguous())
+
+    def _buffers(self, d: int, dtype: torch.dtype) -> tuple:
+        from ..backends.triton.allreduce_norm import MAX_ROWS
+
+        key = (d, dtype)
+        got = self.state.get(key)
+        if got is None:
+            name = self.group.group_name
+            buf = self.symm_mem.empty((2 * MAX_ROWS * d,), dtype=dtype, device=self.device)
+            flags = self.symm_mem.empty((MAX_ROWS,), dtype=torch.int32, device=self.device)
+            flags.zero_()
+            torch.cuda.synchronize(self.device)  # zeroed before the peer can raise a flag in it
+            buf_h = self.symm_mem.rendezvous(buf, name)
+            flags_h = self.symm_mem.rendezvous(flags, name)
+            got = self.state[key] = (buf, buf_h.get_buffer(self.peer, (2 * MAX_ROWS * d,), dtype), flags,
+                                     flags_h.get_buffer(self.peer, (MAX_ROWS,), torch.int32),
+                                     torch.zeros(MAX_ROWS, dtype=torch.int32, device=self.device))
+        return got
+
+    def __call__(self, x: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float) -> tuple | None:
+        from ..backends.triton.allreduce_norm import launch
+
+        if not self.takes(x, res, w):
+            return None
+        d = x.shape[-1]
+        own, peer, own_flags, peer_flags, counters = self._buffers(d, x.dtype)
+        self.calls += 1
+        s, y = launch(self.mod, x.view(-1, d), res.view(-1, d), w, eps, own, peer, own_flags, peer_flags, counters)
+        return s.view(x.shape), y.view(x.shape)
+
+
 def setup_all_reduce(choice: str, device: torch.device) -> Any:
     """Called by every rank right after joining the group (and registering its tensor-parallel
     group, if any), with the same `choice` (CompileOptions.all_reduce). Installs the symmetric-memory hook when chosen and usable on every rank; returns
     the hook (or None: torch.distributed's all_reduce)."""
     collective.set_all_reduce(None)
+    collective.set_all_reduce_add_rms_norm(None)
     if choice == "nccl" or device.type != "cuda":
         return None
     hook, why = None, ""
@@ -96,4 +160,22 @@ def setup_all_reduce(choice: str, device: torch.device) -> Any:
             warnings.warn(f"kiln: symmetric-memory all-reduce unavailable, using NCCL: {why}", RuntimeWarning, stacklevel=2)
         return None
     collective.set_all_reduce(hook)
+    if debug.FUSED_AR_NORM:
+        _setup_fused_norm(device)
     return hook
+
+
+def _setup_fused_norm(device: torch.device) -> None:
+    """KILN_FUSED_AR_NORM=1 (experimental, not yet measured in a model): the fused all-reduce +
+    add + RMSNorm kernel for a tensor group of two, where every rank can build it."""
+    hook, why = None, ""
+    try:
+        hook = SymmAllReduceNorm(device)
+    except Exception as e:  # noqa: BLE001 - decided together below
+        why = f"{type(e).__name__}: {e}"
+    flag = torch.tensor([0 if hook is None else 1], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)  # every rank takes the same path
+    if int(flag.item()):
+        collective.set_all_reduce_add_rms_norm(hook)
+    elif why:
+        warnings.warn(f"kiln: fused all-reduce + RMSNorm unavailable, running them apart: {why}", RuntimeWarning, stacklevel=3)

@@ -23,6 +23,11 @@ if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   timeout "${TP_BENCH_S:-300}" python3 bench/tp.py --shapes ${TP_SHAPES:-7b 1b} --tp 1 2 --all-reduce ${TP_AR:-symm_mem} \
       --step-channel shm --breakdown --timeout 120 > "$out/tp.log" 2>&1
   echo "tp rc=$?"; grep "^|\|rank 1" "$out/tp.log"
+  if [ "${FUSED:-0}" = 1 ]; then  # the experimental fused all-reduce + add + RMSNorm kernel, 7B TP=2
+    KILN_FUSED_AR_NORM=1 timeout "${FUSED_S:-150}" python3 bench/tp.py --shapes 7b --tp 2 --all-reduce symm_mem \
+        --step-channel shm --breakdown --timeout 120 > "$out/tp_fused.log" 2>&1
+    echo "tp fused rc=$?"; grep "^| 7b\|BREAKDOWN GPU" "$out/tp_fused.log" | cut -c1-600
+  fi
   cd "$root/tests"
   timeout -s ABRT "${TP_TEST_S:-200}" python3 -X faulthandler -m pytest -p no:cacheprovider -m gpu test_llm_tp.py -rs --durations=5 \
       > "$out/tp_tests.log" 2>&1

@@ -89,10 +89,17 @@ def test_tensor_parallel_size_is_checked() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-@pytest.mark.parametrize("mode", ["tensor-nccl", "tensor-symm_mem", "pipeline"])
-def test_two_gpus_give_the_single_gpu_greedy_tokens(mode: str) -> None:
-    """All-reduces (NCCL or symmetric memory) inside captured CUDA graphs (tensor mode), send/recv
-    between stages (pipeline mode): fp32 greedy tokens equal one GPU's; the group closes cleanly."""
+@pytest.mark.parametrize("mode", ["tensor-nccl", "tensor-symm_mem", "tensor-symm_mem-fused", "pipeline"])
+def test_two_gpus_give_the_single_gpu_greedy_tokens(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All-reduces (NCCL or symmetric memory, or fused with the add + RMSNorm after them:
+    KILN_FUSED_AR_NORM=1) inside captured CUDA graphs (tensor mode), send/recv between stages
+    (pipeline mode): fp32 greedy tokens equal one GPU's; the group closes cleanly."""
+    from kiln import debug
+    from kiln.ir.opset import collective
+
+    fused = mode.endswith("-fused")
+    monkeypatch.setenv("KILN_FUSED_AR_NORM", "1" if fused else "0")  # the spawned worker reads it
+    monkeypatch.setattr(debug, "FUSED_AR_NORM", fused)
     want = [o.outputs[0].token_ids for o in kiln.LLM("tiny-llama", device="cuda", dtype="float32").generate(PROMPTS, GREEDY)]
     size = {"pipeline_parallel_size": 2} if mode == "pipeline" else {"tensor_parallel_size": 2}
     options = kiln.CompileOptions(all_reduce=mode.split("-")[1]) if mode != "pipeline" else None
@@ -101,5 +108,7 @@ def test_two_gpus_give_the_single_gpu_greedy_tokens(mode: str) -> None:
         again = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]  # replays captured graphs
         if mode != "pipeline":
             assert llm.stats["cuda_graphs"] > 0, llm.stats["capture_failure"]
+        if fused:
+            assert collective._FAST_AR_NORM is not None and collective._FAST_AR_NORM.calls > 0
     assert got == want and again == want
     assert not torch.distributed.is_initialized()

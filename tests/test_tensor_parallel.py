@@ -206,6 +206,14 @@ def test_fused_all_reduce_norm_of_one_rank_equals_add_rms_norm_and_a_fast_path_m
     assert [torch.equal(a, b) for a, b in zip(run_graph(g, vals), vals[:2])] == [True, True]
 
 
+def test_resetting_the_groups_drops_a_fused_all_reduce_norm_kernel() -> None:
+    from kiln.ir.opset import collective
+
+    collective.set_all_reduce_add_rms_norm(lambda *a: None)
+    collective.reset_groups()
+    assert collective._FAST_AR_NORM is None
+
+
 def test_the_triton_backend_runs_the_fused_all_reduce_norm_as_the_all_reduce_and_its_row_kernel() -> None:
     """Without a fused kernel installed, the Triton backend keeps the kernels the graph ran before
     fuse_collectives: the all-reduce, then the add + RMSNorm row kernel (Triton's interpreter on CPU)."""

@@ -65,10 +65,11 @@ def stage_rank(stage: int) -> int:
 
 
 def reset_groups() -> None:
-    """Forget every registration: the default group, stage k = rank k, no all-reduce hook."""
+    """Forget every registration: the default group, stage k = rank k, no all-reduce hooks."""
     set_tensor_group(None)
     set_stage_ranks(None)
     set_all_reduce(None)
+    set_all_reduce_add_rms_norm(None)
 
 
 def _group_kw() -> dict:
