@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..ir import Graph, Value
+from ..ir import Graph
 from ..ir.ops import Effect
 from .manager import PassContext, graph_pass
 from .rewrite import Rebuilder
@@ -24,10 +24,7 @@ def fuse_collectives(g: Graph, ctx: PassContext) -> Graph:
     and no write, may sit between the pair).
     """
     index = {n: i for i, n in enumerate(g.nodes)}
-    uses: dict[Value, int] = {v: 1 for v in g.outputs}
-    for n in g.nodes:
-        for v in n.inputs:
-            uses[v] = uses.get(v, 0) + 1
+    readers, outputs = g.uses(), set(g.outputs)
     pairs: dict[int, tuple[int, int]] = {}  # norm index -> (all_reduce index, operand index of its sum)
     for i, n in enumerate(g.nodes):
         if n.op.name != "add_rms_norm":
@@ -35,7 +32,7 @@ def fuse_collectives(g: Graph, ctx: PassContext) -> Graph:
         for k in (0, 1):
             v = n.inputs[k]
             src = v.node
-            if src is None or src.op.name != "all_reduce" or uses.get(v, 0) != 1:
+            if src is None or src.op.name != "all_reduce" or len(readers[v]) != 1 or v in outputs:
                 continue
             j = index[src]
             between = g.nodes[j + 1:i]

@@ -82,30 +82,27 @@ class SymmAllReduceNorm:
     def __init__(self, device: torch.device):
         import torch.distributed._symmetric_memory as symm_mem
 
-        from ..backends.triton.allreduce_norm import kernel_module
+        from ..backends.triton import allreduce_norm
 
-        self.symm_mem, self.device = symm_mem, device
+        self.symm_mem, self.device, self.kernel = symm_mem, device, allreduce_norm
         group = collective.tensor_group()
         self.group = group if group is not None else dist.group.WORLD
         if dist.get_world_size(self.group) != 2:
             raise ValueError("the fused all-reduce + RMSNorm kernel serves tensor groups of two ranks")
         self.peer = 1 - dist.get_rank(self.group)
-        self.mod = kernel_module()
+        self.mod = allreduce_norm.kernel_module()
         self.state: dict[tuple, tuple] = {}
         self.calls = 0
 
     def takes(self, x: torch.Tensor, res: torch.Tensor, w: torch.Tensor) -> bool:
-        from ..backends.triton.allreduce_norm import MAX_D, MAX_ROWS
-
         d = x.shape[-1] if x.dim() else 0
         rows = x.numel() // max(d, 1)
         return (x.is_cuda and x.dtype in DTYPES and res.dtype == x.dtype and w.dtype == x.dtype and res.shape == x.shape
-                and tuple(w.shape) == (d,) and 0 < rows <= MAX_ROWS and 0 < d <= MAX_D and x.is_contiguous()
-                and res.is_contiguous() and w.is_contiguous())
+                and tuple(w.shape) == (d,) and 0 < rows <= self.kernel.MAX_ROWS and 0 < d <= self.kernel.MAX_D
+                and x.is_contiguous() and res.is_contiguous() and w.is_contiguous())
 
     def _buffers(self, d: int, dtype: torch.dtype) -> tuple:
-        from ..backends.triton.allreduce_norm import MAX_ROWS
-
+        MAX_ROWS = self.kernel.MAX_ROWS  # noqa: N806
         key = (d, dtype)
         got = self.state.get(key)
         if got is None:
@@ -122,14 +119,12 @@ class SymmAllReduceNorm:
         return got
 
     def __call__(self, x: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float) -> tuple | None:
-        from ..backends.triton.allreduce_norm import launch
-
         if not self.takes(x, res, w):
             return None
         d = x.shape[-1]
         own, peer, own_flags, peer_flags, counters = self._buffers(d, x.dtype)
         self.calls += 1
-        s, y = launch(self.mod, x.view(-1, d), res.view(-1, d), w, eps, own, peer, own_flags, peer_flags, counters)
+        s, y = self.kernel.launch(self.mod, x.view(-1, d), res.view(-1, d), w, eps, own, peer, own_flags, peer_flags, counters)
         return s.view(x.shape), y.view(x.shape)
 
 

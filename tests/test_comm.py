@@ -29,7 +29,7 @@ def two_rank_group(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
 def test_a_hook_that_takes_the_call_replaces_torch_distributed(two_rank_group: list) -> None:
     x = torch.randn(3, 8)
     collective.set_all_reduce(lambda t: t * 3)
-    out = collective._all_reduce(x, group_size=2)
+    out = collective.all_reduce(x, group_size=2)
     assert torch.equal(out, x * 3) and not two_rank_group
 
 
@@ -37,14 +37,14 @@ def test_a_declined_call_goes_to_torch_distributed_and_never_aliases_the_input(t
     x = torch.randn(3, 8)
     keep = x.clone()
     collective.set_all_reduce(lambda t: None)
-    out = collective._all_reduce(x, group_size=2)
+    out = collective.all_reduce(x, group_size=2)
     assert torch.equal(out, keep * 2) and torch.equal(x, keep) and len(two_rank_group) == 1
 
 
 def test_a_group_of_one_never_calls_the_hook(two_rank_group: list) -> None:
     x = torch.randn(4)
     collective.set_all_reduce(lambda t: pytest.fail("hook called for a group of one"))
-    assert torch.equal(collective._all_reduce(x, group_size=1), x)
+    assert torch.equal(collective.all_reduce(x, group_size=1), x)
 
 
 def test_cpu_ranks_keep_torch_distributed() -> None:

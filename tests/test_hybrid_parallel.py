@@ -83,14 +83,14 @@ def test_stage_ranks_map_send_and_recv_peers(fake_world: dict) -> None:
 def test_tensor_group_carries_all_reduce_and_its_size_is_checked(fake_world: dict) -> None:
     x = torch.ones(4)
     with pytest.raises(RuntimeError, match="expects 2 ranks but the process group has 4.*setup_parallel_groups"):
-        collective._all_reduce(x, group_size=2)  # the default group has the whole T x P world
+        collective.all_reduce(x, group_size=2)  # the default group has the whole T x P world
     group = object()
     collective.set_tensor_group(group)
     assert collective.tensor_group() is group
-    collective._all_reduce(x, group_size=2)
+    collective.all_reduce(x, group_size=2)
     assert fake_world["all_reduce"] == [group]
     with pytest.raises(RuntimeError, match="expects 4 ranks but the registered tensor-parallel group has 2"):
-        collective._all_reduce(x, group_size=4)
+        collective.all_reduce(x, group_size=4)
     collective.set_stage_ranks([1, 3])
     collective.set_all_reduce(lambda t: None)
     collective.reset_groups()  # what closing a group does

@@ -15,6 +15,7 @@ deterministic and fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -71,8 +72,8 @@ def time_ms(fn: Callable[[], object], reps: int = 10, rounds: int = 3) -> float:
     fn()
     torch.cuda.synchronize()
     flush = _l2_flush()
-    with_fn = _replayable(lambda: (flush(), fn()), reps)
-    alone = _replayable(flush, reps)
+    with_fn, captured = _replayable(lambda: (flush(), fn()), reps)
+    alone, _ = _replayable(flush, reps, capture=captured)  # the flush timed the same way
     times = []
     for _ in range(rounds):
         times.append(max(_elapsed_ms(with_fn) - _elapsed_ms(alone), 0.0) / reps)
@@ -80,11 +81,16 @@ def time_ms(fn: Callable[[], object], reps: int = 10, rounds: int = 3) -> float:
 
 
 def _l2_flush() -> Callable[[], object]:
-    """A read of twice L2's size on the current GPU: evicts whatever a candidate left there."""
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    n = 2 * max(int(getattr(props, "L2_cache_size", 0)), 8 << 20) // 4
-    buf = torch.zeros(n, dtype=torch.float32, device="cuda")
-    return lambda: buf.sum()
+    """A read of twice L2's size on the current GPU: evicts whatever a candidate left there. The
+    buffer lives as long as the timing (its values never matter); the allocator keeps the block."""
+    buf = torch.empty(_flush_elements(torch.cuda.current_device()), dtype=torch.float32, device="cuda")
+    return buf.sum
+
+
+@functools.cache
+def _flush_elements(device: int) -> int:
+    l2 = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0))
+    return 2 * max(l2, 8 << 20) // 4
 
 
 def _elapsed_ms(run: Callable[[], object]) -> float:
@@ -96,24 +102,26 @@ def _elapsed_ms(run: Callable[[], object]) -> float:
     return start.elapsed_time(end)
 
 
-def _replayable(step: Callable[[], object], reps: int) -> Callable[[], object]:
-    """`reps` calls of `step` as one callable: a CUDA-graph replay where they can be captured,
-    else the eager loop (a host sync inside, say)."""
+def _replayable(step: Callable[[], object], reps: int, capture: bool = True) -> tuple[Callable[[], object], bool]:
+    """`reps` calls of `step` as one callable, and whether it is a CUDA-graph replay: captured
+    where they can be (and `capture`), else the eager loop (a host sync inside, say)."""
+
+    def eager() -> None:
+        for _ in range(reps):
+            step()
+
+    if not capture:
+        return eager, False
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):
-            for _ in range(reps):
-                step()
+            eager()
     except Exception as e:  # noqa: BLE001 - not capturable: time it eagerly
         debug.log.info("autotune: timing eagerly, capture failed: %s", e)
         torch.cuda.synchronize()
-
-        def eager() -> None:
-            for _ in range(reps):
-                step()
-        return eager
+        return eager, False
     graph.replay()  # the first replay uploads the graph
-    return graph.replay
+    return graph.replay, True
 
 
 def choose(key: str, candidates: dict[str, Callable[[], object]], on_cuda: bool) -> str:

@@ -22,9 +22,9 @@ Three kernel shapes, all picked per problem by `autotune.choose` against PyTorch
   so a config can split K: each split writes fp32 partials [SPLIT, M, N] and a second small
   kernel sums them in a fixed order and runs the epilogue (deterministic, no atomics).
 * `gemv` (batch-1 decode, M <= GEMV_M = 4): the latency-bound case, on CUDA cores. The matvec
-  above pays a [BLOCK_M, BLOCK_N, BLOCK_K] register tile and cuBLAS picks tiles for GEMMs: with
-  N = 4096 output columns it runs 64 programs on 132 SMs (the 7B row-parallel projections at
-  TP=2 ran at 2.3 TB/s, bench/RESULTS.md). Here each program owns BLOCK_N (8-32) columns of
+  above pays a [BLOCK_M, BLOCK_N, BLOCK_K] register tile and cuBLAS picks tiles for GEMMs (the
+  7B TP=2 o-projection, 4096 x 2048, ran at 2.4 TB/s under cuBLAS, 2.8 as a PDL gemv:
+  bench/RESULTS.md, bench/gemv_sweep.py). Here each program owns BLOCK_N (8-32) columns of
   all M rows, so N = 4096 is 128-512 programs; K is a compile-time constant, so K <= BLOCK_K is
   one load of the whole [BLOCK_N, K] weight tile and no loop; products in fp32, `tl.sum` per row.
   With `PDL` (programmatic dependent launch, sm90+, weights that are graph constants) the first
@@ -94,6 +94,8 @@ GEMM_CONFIGS = (
     GemmConfig(128, 64, 32, 8, 4, 4),
     GemmConfig(16, 64, 128, 1, 4, 4),
 )
+
+
 @dataclass(frozen=True, slots=True)
 class GemvConfig:
     """A batch-1 decode tiling of the CUDA-core `gemv` kernels (dense, and `gemv_w8` / `gemv_w4`
@@ -133,6 +135,18 @@ def pdl_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.get_device_capability()[0] >= 9
+
+
+def gemv_flags(cfg: GemvConfig, m: int, k: int, pdl: bool) -> dict[str, Any]:
+    """The launch keywords a gemv kernel (dense or quantized) shares: M and K as compile-time
+    constants, the tiling, and programmatic dependent launch when `pdl` (only then `launch_pdl`:
+    a Triton without PDL, where pdl_available is False, takes no such keyword)."""
+    flags: dict[str, Any] = {"M": m, "K": k, "PDL": pdl, "BLOCK_M": _pow2(m), "BLOCK_N": cfg.block_n, "num_warps": cfg.warps}
+    if pdl:
+        flags["launch_pdl"] = True
+    return flags
+
+
 TORCH = "torch"  # the PyTorch candidate: F.linear, activation, add
 
 # The epilogue's activation on the fp32 accumulator `acc` (gelu_tanh: 0.5*y*(1 + tanh(z)) =
@@ -464,12 +478,9 @@ class LinearLauncher:
         compile-time constants (K is the weight's, M at most GEMV_M): a few compiles per node."""
         (m, k), n = x2.shape, w.shape[0]
         (b, r, y_), rs = self._epilogue_args(y, bias, r2)
-        flags: dict[str, Any] = {"M": m, "K": k, "HAS_BIAS": bias is not None, "HAS_RES": r2 is not None, "PDL": pdl,
-                                 "BLOCK_M": _pow2(m), "BLOCK_N": cfg.block_n, "BLOCK_K": min(cfg.block_k, _pow2(k)),
-                                 "num_warps": cfg.warps}
-        if pdl:  # only then: a Triton without PDL (pdl_available False) takes no launch_pdl
-            flags["launch_pdl"] = True
-        self._module(x2).gemv[(-(-n // cfg.block_n),)](x2, w, b, r, y_, n, *x2.stride(), *w.stride(), *rs, **flags)
+        self._module(x2).gemv[(-(-n // cfg.block_n),)](
+            x2, w, b, r, y_, n, *x2.stride(), *w.stride(), *rs, HAS_BIAS=bias is not None, HAS_RES=r2 is not None,
+            BLOCK_K=min(cfg.block_k, _pow2(k)), **gemv_flags(cfg, m, k, pdl))
 
     def _pdl_ok(self, on_cuda: bool) -> bool:
         return on_cuda and self.constant_weights and pdl_available()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ...errors import KilnError
+from ...ir.opset import collective
 from .cache import load_module
 
 MAX_ROW = 1 << 16
@@ -116,12 +117,10 @@ class AllReduceNormLauncher:
         self.norm = RowLauncher("add_rms", eps, out_dtype)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> Any:
-        from ...ir.opset import collective
-
         fused = collective.fused_all_reduce_add_rms_norm(x, residual, weight, self.group_size, self.eps)
         if fused is not None:
             return fused
-        return self.norm(collective._all_reduce(x, self.group_size), residual, weight)
+        return self.norm(collective.all_reduce(x, self.group_size), residual, weight)
 
 
 def row_kernel(node: Any) -> RowLauncher | AllReduceNormLauncher | None:

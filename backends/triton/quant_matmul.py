@@ -37,6 +37,7 @@ from .matmul import (
     GemvConfig,
     MatvecConfig,
     _pow2,
+    gemv_flags,
     pdl_available,
     split_k,
 )
@@ -243,10 +244,7 @@ class QuantLinearLauncher:
         (m, k), n = x2.shape, q.shape[0]
         block_k = min(cfg.block_k, _pow2(k))
         args = (x2, q, scale, zeros, bias if bias is not None else y, y, n, *x2.stride(), *q.stride())
-        flags: dict[str, Any] = {"M": m, "K": k, "HAS_BIAS": bias is not None, "ASYM": self.asymmetric, "PDL": pdl,
-                                 "BLOCK_M": _pow2(m), "BLOCK_N": cfg.block_n, "num_warps": cfg.warps}
-        if pdl:  # only then: a Triton without PDL (pdl_available False) takes no launch_pdl
-            flags["launch_pdl"] = True
+        flags = {"HAS_BIAS": bias is not None, "ASYM": self.asymmetric, **gemv_flags(cfg, m, k, pdl)}
         grid = (-(-n // cfg.block_n),)
         mod = self._module(x2)
         if self.op == "linear_w4":  # a step is whole groups

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ..ops import Attr, AttrKind, Effect, InferenceError, declare
 from ..types import TensorType
 from ._infer import norm_dim, tensors
+from .nn import _add_norm_infer, _add_rms_norm
 
 _TENSOR_GROUP: Any = None  # this rank's tensor-parallel group; None: the default group
 _STAGE_RANKS: tuple[int, ...] | None = None  # global rank of each pipeline stage; None: stage k is rank k
@@ -105,7 +106,8 @@ def set_all_reduce(fn: "Callable[[torch.Tensor], torch.Tensor | None] | None") -
     _FAST_ALL_REDUCE = fn
 
 
-def _all_reduce(x: torch.Tensor, group_size: int) -> torch.Tensor:
+def all_reduce(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """all_reduce's implementation: the installed fast all-reduce where it takes x, else torch.distributed."""
     if _check_group("all_reduce", group_size) and _FAST_ALL_REDUCE is not None:
         out = _FAST_ALL_REDUCE(x)
         if out is not None:
@@ -124,7 +126,7 @@ def _all_reduce_infer(types, a):  # noqa: ANN001, ANN202
 
 
 declare(
-    "all_reduce", ["x"], [Attr("group_size", AttrKind.INT)], infer=_all_reduce_infer, impl=_all_reduce,
+    "all_reduce", ["x"], [Attr("group_size", AttrKind.INT)], infer=_all_reduce_infer, impl=all_reduce,
     effect=Effect.COLLECTIVE, category="collective",
     doc="elementwise sum of x over the group_size ranks of the tensor-parallel group (default: the process group; every rank gets the sum)",
 )
@@ -146,22 +148,18 @@ def fused_all_reduce_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weigh
     """The installed fused kernel's (sum, normed), or None where there is none or it declines
     (then all_reduce, then add_rms_norm). Backends whose norm kernel replaces the reference call
     this first (backends/triton/norms.py)."""
-    if _check_group("all_reduce_add_rms_norm", group_size) and _FAST_AR_NORM is not None:
+    if _FAST_AR_NORM is not None and _check_group("all_reduce_add_rms_norm", group_size):
         return _FAST_AR_NORM(x, residual, weight, eps)
     return None
 
 
 def _all_reduce_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, group_size: int,
                              eps: float) -> tuple:
-    from .nn import _add_rms_norm
-
     out = fused_all_reduce_add_rms_norm(x, residual, weight, group_size, eps)
-    return out if out is not None else _add_rms_norm(_all_reduce(x, group_size), residual, weight, eps)
+    return out if out is not None else _add_rms_norm(all_reduce(x, group_size), residual, weight, eps)
 
 
 def _all_reduce_add_rms_norm_infer(types, a):  # noqa: ANN001, ANN202
-    from .nn import _add_norm_infer
-
     _all_reduce_infer(types[:1], a)
     return _add_norm_infer("rms_norm")(types, {"eps": a["eps"]})
 
