@@ -3,6 +3,7 @@
 # matvecs vs cuBLAS per 7B / 1.1B shape, timed as autotune times them), the GPU kernel tests of
 # the dense and quantized linears (KERNEL_TESTS=1), then on two GPUs bench/tp.py (7B and 1.1B,
 # TP 1 and 2) and the multi-GPU tests (their stacks dumped if they overrun).
+# SWEEP=0 skips the sweep; TP_TEST_K picks multi-GPU tests (pytest -k).
 # Writes everything to $OUT (or ./gpu-out). Usage: bash scripts/gpu_decode.sh
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,8 +13,10 @@ ln -s "$root" "$site/kiln"          # the repository root is the kiln package
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 KILN_STEP_TIMES=1
 cd "$root"
-timeout "${SWEEP_S:-150}" python3 bench/gemv_sweep.py --m ${SWEEP_M:-1} --shapes ${SWEEP_SHAPES:-7b/2-o 7b/2-down 7b-o 7b-qkv 1b-o 1b-gate_up} > "$out/gemv_sweep.log" 2>&1
-echo "sweep rc=$?"; grep "^|" "$out/gemv_sweep.log"
+if [ "${SWEEP:-1}" = 1 ]; then
+  timeout "${SWEEP_S:-150}" python3 bench/gemv_sweep.py --m ${SWEEP_M:-1} --shapes ${SWEEP_SHAPES:-7b/2-o 7b/2-down 7b-o 7b-qkv 1b-o 1b-gate_up} > "$out/gemv_sweep.log" 2>&1
+  echo "sweep rc=$?"; grep "^|" "$out/gemv_sweep.log"
+fi
 if [ "${KERNEL_TESTS:-0}" = 1 ]; then
   (cd tests && timeout -s ABRT "${KERNEL_TEST_S:-200}" python3 -X faulthandler -m pytest -p no:cacheprovider -q -m gpu \
       test_triton_matmul.py test_triton_quant_matmul.py > "$out/kernel_tests.log" 2>&1)
@@ -29,7 +32,7 @@ if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
     echo "tp fused rc=$?"; grep "^| 7b\|BREAKDOWN GPU" "$out/tp_fused.log" | cut -c1-600
   fi
   cd "$root/tests"
-  timeout -s ABRT "${TP_TEST_S:-200}" python3 -X faulthandler -m pytest -p no:cacheprovider -m gpu test_llm_tp.py -rs --durations=5 \
+  timeout -s ABRT "${TP_TEST_S:-200}" python3 -X faulthandler -m pytest -p no:cacheprovider -m gpu test_llm_tp.py ${TP_TEST_K:+-k "$TP_TEST_K"} -rs --durations=5 \
       > "$out/tp_tests.log" 2>&1
   echo "tp tests rc=$?"; grep -v "^Extension" "$out/tp_tests.log" | tail -15
 fi
