@@ -25,8 +25,8 @@ STEP_CHANNEL = os.environ.get("KILN_STEP_CHANNEL", "auto")
 STEP_TIMES = os.environ.get("KILN_STEP_TIMES", "") not in ("", "0")
 HANG_DUMP_S = float(os.environ.get("KILN_HANG_DUMP_S") or 0)
 PDL = os.environ.get("KILN_PDL", "1") not in ("", "0")  # 0: no programmatic dependent launch (A/B, debugging)
-# 1: tensor groups of two run all_reduce_add_rms_norm as one kernel (symm_mem all-reduce; experimental, unmeasured)
-FUSED_AR_NORM = os.environ.get("KILN_FUSED_AR_NORM", "") not in ("", "0")
+# tensor groups of two run all_reduce_add_rms_norm as one kernel (symm_mem all-reduce); 0: the all-reduce and the norm apart
+FUSED_AR_NORM = os.environ.get("KILN_FUSED_AR_NORM", "1") not in ("", "0")
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")  # Triton's own knob, read here once  # generated-kernel cache (default ~/.cache/kiln/kernels)
 
 log = logging.getLogger("kiln")

@@ -161,8 +161,9 @@ def setup_all_reduce(choice: str, device: torch.device) -> Any:
 
 
 def _setup_fused_norm(device: torch.device) -> None:
-    """KILN_FUSED_AR_NORM=1 (experimental, not yet measured in a model): the fused all-reduce +
-    add + RMSNorm kernel for a tensor group of two, where every rank can build it."""
+    """The fused all-reduce + add + RMSNorm kernel for a tensor group of two, where every rank can
+    build it (KILN_FUSED_AR_NORM=0 turns it off). 7B decode, TP=2 on 2 x H200: 342 tok/s with it,
+    300 without (bench/RESULTS.md, 2026-11-21)."""
     hook, why = None, ""
     try:
         hook = SymmAllReduceNorm(device)

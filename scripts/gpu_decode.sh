@@ -3,7 +3,8 @@
 # matvecs vs cuBLAS per 7B / 1.1B shape, timed as autotune times them), the GPU kernel tests of
 # the dense and quantized linears (KERNEL_TESTS=1), then on two GPUs bench/tp.py (7B and 1.1B,
 # TP 1 and 2) and the multi-GPU tests (their stacks dumped if they overrun).
-# SWEEP=0 skips the sweep; TP_TEST_K picks multi-GPU tests (pytest -k).
+# SWEEP=0 skips the sweep; TP_TEST_K picks multi-GPU tests (pytest -k); UNFUSED=1 / NO_PDL=1 add A/B runs
+# of 7B with KILN_FUSED_AR_NORM=0 / KILN_PDL=0.
 # Writes everything to $OUT (or ./gpu-out). Usage: bash scripts/gpu_decode.sh
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,17 +20,22 @@ if [ "${SWEEP:-1}" = 1 ]; then
 fi
 if [ "${KERNEL_TESTS:-0}" = 1 ]; then
   (cd tests && timeout -s ABRT "${KERNEL_TEST_S:-200}" python3 -X faulthandler -m pytest -p no:cacheprovider -q -m gpu \
-      test_triton_matmul.py test_triton_quant_matmul.py > "$out/kernel_tests.log" 2>&1)
+      test_triton_matmul.py test_triton_quant_matmul.py test_triton_paged.py test_triton_norms.py test_triton_elementwise.py > "$out/kernel_tests.log" 2>&1)
   echo "kernel tests rc=$?"; tail -3 "$out/kernel_tests.log"
 fi
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   timeout "${TP_BENCH_S:-300}" python3 bench/tp.py --shapes ${TP_SHAPES:-7b 1b} --tp 1 2 --all-reduce ${TP_AR:-symm_mem} \
       --step-channel shm --breakdown --timeout 120 > "$out/tp.log" 2>&1
-  echo "tp rc=$?"; grep "^|\|rank 1" "$out/tp.log"
-  if [ "${FUSED:-0}" = 1 ]; then  # the experimental fused all-reduce + add + RMSNorm kernel, 7B TP=2
-    KILN_FUSED_AR_NORM=1 timeout "${FUSED_S:-150}" python3 bench/tp.py --shapes 7b --tp 2 --all-reduce symm_mem \
-        --step-channel shm --breakdown --timeout 120 > "$out/tp_fused.log" 2>&1
-    echo "tp fused rc=$?"; grep "^| 7b\|BREAKDOWN GPU" "$out/tp_fused.log" | cut -c1-600
+  echo "tp rc=$?"; grep "^|\|rank 1\|BREAKDOWN GPU" "$out/tp.log" | cut -c1-600
+  if [ "${UNFUSED:-0}" = 1 ]; then  # A/B: 7B TP=2 with the all-reduce and the add + RMSNorm apart
+    KILN_FUSED_AR_NORM=0 timeout "${AB_S:-150}" python3 bench/tp.py --shapes 7b --tp 2 --all-reduce symm_mem \
+        --step-channel shm --breakdown --timeout 120 > "$out/tp_unfused.log" 2>&1
+    echo "tp unfused rc=$?"; grep "^| 7b\|BREAKDOWN GPU" "$out/tp_unfused.log" | cut -c1-600
+  fi
+  if [ "${NO_PDL:-0}" = 1 ]; then  # A/B: 7B TP=1 and 2 without programmatic dependent launch
+    KILN_PDL=0 timeout "${AB_S:-150}" python3 bench/tp.py --shapes 7b --tp 1 2 --all-reduce symm_mem \
+        --step-channel shm --breakdown --timeout 120 > "$out/tp_nopdl.log" 2>&1
+    echo "tp no-PDL rc=$?"; grep "^| 7b\|BREAKDOWN GPU" "$out/tp_nopdl.log" | cut -c1-600
   fi
   cd "$root/tests"
   timeout -s ABRT "${TP_TEST_S:-200}" python3 -X faulthandler -m pytest -p no:cacheprovider -m gpu test_llm_tp.py ${TP_TEST_K:+-k "$TP_TEST_K"} -rs --durations=5 \

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .cache import load_module
+from .pdl import launch_flags, with_pdl
 
 MAX_ROWS = 64  # rows (tokens) per call; more (prefill) take the unfused path
 MAX_D = 16384
@@ -81,7 +82,7 @@ def ar_add_rms_norm(x, res, w, s_out, y_out, own_buf, peer_buf, own_flags, peer_
 
 
 def kernel_module() -> Any:
-    return load_module(_SOURCE)
+    return load_module(with_pdl(_SOURCE, trigger=("ar_add_rms_norm",), wait=("ar_add_rms_norm",)))
 
 
 def launch(mod: Any, x: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float, own_buf: torch.Tensor,
@@ -93,5 +94,5 @@ def launch(mod: Any, x: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: f
     block = 1 << max(d - 1, 0).bit_length()
     mod.ar_add_rms_norm[(rows,)](x, res, w, s, y, own_buf, peer_buf, own_flags, peer_flags, counters, d, eps,
                                  x.stride(0), res.stride(0), TIMEOUT_NS, MAX_ROWS=MAX_ROWS, BLOCK=block,
-                                 num_warps=8 if block >= 4096 else 4)
+                                 num_warps=8 if block >= 4096 else 4, **launch_flags())
     return s, y

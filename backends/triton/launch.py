@@ -9,6 +9,7 @@ import torch
 from ...errors import KilnError
 from .cache import load_module
 from .codegen import Kernel
+from .pdl import launch_flags, with_pdl
 
 BLOCK = 1024
 MAX_ROW = 1 << 16  # longest row a single-block reduction kernel takes
@@ -18,11 +19,14 @@ class GroupLauncher:
     """Calls one generated kernel: allocates outputs at the inputs' broadcast shape and picks the
     dense variant when every input is contiguous and already of that shape."""
 
-    __slots__ = ("kernel", "kernel_dense", "scalars", "out_dtypes", "n_out", "reduces", "keepdim")
+    __slots__ = ("kernel", "kernel_dense", "scalars", "out_dtypes", "n_out", "reduces", "keepdim", "pdl")
     writes_out = True  # the plan may pass preallocated outputs (out=...), see runtime.arena
 
     def __init__(self, k: Kernel):
-        mod = load_module(k.source)
+        # PDL where it runs: each kernel waits for the previous one and lets the next one launch
+        names = ("kernel", "kernel_dense")
+        mod = load_module(with_pdl(k.source, trigger=names, wait=names))
+        self.pdl = launch_flags()
         self.kernel, self.kernel_dense = mod.kernel, mod.kernel_dense
         self.scalars = k.scalars
         self.out_dtypes = [t.dtype.torch for t in k.out_types]
@@ -39,10 +43,10 @@ class GroupLauncher:
         if n:
             grid = ((n + BLOCK - 1) // BLOCK,)
             if all(x.shape == shape and x.is_contiguous() for x in ins):
-                self.kernel_dense[grid](*ins, *outs, *self.scalars, n, BLOCK=BLOCK)
+                self.kernel_dense[grid](*ins, *outs, *self.scalars, n, BLOCK=BLOCK, **self.pdl)
             else:
                 strides = [s for x in ins for s in x.expand(shape).stride()]
-                self.kernel[grid](*ins, *outs, *self.scalars, *shape, *strides, n, BLOCK=BLOCK)
+                self.kernel[grid](*ins, *outs, *self.scalars, *shape, *strides, n, BLOCK=BLOCK, **self.pdl)
         return outs[0] if self.n_out == 1 else tuple(outs)
 
     def _reduce(self, ins: tuple, shape: torch.Size, out: tuple | None) -> Any:
@@ -61,8 +65,8 @@ class GroupLauncher:
             raise KilnError(f"a reduction row of {r} elements exceeds the single-block kernel's {MAX_ROW}; use backend='reference'")
         if rows and r:
             if all(x.shape == shape and x.is_contiguous() for x in ins):
-                self.kernel_dense[(rows,)](*ins, *outs, *self.scalars, r, BLOCK=block)
+                self.kernel_dense[(rows,)](*ins, *outs, *self.scalars, r, BLOCK=block, **self.pdl)
             else:
                 strides = [s for x in ins for s in x.expand(shape).stride()]
-                self.kernel[(rows,)](*ins, *outs, *self.scalars, *shape, *strides, r, BLOCK=block)
+                self.kernel[(rows,)](*ins, *outs, *self.scalars, *shape, *strides, r, BLOCK=block, **self.pdl)
         return outs[0] if self.n_out == 1 else tuple(outs)

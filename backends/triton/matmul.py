@@ -36,7 +36,6 @@ Kernel source is kiln-made text only: the activation is one of a fixed table of 
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -48,6 +47,8 @@ from ... import debug
 from ...ir.opset.nn import ACTIVATIONS
 from .autotune import bucket, choose
 from .cache import load_module
+from .pdl import available as pdl_available
+from .pdl import with_pdl
 from .sparse24 import SPARSE24, SparseWeight
 
 SMALL_M = 16  # at most this many rows: the matvec configs join the candidates
@@ -121,20 +122,6 @@ GEMV_M = 4  # at most this many rows: the gemv kernels join the decode candidate
 GEMV_TILINGS = ((16, 2048, 8), (8, 4096, 8), (32, 512, 4))
 GEMV_CONFIGS = tuple(GemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in GEMV_TILINGS)
 CONFIGS: dict[str, GemmConfig | MatvecConfig | GemvConfig] = {c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + GEMV_CONFIGS}
-
-
-@functools.cache
-def pdl_available() -> bool:
-    """Programmatic dependent launch can run here: a CUDA GPU of compute capability 9+ (Hopper)
-    and a Triton with `gdc_wait`; never under the interpreter (it cannot run the gdc calls), nor
-    with KILN_PDL=0."""
-    if debug.TRITON_INTERPRET or not debug.PDL or not torch.cuda.is_available():
-        return False
-    try:
-        from triton.language.extra.cuda import gdc_wait  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.get_device_capability()[0] >= 9
 
 
 def gemv_flags(cfg: GemvConfig, m: int, k: int, pdl: bool) -> dict[str, Any]:
@@ -432,7 +419,9 @@ class LinearLauncher:
         fp32 = x.dtype == torch.float32
         mod = self._mod.get(fp32)
         if mod is None:
-            mod = self._mod[fp32] = load_module(kernel_source(self.activation, fp32, debug.TRITON_INTERPRET))
+            src = kernel_source(self.activation, fp32, debug.TRITON_INTERPRET)
+            # every kernel lets the next one launch (PDL, where it runs) as it starts
+            mod = self._mod[fp32] = load_module(with_pdl(src, trigger=("gemm", "matvec", "finish", "gemv")))
         return mod
 
     def _epilogue_args(self, y: torch.Tensor, bias: torch.Tensor | None, r2: torch.Tensor | None) -> tuple:

@@ -17,6 +17,7 @@ import torch
 from ...errors import KilnError
 from ...ir.opset import collective
 from .cache import load_module
+from .pdl import launch_flags, with_pdl
 
 MAX_ROW = 1 << 16
 
@@ -78,12 +79,13 @@ def _block(r: int) -> int:
 class RowLauncher:
     """Launches one row kernel for a norm/softmax node (inputs made contiguous, rows flattened)."""
 
-    __slots__ = ("kind", "kernel", "eps", "out_dtype", "add")
+    __slots__ = ("kind", "kernel", "eps", "out_dtype", "add", "pdl")
     writes_out = True  # the plan may pass preallocated outputs (out=...), see runtime.arena
 
     def __init__(self, kind: str, eps: float, out_dtype: torch.dtype):
         src = {"rms": _RMS, "ln": _LN, "softmax": _SOFTMAX, "log_softmax": _SOFTMAX}[kind.removeprefix("add_")]
-        self.kernel = load_module(src).kernel
+        self.kernel = load_module(with_pdl(src, trigger=("kernel",), wait=("kernel",))).kernel  # PDL where it runs
+        self.pdl = launch_flags()
         self.kind, self.eps, self.out_dtype = kind, eps, out_dtype
         self.add = kind.startswith("add_")
 
@@ -95,13 +97,13 @@ class RowLauncher:
         block = _block(r)
         if self.kind in ("softmax", "log_softmax"):
             if rows:
-                self.kernel[(rows,)](x, y, r, LOG=self.kind == "log_softmax", BLOCK=block)
+                self.kernel[(rows,)](x, y, r, LOG=self.kind == "log_softmax", BLOCK=block, **self.pdl)
             return y
         b = ins[1].contiguous() if self.add else x
         s = (out[0] if out is not None else torch.empty_like(x)) if self.add else x
         params = [p.contiguous() for p in ins[2 if self.add else 1:]]
         if rows:
-            self.kernel[(rows,)](x, b, *params, s, y, r, self.eps, ADD=self.add, BLOCK=block)
+            self.kernel[(rows,)](x, b, *params, s, y, r, self.eps, ADD=self.add, BLOCK=block, **self.pdl)
         return (s, y) if self.add else y
 
 

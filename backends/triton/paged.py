@@ -55,6 +55,7 @@ from typing import Any, Callable
 import torch
 
 from .cache import load_module
+from .pdl import launch_flags, with_pdl
 
 MAX_HEAD_DIM = 128
 LOG2E = 1.4426950408889634
@@ -291,10 +292,12 @@ class PagedAttentionLauncher:
     dims > 128, other dtypes, GQA ratios that do not divide) run the op's reference.
     """
 
-    __slots__ = ("mod", "scale", "reference", "config")
+    __slots__ = ("mod", "scale", "reference", "config", "pdl")
 
     def __init__(self, scale: float | None, reference: Callable[..., Any], config: PagedConfig | None = None):
-        self.mod = load_module(_SOURCE)
+        kernels = ("write", "attend", "combine")  # PDL where it runs: wait for the previous kernel, let the next launch
+        self.mod = load_module(with_pdl(_SOURCE, trigger=kernels, wait=kernels))
+        self.pdl = launch_flags()
         self.scale, self.reference, self.config = scale, reference, config
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -317,7 +320,7 @@ class PagedAttentionLauncher:
         self.mod.write[(t,)](
             k, v, k_cache, v_cache, slots, qs, out, cs, sn, *k.stride()[1:], *v.stride()[1:], *k_cache.stride(), *v_cache.stride(),
             out.stride(2), out.stride(1), out.stride(3), *k_rs, n, hkv, h, d,
-            BS=bs, BLOCK_HKV=max(2, _pow2(hkv)), BLOCK_H=max(2, _pow2(h)), BLOCK_D=block_d, ROPE=bool(rope), HALF=d // 2,
+            BS=bs, BLOCK_HKV=max(2, _pow2(hkv)), BLOCK_H=max(2, _pow2(h)), BLOCK_D=block_d, ROPE=bool(rope), HALF=d // 2, **self.pdl,
         )
         if n == 0:
             return out
@@ -361,12 +364,12 @@ class PagedAttentionLauncher:
             BS=bs, GP=gp, BLOCK_Q=block_q, BLOCK_M=block_q * gp, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
             BLOCK_SEQ=max(16, _pow2(n)),
             SPLIT=splits > 1, IEEE=q.dtype == torch.float32, INTERPRETED=not q.is_cuda, ROPE=rope, HALF=d // 2,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **self.pdl,
         )
         if splits > 1:
             self.mod.combine[(t, h)](
                 qs, out, pm, pl, pacc, out.stride(2), out.stride(1), out.stride(3), n, t, h, d, splits,
-                BLOCK_S=_pow2(splits), BLOCK_D=block_d,
+                BLOCK_S=_pow2(splits), BLOCK_D=block_d, **self.pdl,
             )
 
 

@@ -41,7 +41,10 @@ from .matmul import (
     pdl_available,
     split_k,
 )
+from .pdl import with_pdl
 from .quant_kernels import kernel_source
+
+_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "gemm_w8", "gemm_w4", "finish", "quant_rows")
 
 OPS = ("linear_w8", "linear_w4", "linear_w8a8")
 _KNOWN_ATTRS = frozenset({"activation", "group_size", "asymmetric", "act_scale"})
@@ -167,7 +170,9 @@ class QuantLinearLauncher:
         fp32 = x.dtype == torch.float32
         mod = self._mod.get(fp32)
         if mod is None:
-            mod = self._mod[fp32] = load_module(kernel_source(self.activation, fp32, debug.TRITON_INTERPRET))
+            src = kernel_source(self.activation, fp32, debug.TRITON_INTERPRET)
+            # every kernel lets the next one launch (PDL, where it runs) as it starts
+            mod = self._mod[fp32] = load_module(with_pdl(src, trigger=_KERNELS))
         return mod
 
     def _block_k(self, block_k: int) -> int:
