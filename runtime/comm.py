@@ -12,6 +12,12 @@ which are the same on every rank for the same collective, and on a probe whose o
 agree on (an all-reduce of the per-rank results). A buffer per (shape, dtype) is allocated and
 rendezvoused on its first use, which is always an uncaptured call (the graph runner captures a
 signature only on its second call), on every rank at the same collective.
+
+Group names: torch keeps a group name's symmetric-memory rendezvous store for the life of the
+process, and a process group made after an earlier one was destroyed reuses its names ("0", "1",
+...). A second parallel `kiln.LLM` in the same process would then rendezvous through the first
+one's store and wait forever. So the hooks run on a group of the tensor group's ranks whose name
+no rank has given symmetric memory before (`symm_group`).
 """
 
 from __future__ import annotations
@@ -30,19 +36,44 @@ from ..ir.opset import collective
 # the logits gather of decode batches (all_gather as a sum of zero-padded shards)
 MAX_BYTES = 16 << 20
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_SYMM_NAMES: set[str] = set()  # group names this process gave symmetric memory (see the module doc)
+
+
+def symm_group(device: torch.device, used: set[str] | None = None) -> Any:
+    """The tensor-parallel group (`collective.tensor_group()`, else the default group), or, where
+    any rank already gave symmetric memory a group of that name (`used`: this process's record),
+    a new group of the same ranks whose name none has used. Every rank of the default group calls
+    this alike: the tensor groups' rank lists are gathered and each round makes one new group per
+    list, in the same order everywhere (new_group's rule), until no rank's name is stale."""
+    used = _SYMM_NAMES if used is None else used
+    group = collective.tensor_group() or dist.group.WORLD
+    ranks = sorted(dist.get_process_group_ranks(group))
+    lists: list[list[int]] | None = None
+    while True:
+        stale = torch.tensor([1 if group.group_name in used else 0], device=device)
+        dist.all_reduce(stale, op=dist.ReduceOp.MAX)
+        if not int(stale.item()):
+            return group
+        if lists is None:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, ranks)
+            lists = sorted({tuple(r) for r in gathered})
+        made = {r: dist.new_group(ranks=list(r)) for r in lists}
+        group = made[tuple(ranks)]
 
 
 class SymmAllReduce:
     """A `collective.set_all_reduce` hook over symmetric-memory buffers of the tensor-parallel
     group (`collective.tensor_group()`, registered before this is built; else the default group)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, group: Any = None):
         import torch.distributed._symmetric_memory as symm_mem
 
         self.symm_mem = symm_mem
         self.device = device
-        group = collective.tensor_group()
-        self.group_name = (group if group is not None else dist.group.WORLD).group_name
+        if group is None:
+            group = collective.tensor_group() or dist.group.WORLD
+        self.group_name = group.group_name
         if hasattr(symm_mem, "enable_symm_mem_for_group"):  # needed before torch 2.8, harmless after
             symm_mem.enable_symm_mem_for_group(self.group_name)
         self.buffers: dict[tuple, torch.Tensor] = {}
@@ -79,14 +110,13 @@ class SymmAllReduceNorm:
     the decision depends only on shapes and dtypes, the same on both ranks. Buffers per (width,
     dtype) are allocated and rendezvoused on first use, an uncaptured call on both ranks."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, group: Any = None):
         import torch.distributed._symmetric_memory as symm_mem
 
         from ..backends.triton import allreduce_norm
 
         self.symm_mem, self.device, self.kernel = symm_mem, device, allreduce_norm
-        group = collective.tensor_group()
-        self.group = group if group is not None else dist.group.WORLD
+        self.group = group if group is not None else collective.tensor_group() or dist.group.WORLD
         if dist.get_world_size(self.group) != 2:
             raise ValueError("the fused all-reduce + RMSNorm kernel serves tensor groups of two ranks")
         self.peer = 1 - dist.get_rank(self.group)
@@ -137,9 +167,9 @@ def setup_all_reduce(choice: str, device: torch.device) -> Any:
     if choice == "nccl" or device.type != "cuda":
         return None
     hook, why = None, ""
+    group = symm_group(device)
     try:
-        hook = SymmAllReduce(device)
-        group = collective.tensor_group()
+        hook = SymmAllReduce(device, group)
         rank, size = dist.get_rank(group), dist.get_world_size(group)
         probe = torch.full((8,), float(rank + 1), device=device)
         got = hook(probe)
@@ -148,6 +178,7 @@ def setup_all_reduce(choice: str, device: torch.device) -> Any:
         why = "" if ok else f"the probe sum was {got.tolist() if got is not None else None}, not {want}"
     except Exception as e:  # noqa: BLE001 - decided together below
         ok, why = False, f"{type(e).__name__}: {e}"
+    _SYMM_NAMES.add(group.group_name)  # rendezvoused (or tried): never again under this name
     flag = torch.tensor([1 if ok else 0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)  # every rank of the world takes the same path
     if not int(flag.item()):
@@ -156,17 +187,17 @@ def setup_all_reduce(choice: str, device: torch.device) -> Any:
         return None
     collective.set_all_reduce(hook)
     if debug.FUSED_AR_NORM:
-        _setup_fused_norm(device)
+        _setup_fused_norm(device, group)
     return hook
 
 
-def _setup_fused_norm(device: torch.device) -> None:
+def _setup_fused_norm(device: torch.device, group: Any) -> None:
     """The fused all-reduce + add + RMSNorm kernel for a tensor group of two, where every rank can
     build it (KILN_FUSED_AR_NORM=0 turns it off). 7B decode, TP=2 on 2 x H200: 342 tok/s with it,
     300 without (bench/RESULTS.md, 2026-11-21)."""
     hook, why = None, ""
     try:
-        hook = SymmAllReduceNorm(device)
+        hook = SymmAllReduceNorm(device, group)
     except Exception as e:  # noqa: BLE001 - decided together below
         why = f"{type(e).__name__}: {e}"
     flag = torch.tensor([0 if hook is None else 1], device=device)

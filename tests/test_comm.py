@@ -93,3 +93,63 @@ def test_a_declined_all_gather_goes_to_torch_distributed(two_rank_group: list, m
     collective.set_all_reduce(lambda t: None)
     x = torch.randn(2, 4)
     assert torch.equal(collective._all_gather(x, dim=1, group_size=2), torch.cat([x, x], 1)) and len(gathered) == 1
+
+
+# --- symmetric-memory group names, 2 ranks on gloo ------------------------------------------------
+
+def _symm_group_rank(rank: int, port: int, results: object) -> None:
+    import os
+    import traceback
+
+    import torch.distributed as dist
+
+    from kiln.runtime.comm import symm_group
+    from kiln.runtime.distributed import init_distributed, shutdown_distributed
+
+    torch.set_num_threads(1)
+    try:
+        init_distributed(rank, 2, backend="gloo", master_port=port, timeout_s=30)
+        cpu = torch.device("cpu")
+        world = dist.group.WORLD.group_name
+        fresh = symm_group(cpu, set())  # no rank used the name: the tensor group itself
+        # only rank 0 used the world's name (a long-lived driver; the worker is new): both move on
+        moved = symm_group(cpu, {world} if rank == 0 else set())
+        # rank 1 used the moved-to name too: both move again, to the same new group
+        again = symm_group(cpu, {world} | ({moved.group_name} if rank == 1 else set()))
+        x = torch.full((4,), float(rank + 1))
+        dist.all_reduce(x, group=again)
+        results.put((rank, "ok", (world, fresh.group_name, moved.group_name, again.group_name, x.tolist())))
+    except BaseException:
+        results.put((rank, "error", traceback.format_exc()))
+    finally:
+        shutdown_distributed()
+        results.close()
+        results.join_thread()
+        os._exit(0)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_symmetric_memory_never_reuses_a_group_name_any_rank_used() -> None:
+    """torch keeps a name's symmetric-memory store for the process's life, and a re-made process
+    group reuses names: the hooks get a group whose name no rank used, the same group on every rank."""
+    import multiprocessing as mp
+
+    from kiln.runtime.distributed import free_port
+
+    from conftest import collect_ranks, stop_ranks
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_symm_group_rank, args=(r, port, results), daemon=True) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        got = collect_ranks(procs, results, 120)
+    finally:
+        stop_ranks(procs, 5)
+    assert got[0] == got[1]  # every rank ends on the same groups
+    world, fresh, moved, again, summed = got[0]
+    assert fresh == world
+    assert len({world, moved, again}) == 3
+    assert summed == [3.0] * 4  # the new group is a working group of both ranks
