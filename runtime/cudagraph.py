@@ -6,7 +6,8 @@ plan into a CUDA graph (capture records without executing; the first, uncaptured
 warm-up) and from then on copies the inputs into the graph's static buffers and replays it.
 
 Invariants: outputs are cloned before they are returned, so a caller never holds memory the
-next replay overwrites; buffer writes (`copy_to`) replay into the same module tensors; a plan
+next replay overwrites (unless built with `clone_outputs=False`, for a caller that is done with a
+step's outputs before it calls again: the paged model runner's logits); buffer writes (`copy_to`) replay into the same module tensors; a plan
 that cannot be captured (an op that syncs with the host) runs uncaptured from then on; cached
 tensors and arena storage the plan held at capture stay referenced by the graph's entry; at most
 `max_graphs` signatures keep a graph (oldest dropped). All captures share one memory pool: replays
@@ -27,12 +28,13 @@ class GraphRunner:
     """Calls `fn` (a plan function) directly, or replays its CUDA graph for a known signature."""
 
     def __init__(self, fn: Callable[..., tuple], max_graphs: int = 4, capture_after: int = 2,
-                 retained: Callable[[], Any] | None = None, stable_inputs: bool = False):
+                 retained: Callable[[], Any] | None = None, stable_inputs: bool = False, clone_outputs: bool = True):
         """`stable_inputs`: the caller passes the same device tensors for a signature every time
         (rewritten in place between calls); the capture then uses them as its static inputs and a
         replay copies nothing (a different tensor for a known signature is still copied in)."""
         self.fn = fn
         self.stable_inputs = stable_inputs
+        self.clone_outputs = clone_outputs
         self._pool: Any = None  # one memory pool shared by every capture (replays never overlap)
         self.retained = retained  # what a capture may point to beyond its inputs/outputs (Plan.retained)
         self.max_graphs = max_graphs
@@ -55,7 +57,7 @@ class GraphRunner:
                 if isinstance(s, torch.Tensor) and s is not x:
                     s.copy_(x)
             graph.replay()
-            return tuple(o.clone() for o in outs)
+            return tuple(o.clone() for o in outs) if self.clone_outputs else outs
         n = self.seen.get(sig, 0) + 1
         self.seen[sig] = n
         if n < self.capture_after:

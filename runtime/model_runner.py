@@ -171,12 +171,20 @@ class PagedModelRunner:
         vocab = (g if g.outputs else traced.graph).outputs[0].type.shape[-1]  # only the last stage has outputs
         self.info = RunnerInfo(sites, block_size, n, per_block, int(vocab), {"compile": t1 - t0, "plan": time.perf_counter() - t1})
         self.max_blocks = -(-max_model_len // block_size)
-        self.run: Callable[..., tuple] = self.plan.fn
+        self.run: Callable[..., tuple] = self._step
         if self._pin and self.options.cuda_graphs and capturable:
             from .cudagraph import GraphRunner
 
-            # decode steps repeat a few bucketed shapes: replay them as CUDA graphs
-            self.run = GraphRunner(self.plan.fn, max_graphs=64, retained=self.plan.retained, stable_inputs=True)
+            # decode steps repeat a few bucketed shapes: replay them as CUDA graphs (the logits
+            # are read before the next step, so the graph's own output is handed out, not a copy)
+            self.run = GraphRunner(self._step, max_graphs=64, retained=self.plan.retained, stable_inputs=True,
+                                   clone_outputs=False)
+
+    def _step(self, *args: torch.Tensor) -> tuple:
+        """The plan, then its logits rows in float32: one function, so a CUDA graph captures the
+        conversion too (no kernel launched from the host after the replay)."""
+        out = self.plan.fn(*args)
+        return (out[0][0].float(),) if out else ()
 
     def release_graphs(self) -> None:
         """Destroy the captured CUDA graphs (before a parallel group is torn down); later steps run uncaptured."""
@@ -190,16 +198,17 @@ class PagedModelRunner:
 
     def execute(self, chunks: list[SeqChunk]) -> torch.Tensor | None:
         """Run one step; returns float32 logits [number of chunks wanting logits, vocab] (None on
-        a pipeline stage other than the last, whose plan returns nothing)."""
+        a pipeline stage other than the last, whose plan returns nothing), valid until the next
+        call (a replayed CUDA graph writes the next step's logits into the same memory)."""
         args, wanted = self._step_args(chunks, bucket=self._pin)
         # CUDA graphs for steps of at most GRAPH_TOKENS (padded) tokens: decode batches and short
         # prefills, whose shapes repeat and whose time is mostly launch overhead; larger steps
         # run the plan directly (their work amortises the launches, and capturing every large
         # mixed shape would cost more than it saves).
-        run = self.run if args[0].shape[1] <= GRAPH_TOKENS else self.plan.fn
+        run = self.run if args[0].shape[1] <= GRAPH_TOKENS else self._step
         with torch.no_grad():
             out = run(*args)
-        return out[0][0][:wanted].float() if out else None
+        return out[0][:wanted] if out else None
 
     def _step_args(self, chunks: list[SeqChunk], bucket: bool) -> tuple[tuple[torch.Tensor, ...], int]:
         """The plan's inputs for one step and the number of logit rows wanted; `bucket` pads the
