@@ -63,6 +63,26 @@ def trained_lm(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (a kil
     return save_trained(train_tiny_lm(text, steps=200, seed=0), tmp_path_factory.mktemp("trained_lm"))
 
 
+def rank_main(rank: int, results, body) -> None:  # noqa: ANN001 (a multiprocessing queue, a callable)
+    """The whole life of a spawned rank: put (rank, "ok", body()) or (rank, "error", traceback) on
+    `results`, then shut torch.distributed down and exit (flushing the queue first)."""
+    import os
+    import traceback
+
+    from kiln.runtime.distributed import shutdown_distributed
+
+    torch.set_num_threads(1)
+    try:
+        results.put((rank, "ok", body()))
+    except BaseException:
+        results.put((rank, "error", traceback.format_exc()))
+    finally:
+        shutdown_distributed()
+        results.close()
+        results.join_thread()
+        os._exit(0)
+
+
 def collect_ranks(procs: list, results, wait_s: float) -> dict:  # noqa: ANN001 (a multiprocessing queue)
     """The payloads of spawned ranks that each put one (rank, status, payload) on `results`, by
     rank. A rank that reports a failure, exits without reporting or is late past `wait_s` fails

@@ -98,34 +98,28 @@ def test_a_declined_all_gather_goes_to_torch_distributed(two_rank_group: list, m
 # --- symmetric-memory group names, 2 ranks on gloo ------------------------------------------------
 
 def _symm_group_rank(rank: int, port: int, results: object) -> None:
-    import os
-    import traceback
+    from conftest import rank_main
 
+    rank_main(rank, results, lambda: _symm_groups(rank, port))
+
+
+def _symm_groups(rank: int, port: int) -> tuple:
     import torch.distributed as dist
 
     from kiln.runtime.comm import symm_group
-    from kiln.runtime.distributed import init_distributed, shutdown_distributed
+    from kiln.runtime.distributed import init_distributed
 
-    torch.set_num_threads(1)
-    try:
-        init_distributed(rank, 2, backend="gloo", master_port=port, timeout_s=30)
-        cpu = torch.device("cpu")
-        world = dist.group.WORLD.group_name
-        fresh = symm_group(cpu, set())  # no rank used the name: the tensor group itself
-        # only rank 0 used the world's name (a long-lived driver; the worker is new): both move on
-        moved = symm_group(cpu, {world} if rank == 0 else set())
-        # rank 1 used the moved-to name too: both move again, to the same new group
-        again = symm_group(cpu, {world} | ({moved.group_name} if rank == 1 else set()))
-        x = torch.full((4,), float(rank + 1))
-        dist.all_reduce(x, group=again)
-        results.put((rank, "ok", (world, fresh.group_name, moved.group_name, again.group_name, x.tolist())))
-    except BaseException:
-        results.put((rank, "error", traceback.format_exc()))
-    finally:
-        shutdown_distributed()
-        results.close()
-        results.join_thread()
-        os._exit(0)
+    init_distributed(rank, 2, backend="gloo", master_port=port, timeout_s=30)
+    cpu = torch.device("cpu")
+    world = dist.group.WORLD.group_name
+    fresh = symm_group(cpu, set())  # no rank used the name: the tensor group itself
+    # only rank 0 used the world's name (a long-lived driver; the worker is new): both move on
+    moved = symm_group(cpu, {world} if rank == 0 else set())
+    # rank 1 used the moved-to name too: both move again, to the same new group
+    again = symm_group(cpu, {world} | ({moved.group_name} if rank == 1 else set()))
+    x = torch.full((4,), float(rank + 1))
+    dist.all_reduce(x, group=again)
+    return world, fresh.group_name, moved.group_name, again.group_name, x.tolist()
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
