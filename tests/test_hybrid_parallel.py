@@ -9,9 +9,7 @@ single-process greedy tokens. As in test_pipeline_parallel, every wait has a dea
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import time
-import traceback
 
 import pytest
 import torch
@@ -21,7 +19,7 @@ from kiln.errors import PipelineParallelError, TensorParallelError, TensorPipeli
 from kiln.ir.opset import collective
 from kiln.runtime.distributed import parallel_layout, setup_parallel_groups
 
-from conftest import collect_ranks, rel_err, stop_ranks
+from conftest import collect_ranks, rank_main, rel_err, stop_ranks
 
 RANK_TIMEOUT_S = 30.0
 WAIT_S = 150.0  # 4 processes on 2 cores: spawn + imports + a compile each
@@ -148,25 +146,20 @@ def test_parallel_report_shows_the_combined_plan() -> None:
 
 
 def _rank_main(rank: int, world: int, port: int, mbs: list, results: mp.Queue) -> None:
-    from kiln.runtime.distributed import init_distributed, shutdown_distributed
+    rank_main(rank, results, lambda: _rank_body(rank, world, port, mbs))
+
+
+def _rank_body(rank: int, world: int, port: int, mbs: list) -> tuple:
+    from kiln.runtime.distributed import init_distributed
     from kiln.runtime.pipeline import run_pipeline_stage
 
-    torch.set_num_threads(1)
-    try:
-        init_distributed(rank, world, backend="gloo", master_port=port, timeout_s=RANK_TIMEOUT_S)
-        tp, pp = setup_parallel_groups(T, P, timeout_s=RANK_TIMEOUT_S)
-        mapping = ([collective.stage_rank(s) for s in range(P)], torch.distributed.get_world_size(collective.tensor_group()))
-        fn = kiln.compile(tiny_lm(), options=kiln.CompileOptions(tensor_parallel=tp, pipeline_parallel=pp))
-        got = run_pipeline_stage(fn, mbs)
-        logits = [o.logits.numpy() for o in got] if got is not None else None
-        results.put((rank, "ok", (tp, pp, mapping, logits, fn.stats.graphs[-1].op_counts())))
-    except BaseException:
-        results.put((rank, "error", traceback.format_exc()))
-    finally:
-        shutdown_distributed()
-        results.close()
-        results.join_thread()
-        os._exit(0)
+    init_distributed(rank, world, backend="gloo", master_port=port, timeout_s=RANK_TIMEOUT_S)
+    tp, pp = setup_parallel_groups(T, P, timeout_s=RANK_TIMEOUT_S)
+    mapping = ([collective.stage_rank(s) for s in range(P)], torch.distributed.get_world_size(collective.tensor_group()))
+    fn = kiln.compile(tiny_lm(), options=kiln.CompileOptions(tensor_parallel=tp, pipeline_parallel=pp))
+    got = run_pipeline_stage(fn, mbs)
+    logits = [o.logits.numpy() for o in got] if got is not None else None
+    return tp, pp, mapping, logits, fn.stats.graphs[-1].op_counts()
 
 
 @pytest.fixture(scope="module")
