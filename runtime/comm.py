@@ -114,6 +114,7 @@ class SymmAllReduceNorm:
         import torch.distributed._symmetric_memory as symm_mem
 
         from ..backends.triton import allreduce_norm
+        from ..backends.triton.pdl import launch_flags
 
         self.symm_mem, self.device, self.kernel = symm_mem, device, allreduce_norm
         self.group = group if group is not None else collective.tensor_group() or dist.group.WORLD
@@ -121,6 +122,7 @@ class SymmAllReduceNorm:
             raise ValueError("the fused all-reduce + RMSNorm kernel serves tensor groups of two ranks")
         self.peer = 1 - dist.get_rank(self.group)
         self.mod = allreduce_norm.kernel_module()
+        self.flags = launch_flags()
         self.state: dict[tuple, tuple] = {}
         self.calls = 0
 
@@ -154,7 +156,8 @@ class SymmAllReduceNorm:
         d = x.shape[-1]
         own, peer, own_flags, peer_flags, counters = self._buffers(d, x.dtype)
         self.calls += 1
-        s, y = self.kernel.launch(self.mod, x.view(-1, d), res.view(-1, d), w, eps, own, peer, own_flags, peer_flags, counters)
+        s, y = self.kernel.launch(self.mod, x.view(-1, d), res.view(-1, d), w, eps, own, peer, own_flags, peer_flags, counters,
+                                  self.flags)
         return s.view(x.shape), y.view(x.shape)
 
 

@@ -33,13 +33,20 @@ def test_each_named_kernel_starts_with_its_wait_then_its_trigger(name: str) -> N
     assert "from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait" in out
 
 
-def test_disabled_leaves_the_source_and_the_launch_alone() -> None:
+def test_disabled_leaves_the_source_and_the_launch_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     src = norms._RMS
     assert pdl.with_pdl(src, trigger=("kernel",), wait=("kernel",), enabled=False) == src
     assert pdl.launch_flags(enabled=False) == {}
     assert pdl.launch_flags(enabled=True) == {"launch_pdl": True}
-    assert not pdl.available()  # CPU / the interpreter: never
-    assert pdl.lead_kernel() is None
+    # KILN_PDL=0 (and the interpreter, and no sm90 GPU): nothing rewritten, no flags, no lead kernel
+    pdl.available.cache_clear()
+    monkeypatch.setattr(pdl.debug, "PDL", False)
+    try:
+        assert not pdl.available()
+        assert pdl.with_pdl(src, trigger=("kernel",), wait=("kernel",)) == src
+        assert pdl.launch_flags() == {} and pdl.lead_kernel() is None
+    finally:
+        pdl.available.cache_clear()
 
 
 def test_unknown_kernel_names_are_refused() -> None:

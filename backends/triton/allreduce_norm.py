@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from .cache import load_module
-from .pdl import launch_flags, with_pdl
+from .norms import RMS_TAIL
+from .pdl import NOW_NS, with_pdl
 
 MAX_ROWS = 64  # rows (tokens) per call; more (prefill) take the unfused path
 MAX_D = 16384
@@ -38,25 +39,19 @@ _SOURCE = '''import triton
 import triton.language as tl
 
 
-@triton.jit
-def now_ns(dep):
-    # the GPU's global timer (ns); `dep` only orders the read after the value it is given
-    return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [dep], dtype=tl.int64, is_pure=False, pack=1)
-
-
-@triton.jit
+''' + NOW_NS + '''@triton.jit
 def trap(dep):
     return tl.inline_asm_elementwise("trap;\\n mov.u32 $0, 0;", "=r,r", [dep], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
 def ar_add_rms_norm(x, res, w, s_out, y_out, own_buf, peer_buf, own_flags, peer_flags, counters,
-                    D, eps, sxm, srm, timeout_ns, MAX_ROWS: tl.constexpr, BLOCK: tl.constexpr):
+                    R, eps, sxm, srm, timeout_ns, MAX_ROWS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
-    mask = cols < D
+    mask = cols < R
     epoch = tl.load(counters + row) + 1
-    base = ((epoch % 2) * MAX_ROWS + row).to(tl.int64) * D
+    base = ((epoch % 2) * MAX_ROWS + row).to(tl.int64) * R
     mine = tl.load(x + row * sxm + cols, mask=mask, other=0.0)
     tl.store(own_buf + base + cols, mine, mask=mask)
     tl.debug_barrier()  # every thread's store before the flag
@@ -70,15 +65,11 @@ def ar_add_rms_norm(x, res, w, s_out, y_out, own_buf, peer_buf, own_flags, peer_
     tl.debug_barrier()
     theirs = tl.load(peer_buf + base + cols, mask=mask, other=0.0, volatile=True)
     total = (mine.to(tl.float32) + theirs.to(tl.float32)).to(mine.dtype)  # the all-reduce's result
-    h = (total.to(tl.float32) + tl.load(res + row * srm + cols, mask=mask, other=0.0).to(tl.float32)).to(mine.dtype)
-    tl.store(s_out + row * D + cols, h, mask=mask)
-    hf = h.to(tl.float32)
-    ms = tl.sum(hf * hf, axis=0) / D
-    y = (hf * tl.rsqrt(ms + eps)).to(h.dtype).to(tl.float32)
-    wv = tl.load(w + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_out + row * D + cols, (y * wv).to(y_out.dtype.element_ty), mask=mask)
+    x = (total.to(tl.float32) + tl.load(res + row * srm + cols, mask=mask, other=0.0).to(tl.float32)).to(mine.dtype)
+    tl.store(s_out + row * R + cols, x, mask=mask)
     tl.store(counters + row, epoch)
-'''
+    xf = x.to(tl.float32)
+''' + RMS_TAIL
 
 
 def kernel_module() -> Any:
@@ -86,13 +77,15 @@ def kernel_module() -> Any:
 
 
 def launch(mod: Any, x: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float, own_buf: torch.Tensor,
-           peer_buf: torch.Tensor, own_flags: torch.Tensor, peer_flags: torch.Tensor, counters: torch.Tensor) -> tuple:
-    """(sum, normed) for x / res [rows, D] (row-major rows, unit column stride), rows <= MAX_ROWS."""
+           peer_buf: torch.Tensor, own_flags: torch.Tensor, peer_flags: torch.Tensor, counters: torch.Tensor,
+           flags: dict) -> tuple:
+    """(sum, normed) for x / res [rows, D] (row-major rows, unit column stride), rows <= MAX_ROWS;
+    `flags`: the launch keywords (pdl.launch_flags(), computed once by the caller)."""
     rows, d = x.shape
     s = torch.empty((rows, d), dtype=x.dtype, device=x.device)
     y = torch.empty((rows, d), dtype=x.dtype, device=x.device)
     block = 1 << max(d - 1, 0).bit_length()
     mod.ar_add_rms_norm[(rows,)](x, res, w, s, y, own_buf, peer_buf, own_flags, peer_flags, counters, d, eps,
                                  x.stride(0), res.stride(0), TIMEOUT_NS, MAX_ROWS=MAX_ROWS, BLOCK=block,
-                                 num_warps=8 if block >= 4096 else 4, **launch_flags())
+                                 num_warps=8 if block >= 4096 else 4, **flags)
     return s, y

@@ -148,19 +148,18 @@ _ACT = {
 
 # the PDL wait and the per-row CUDA-core product, shared by `gemv` here and quant_kernels' gemv_w8 / gemv_w4
 GEMV_COMMON = '''try:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    from triton.language.extra.cuda import gdc_wait
 except ImportError:  # an older Triton: only PDL=False kernels compile (the launcher offers no other)
-    gdc_wait = gdc_launch_dependents = None
+    gdc_wait = None
 
 
 @triton.jit
 def wait_for_input(PDL: tl.constexpr):
     # with programmatic dependent launch: wait for the previous kernel (x is its output; nothing
-    # it writes may be read, and nothing stored, before this), then let the next kernel start
-    # loading its weights
+    # it writes may be read, and nothing stored, before this). The next kernel may already start:
+    # every gemv lets it launch as its first statement (pdl.with_pdl's trigger, where PDL runs)
     if PDL:
         gdc_wait()
-        gdc_launch_dependents()
 
 
 @triton.jit

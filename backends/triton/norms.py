@@ -34,13 +34,17 @@ _ROW = """    row = tl.program_id(0).to(tl.int64)
     xf = x.to(tl.float32)
 """
 
-_RMS = _HEAD + """@triton.jit
-def kernel(a, b, w, s_out, y_out, R, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
-""" + _ROW + """    ms = tl.sum(xf * xf, axis=0) / R
+# RMSNorm of the loaded row `x` (`xf` in fp32) into y_out: also the tail of the fused all-reduce
+# norm kernel (allreduce_norm.py), so both round alike
+RMS_TAIL = """    ms = tl.sum(xf * xf, axis=0) / R
     y = (xf * tl.rsqrt(ms + eps)).to(x.dtype).to(tl.float32)
     wv = tl.load(w + cols, mask=mask, other=0).to(tl.float32)
     tl.store(y_out + row * R + cols, (y * wv).to(y_out.dtype.element_ty), mask=mask)
 """
+
+_RMS = _HEAD + """@triton.jit
+def kernel(a, b, w, s_out, y_out, R, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
+""" + _ROW + RMS_TAIL
 
 _LN = _HEAD + """@triton.jit
 def kernel(a, b, w, bias, s_out, y_out, R, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):

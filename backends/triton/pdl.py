@@ -68,17 +68,26 @@ def launch_flags(enabled: bool | None = None) -> dict[str, Any]:
     return {"launch_pdl": True} if (available() if enabled is None else enabled) else {}
 
 
+# The GPU's global timer (ns) as a Triton helper; `dep` (an int32) only orders the read after the
+# value it is given. Shared by the lead kernel and the fused all-reduce norm's bounded spin.
+NOW_NS = '''@triton.jit
+def now_ns(dep):
+    return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [dep], dtype=tl.int64, is_pure=False, pack=1)
+
+
+'''
+
 _LEAD = '''import triton
 import triton.language as tl
 
 
-@triton.jit
+''' + NOW_NS + '''@triton.jit
 def lead(out, NS: tl.constexpr):
     # a latency-bound predecessor: let the next kernel launch, then spin NS nanoseconds
-    t0 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [tl.program_id(0)], dtype=tl.int64, is_pure=False, pack=1)
+    t0 = now_ns(tl.program_id(0))
     t = t0
     while t - t0 < NS:
-        t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [t.to(tl.int32)], dtype=tl.int64, is_pure=False, pack=1)
+        t = now_ns(t.to(tl.int32))
     tl.store(out, t - t0)
 '''
 
