@@ -3,7 +3,7 @@
 # matvecs vs cuBLAS per 7B / 1.1B shape, timed as autotune times them), the GPU kernel tests of
 # the dense and quantized linears (KERNEL_TESTS=1), then on two GPUs bench/tp.py (7B and 1.1B,
 # TP 1 and 2) and the multi-GPU tests (their stacks dumped if they overrun).
-# SWEEP=0 skips the sweep; TP_TEST_K picks multi-GPU tests (pytest -k); UNFUSED=1 / NO_PDL=1 add A/B runs
+# SWEEP=0 skips the sweep; TP_BENCH=0 skips bench/tp.py; TP_TEST_K picks multi-GPU tests (pytest -k); UNFUSED=1 / NO_PDL=1 add A/B runs
 # of 7B with KILN_FUSED_AR_NORM=0 / KILN_PDL=0; TP_SIZES="1 2 4" for a 4-GPU machine.
 # Writes everything to $OUT (or ./gpu-out). Usage: bash scripts/gpu_decode.sh
 set -uo pipefail
@@ -24,9 +24,11 @@ if [ "${KERNEL_TESTS:-0}" = 1 ]; then
   echo "kernel tests rc=$?"; tail -3 "$out/kernel_tests.log"
 fi
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+  if [ "${TP_BENCH:-1}" = 1 ]; then
   timeout "${TP_BENCH_S:-300}" python3 bench/tp.py --shapes ${TP_SHAPES:-7b 1b} --tp ${TP_SIZES:-1 2} --all-reduce ${TP_AR:-symm_mem} \
       --step-channel shm --breakdown --timeout 120 > "$out/tp.log" 2>&1
   echo "tp rc=$?"; grep "^|\|rank 1\|BREAKDOWN GPU" "$out/tp.log" | cut -c1-600
+  fi
   if [ "${UNFUSED:-0}" = 1 ]; then  # A/B: 7B TP=2 with the all-reduce and the add + RMSNorm apart
     KILN_FUSED_AR_NORM=0 timeout "${AB_S:-150}" python3 bench/tp.py --shapes 7b --tp 2 --all-reduce symm_mem \
         --step-channel shm --breakdown --timeout 120 > "$out/tp_unfused.log" 2>&1
