@@ -18,6 +18,13 @@ process, and a process group made after an earlier one was destroyed reuses its 
 ...). A second parallel `kiln.LLM` in the same process would then rendezvous through the first
 one's store and wait forever. So the hooks run on a group of the tensor group's ranks whose name
 no rank has given symmetric memory before (`symm_group`).
+
+Rendezvous counters: torch (2.11 at least) numbers a process's symmetric-memory exchanges with one
+counter for the whole process, whatever the group, and the ranks of a rendezvous must agree on it.
+A driver that already ran a parallel LLM has counted past fresh workers' zero and would wait out
+the store timeout (120 s) at the first rendezvous. `rendezvous_counts_agree` compares every rank's
+count first; where they differ, the hooks are skipped with a warning (NCCL all-reduces instead)
+at once. Run each symmetric-memory parallel LLM in its own process to keep the fast path.
 """
 
 from __future__ import annotations
@@ -37,6 +44,25 @@ from ..ir.opset import collective
 MAX_BYTES = 16 << 20
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _SYMM_NAMES: set[str] = set()  # group names this process gave symmetric memory (see the module doc)
+_RENDEZVOUS = [0]  # symmetric-memory rendezvous this process made (see the module doc)
+
+
+def _rendezvous(symm_mem: Any, buf: torch.Tensor, name: str) -> Any:
+    _RENDEZVOUS[0] += 1
+    return symm_mem.rendezvous(buf, name)
+
+
+def rendezvous_counts_agree(device: torch.device, count: int | None = None) -> tuple[bool, str]:
+    """Whether every rank of the world made as many symmetric-memory rendezvous before as this one
+    (`count`: this process's record); else why not. Every rank calls it alike."""
+    count = _RENDEZVOUS[0] if count is None else count
+    t = torch.tensor([count, -count], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    most, least = int(t[0]), -int(t[1])
+    if most == least:
+        return True, ""
+    return False, (f"ranks made {least} to {most} symmetric-memory rendezvous earlier in their processes (an earlier parallel "
+                   "LLM in this one), and torch numbers them per process; run each parallel LLM in its own process")
 
 
 def symm_group(device: torch.device, used: set[str] | None = None) -> Any:
@@ -93,7 +119,7 @@ class SymmAllReduce:
         buf = self.buffers.get(key)
         if buf is None:
             buf = self.symm_mem.empty(tuple(x.shape), dtype=x.dtype, device=x.device)
-            self.symm_mem.rendezvous(buf, self.group_name)
+            _rendezvous(self.symm_mem, buf, self.group_name)
             self.buffers[key] = buf
         self.calls += 1
         if self.copy_in is not None:  # the copy into the buffer happens inside the all-reduce kernel
@@ -143,8 +169,8 @@ class SymmAllReduceNorm:
             flags = self.symm_mem.empty((MAX_ROWS,), dtype=torch.int32, device=self.device)
             flags.zero_()
             torch.cuda.synchronize(self.device)  # zeroed before the peer can raise a flag in it
-            buf_h = self.symm_mem.rendezvous(buf, name)
-            flags_h = self.symm_mem.rendezvous(flags, name)
+            buf_h = _rendezvous(self.symm_mem, buf, name)
+            flags_h = _rendezvous(self.symm_mem, flags, name)
             got = self.state[key] = (buf, buf_h.get_buffer(self.peer, (2 * MAX_ROWS * d,), dtype), flags,
                                      flags_h.get_buffer(self.peer, (MAX_ROWS,), torch.int32),
                                      torch.zeros(MAX_ROWS, dtype=torch.int32, device=self.device))
@@ -171,7 +197,10 @@ def setup_all_reduce(choice: str, device: torch.device) -> Any:
         return None
     hook, why = None, ""
     group = symm_group(device)
+    counted, why = rendezvous_counts_agree(device)
     try:
+        if not counted:
+            raise RuntimeError(why)
         hook = SymmAllReduce(device, group)
         rank, size = dist.get_rank(group), dist.get_world_size(group)
         probe = torch.full((8,), float(rank + 1), device=device)
@@ -185,7 +214,7 @@ def setup_all_reduce(choice: str, device: torch.device) -> Any:
     flag = torch.tensor([1 if ok else 0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)  # every rank of the world takes the same path
     if not int(flag.item()):
-        if choice == "symm_mem" and why:
+        if (choice == "symm_mem" or not counted) and why:
             warnings.warn(f"kiln: symmetric-memory all-reduce unavailable, using NCCL: {why}", RuntimeWarning, stacklevel=2)
         return None
     collective.set_all_reduce(hook)

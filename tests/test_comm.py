@@ -106,7 +106,7 @@ def _symm_group_rank(rank: int, port: int, results: object) -> None:
 def _symm_groups(rank: int, port: int) -> tuple:
     import torch.distributed as dist
 
-    from kiln.runtime.comm import symm_group
+    from kiln.runtime.comm import rendezvous_counts_agree, symm_group
     from kiln.runtime.distributed import init_distributed
 
     init_distributed(rank, 2, backend="gloo", master_port=port, timeout_s=30)
@@ -119,13 +119,17 @@ def _symm_groups(rank: int, port: int) -> tuple:
     again = symm_group(cpu, {world} | ({moved.group_name} if rank == 1 else set()))
     x = torch.full((4,), float(rank + 1))
     dist.all_reduce(x, group=again)
-    return world, fresh.group_name, moved.group_name, again.group_name, x.tolist()
+    # rendezvous counters: equal histories agree; a driver that counted past a fresh worker does not
+    same = rendezvous_counts_agree(cpu, 3)
+    ahead = rendezvous_counts_agree(cpu, 5 if rank == 0 else 0)
+    return world, fresh.group_name, moved.group_name, again.group_name, x.tolist(), same, ahead
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 def test_symmetric_memory_never_reuses_a_group_name_any_rank_used() -> None:
     """torch keeps a name's symmetric-memory store for the process's life, and a re-made process
-    group reuses names: the hooks get a group whose name no rank used, the same group on every rank."""
+    group reuses names: the hooks get a group whose name no rank used, the same group on every rank.
+    Ranks whose processes made different numbers of rendezvous before are told apart at once."""
     import multiprocessing as mp
 
     from kiln.runtime.distributed import free_port
@@ -143,7 +147,9 @@ def test_symmetric_memory_never_reuses_a_group_name_any_rank_used() -> None:
     finally:
         stop_ranks(procs, 5)
     assert got[0] == got[1]  # every rank ends on the same groups
-    world, fresh, moved, again, summed = got[0]
+    world, fresh, moved, again, summed, same, ahead = got[0]
+    assert same == (True, "")
+    assert ahead[0] is False and "0 to 5" in ahead[1] and "own process" in ahead[1]
     assert fresh == world
     assert len({world, moved, again}) == 3
     assert summed == [3.0] * 4  # the new group is a working group of both ranks

@@ -87,28 +87,54 @@ def test_tensor_parallel_size_is_checked() -> None:
         kiln.LLM("tiny-llama", tensor_parallel_size=0)
 
 
+def _gpu_parallel_run(mode: str) -> tuple:
+    """One parallel LLM in a fresh driver process (see the test): its tokens, twice, and what ran."""
+    from kiln.ir.opset import collective
+
+    size = {"pipeline_parallel_size": 2} if mode == "pipeline" else {"tensor_parallel_size": 2}
+    options = kiln.CompileOptions(all_reduce=mode.split("-")[1]) if mode != "pipeline" else None
+    with kiln.LLM("tiny-llama", device="cuda", dtype="float32", options=options, **size) as llm:
+        got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
+        again = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]  # replays captured graphs
+        graphs, failure = llm.stats["cuda_graphs"], llm.stats["capture_failure"]
+        fused_calls = collective._FAST_AR_NORM.calls if collective._FAST_AR_NORM is not None else 0
+        plain_calls = collective._FAST_ALL_REDUCE.calls if collective._FAST_ALL_REDUCE is not None else 0
+    return got, again, graphs, str(failure), fused_calls, plain_calls, torch.distributed.is_initialized()
+
+
+def _gpu_driver(mode: str, results: object) -> None:
+    from conftest import rank_main
+
+    rank_main(0, results, lambda: _gpu_parallel_run(mode))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 @pytest.mark.parametrize("mode", ["tensor-nccl", "tensor-symm_mem", "tensor-symm_mem-fused", "pipeline"])
 def test_two_gpus_give_the_single_gpu_greedy_tokens(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """All-reduces (NCCL or symmetric memory, or fused with the add + RMSNorm after them:
     KILN_FUSED_AR_NORM=1) inside captured CUDA graphs (tensor mode), send/recv between stages
-    (pipeline mode): fp32 greedy tokens equal one GPU's; the group closes cleanly."""
-    from kiln import debug
-    from kiln.ir.opset import collective
+    (pipeline mode): fp32 greedy tokens equal one GPU's; the group closes cleanly. Each mode's
+    driver is a fresh process: torch numbers symmetric-memory rendezvous per process, so a
+    second symmetric-memory LLM in one process falls back to NCCL (runtime/comm.py)."""
+    import multiprocessing as mp
+
+    from conftest import collect_ranks, stop_ranks
 
     fused = mode.endswith("-fused")
-    monkeypatch.setenv("KILN_FUSED_AR_NORM", "1" if fused else "0")  # the spawned worker reads it
-    monkeypatch.setattr(debug, "FUSED_AR_NORM", fused)
+    monkeypatch.setenv("KILN_FUSED_AR_NORM", "1" if fused else "0")  # the spawned driver and workers read it
     want = [o.outputs[0].token_ids for o in kiln.LLM("tiny-llama", device="cuda", dtype="float32").generate(PROMPTS, GREEDY)]
-    size = {"pipeline_parallel_size": 2} if mode == "pipeline" else {"tensor_parallel_size": 2}
-    options = kiln.CompileOptions(all_reduce=mode.split("-")[1]) if mode != "pipeline" else None
-    with kiln.LLM("tiny-llama", device="cuda", dtype="float32", options=options, **size) as llm:
-        got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
-        again = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]  # replays captured graphs
-        if mode != "pipeline":
-            assert llm.stats["cuda_graphs"] > 0, llm.stats["capture_failure"]
-        if fused:
-            assert collective._FAST_AR_NORM is not None and collective._FAST_AR_NORM.calls > 0
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    driver = ctx.Process(target=_gpu_driver, args=(mode, results))  # not a daemon: it spawns the workers
+    driver.start()
+    try:
+        got, again, graphs, failure, fused_calls, plain_calls, still_up = collect_ranks([driver], results, 240)[0]
+    finally:
+        stop_ranks([driver], 30)
+    if mode != "pipeline":
+        assert graphs > 0, failure
+    if "symm_mem" in mode:  # the symmetric-memory hooks ran (no fallback to NCCL)
+        assert (fused_calls if fused else plain_calls) > 0
     assert got == want and again == want
-    assert not torch.distributed.is_initialized()
+    assert not still_up
