@@ -75,11 +75,8 @@ def _check(g: ir.Graph, launcher: quant_matmul.QuantLinearLauncher, vals: list, 
 
 @pytest.fixture
 def no_torch_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail if a launcher quietly runs the op's reference instead of a Triton kernel. The kernels
-    themselves are under test, so the CUDA policy that keeps GEMMs to aligned problems (until the
-    ragged GEMMs are verified on a GPU) is lifted here: on CUDA these tests are that verification."""
+    """Fail if a launcher quietly runs the op's reference instead of a Triton kernel."""
     monkeypatch.setattr(quant_matmul, "torch_reference", lambda *a: pytest.fail("ran the reference, not a Triton kernel"))
-    monkeypatch.setattr(quant_matmul.QuantLinearLauncher, "_aligned", staticmethod(lambda x, q: True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
@@ -370,20 +367,15 @@ def test_cuda_pdl_gemv_chained_twice_in_a_cuda_graph_reads_each_input_after_its_
         assert _err(mid, ref_mid) <= TOL[torch.bfloat16] and _err(out, ref_out) <= TOL[torch.bfloat16]
 
 
-def test_cuda_candidates_are_the_tensor_core_matvecs_and_aligned_gemms() -> None:
+def test_cuda_candidates_are_the_gemv_and_tensor_core_matvecs_and_gemms_for_every_shape() -> None:
     """On CUDA: decode gets the dmv tilings (+ PyTorch), batch-1 decode the gemv ones before them;
-    the GEMMs (prefill, W8A8) only for aligned problems until their misaligned-address fault on
-    ragged shapes is fixed (quant_matmul.candidates)."""
+    the GEMMs (prefill, W8A8) whatever the shape (ragged edges are masked and GPU-tested)."""
     from kiln.backends.triton.quant_matmul import DMV_W4, DMV_W8, GEMV_CONFIGS, QuantLinearLauncher
 
     w8 = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
     w4 = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False)
     a8 = QuantLinearLauncher("linear_w8a8", {"activation": "none"}, False)
     assert w8.candidates(2, on_cuda=True) == [c.name for c in GEMV_CONFIGS if not c.pdl] + [c.name for c in DMV_W8] + [TORCH]
-    assert w4.candidates(16, on_cuda=True, aligned=False) == [c.name for c in DMV_W4] + [TORCH]
-    assert w8.candidates(17, on_cuda=True, aligned=False) == [TORCH] == a8.candidates(1, on_cuda=True, aligned=False)
+    assert w4.candidates(16, on_cuda=True) == [c.name for c in DMV_W4] + [TORCH]
     assert any(c in GEMMS for c in w8.candidates(17, on_cuda=True)) and any(c in GEMMS for c in a8.candidates(1, on_cuda=True))
-    assert any(c in GEMMS for c in w8.candidates(17, aligned=False))  # the interpreter runs every shape
-    x, q = torch.randn(3, 128), torch.zeros(64, 128, dtype=torch.int8)
-    assert QuantLinearLauncher._aligned(x, q) and not QuantLinearLauncher._aligned(torch.randn(3, 130)[:, :128], q)
-    assert not QuantLinearLauncher._aligned(torch.randn(3, 96), torch.zeros(64, 96, dtype=torch.int8))
+    assert w8.candidates(17, on_cuda=True) == w8.candidates(17) and w8.candidates(17)[-1] == TORCH

@@ -137,12 +137,8 @@ class QuantLinearLauncher:
         bias = ins[-1] if self.has_bias else None
         y = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
         if self.op == "linear_w8a8":
-            if x2.is_cuda and not self._aligned(x2, q):
-                return torch_reference(self.op, ins, self._attrs)
             self._w8a8(cfg, x2, q, scale, bias, y)
         elif isinstance(cfg, GemmConfig):
-            if x2.is_cuda and not self._aligned(x2, q):  # chosen for another call's (aligned) operands
-                return torch_reference(self.op, ins, self._attrs)
             self._gemm(cfg, x2, q, scale, zeros, bias, y)
         elif isinstance(cfg, DotMatvecConfig):
             if x2.shape[0] > SMALL_M:  # one 16-row tile: more rows are a GEMM's job
@@ -278,22 +274,16 @@ class QuantLinearLauncher:
             BLOCK_K=block_k, GROUP_M=cfg.group_m, num_warps=cfg.warps, num_stages=cfg.stages,
         )
 
-    def candidates(self, m: int, on_cuda: bool = False, aligned: bool = True) -> list[str]:
+    def candidates(self, m: int, on_cuda: bool = False) -> list[str]:
         """Candidate names for M rows, in CPU preference order (the first wins untimed).
 
         Decode (M <= 16) weight-only: the tensor-core matvec tilings that won per shape on an
         H200; at M <= GEMV_M also the CUDA-core gemv tilings, on CUDA first (their PDL variants
         where `_pdl_ok`), on CPU after the dmv ones (the interpreter runs the first; no PDL there).
-        On CUDA the GEMM kernels (prefill, and all of W8A8) are offered only for `aligned`
-        problems (N and K multiples of 64, 16-byte aligned rows: every model shape): on the H200
-        they stopped with a misaligned-address fault on ragged test shapes (N 70, K 300;
-        2026-11-21), so PyTorch runs those there; the interpreter tests keep every shape. The
-        likely cause, false `tl.multiple_of` / `tl.max_contiguous` hints on wrapped indices, is
-        removed (edges are masked now); this gate goes once the ragged GPU tests pass."""
-        gemm_ok = aligned or not on_cuda
+        The GEMM kernels (prefill, and all of W8A8) take every shape: their edges are masked (an
+        H200 misaligned-address fault on ragged shapes, 2026-11-21, came from false
+        `tl.multiple_of` hints on wrapped indices; the ragged GPU tests pass since, 2026-11-22)."""
         if self.op == "linear_w8a8":
-            if not gemm_ok:
-                return [TORCH]
             return [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name, TORCH] if m <= SMALL_M else \
                 [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
         if m <= SMALL_M:
@@ -303,14 +293,7 @@ class QuantLinearLauncher:
             pdl = self._pdl_ok(on_cuda)
             gemv = [c.name for c in GEMV_CONFIGS if pdl or not c.pdl]
             return (gemv + dmv if on_cuda else dmv + gemv) + [TORCH]
-        return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH] if gemm_ok else [TORCH]
-
-    @staticmethod
-    def _aligned(x: torch.Tensor, q: torch.Tensor) -> bool:
-        k, n = x.shape[-1], q.shape[0]
-        rows = (x.stride(-2) if x.dim() > 1 else k) * x.element_size()
-        return k % 64 == 0 and n % 64 == 0 and rows % 16 == 0 and x.stride(-1) == 1 and \
-            x.data_ptr() % 16 == 0 and q.is_contiguous() and q.data_ptr() % 16 == 0
+        return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
 
     def _choose(self, ins: tuple) -> str:
         x, q = ins[0], ins[1]
@@ -321,7 +304,7 @@ class QuantLinearLauncher:
         if hit is None:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
                 return TORCH  # never time inside graph capture; not remembered, so a later call tunes
-            cands: dict[str, Callable[[], object]] = {name: (lambda name=name: self.run(name, ins)) for name in self.candidates(m, x.is_cuda, self._aligned(x, q))}
+            cands: dict[str, Callable[[], object]] = {name: (lambda name=name: self.run(name, ins)) for name in self.candidates(m, x.is_cuda)}
             hit = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
         self._by_shape[(x.shape, x.dtype)] = hit
         return hit
