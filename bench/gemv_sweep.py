@@ -9,7 +9,13 @@ launch per weight copy (enough copies for 256 MB, so L2 (50 MB) never holds the 
 the time is per launch (autotune also reads 2 x L2 before each call and subtracts that read's
 time). GB/s counts the weight, x and y bytes.
 
-    python3 bench/gemv_sweep.py [--m 1 2]
+`--quant int8 int4` adds, per shape, the weight-only quantized linears (`QuantLinearLauncher`:
+int8 per channel, int4 groups of 128) from the same bf16 copies: every candidate the launcher
+offers plus `--extra` gemv tilings (BLOCK_N x BLOCK_K x warps, PDL) that it does not, the GB/s of
+the quantized bytes, and the time against the best bf16 kiln kernel (the decode speed-up the
+scheme can give at that projection).
+
+    python3 bench/gemv_sweep.py [--m 1 2] [--quant int8 int4] [--extra 32x2048x8 16x2048x4]
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import argparse
 import torch
 
 from kiln.backends.triton import autotune
-from kiln.backends.triton.matmul import LinearLauncher
+from kiln.backends.triton.matmul import GemvConfig, LinearLauncher
+from kiln.backends.triton.quant_matmul import QuantLinearLauncher
+from kiln.ir.opset.quant import quantize_int4_grouped, quantize_int8_per_channel
 
 SHAPES = {  # name: (N, K)
     "7b-qkv": (12288, 4096), "7b-o": (4096, 4096), "7b-gate_up": (22016, 4096), "7b-down": (4096, 11008),
@@ -32,6 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--m", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
+    ap.add_argument("--quant", nargs="*", default=[], choices=["int8", "int4"])
+    ap.add_argument("--extra", nargs="*", default=[], help="extra quantized gemv tilings, NxKxWARPS")
     args = ap.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
     print(f"kiln gemv sweep | {torch.cuda.get_device_name()} | torch {torch.__version__} | bf16, per launch, "
@@ -61,8 +71,47 @@ def main() -> None:
             print(f"| {name} | {m} | {n} x {k} | {mb:.1f} | {best} | {kiln[best]:.2f} | {gbs(kiln[best]):.0f} | "
                   f"{t_torch:.2f} | {gbs(t_torch):.0f} | {t_torch / kiln[best]:.2f}x | "
                   f"{min(times, key=times.__getitem__)} |", flush=True)
+            for scheme in args.quant:
+                quant_rows(name, scheme, m, x, copies, kiln[best], args.extra)
         copies.clear()
         torch.cuda.empty_cache()
+
+
+def quant_rows(name: str, scheme: str, m: int, x: torch.Tensor, copies: list, bf16_us: float, extra: list[str]) -> None:
+    """One row per scheme: the best quantized candidate (and each extra tiling) against bf16's best."""
+    n, k = copies[0].shape
+    if scheme == "int8":
+        launcher = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
+        qs = [quantize_int8_per_channel(w) for w in copies]
+    else:
+        launcher = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False, constant_weights=True)
+        qs = [quantize_int4_grouped(w, 128) for w in copies]
+    nbytes = qs[0][0].numel() + qs[0][1].numel() * qs[0][1].element_size() + (m * k + m * n) * 2
+    times: dict[str, float] = {}
+    for cand in launcher.candidates(m, on_cuda=True):
+        def chain(cand: str = cand) -> None:
+            for q, s in qs:
+                launcher.run(cand, (x, q, s))
+        times[cand] = autotune.time_ms(chain, reps=2) * 1e3 / len(qs)
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    for spec in extra if m <= 4 else []:
+        bn, bk, w = (int(v) for v in spec.split("x"))
+        cfg = GemvConfig(bn, bk, w, True)
+
+        def chain_extra(cfg: GemvConfig = cfg) -> None:
+            for q, s in qs:
+                launcher._gemv(cfg, x, q, s, s, None, y, launcher._pdl_ok(True))
+        try:
+            times[f"extra {cfg.name}"] = autotune.time_ms(chain_extra, reps=2) * 1e3 / len(qs)
+        except Exception as e:  # noqa: BLE001 - a tiling that cannot compile or run here
+            print(f"<!-- {name} {scheme} {spec}: {type(e).__name__}: {str(e)[:120]} -->")
+    kiln = {c: t for c, t in times.items() if c != "torch"}
+    ranked = sorted(kiln, key=kiln.__getitem__)
+    best = ranked[0]
+    print(f"| {name} {scheme} | {m} | {n} x {k} | {nbytes / 1e6:.1f} | {best} | {kiln[best]:.2f} | "
+          f"{nbytes / (kiln[best] * 1e3):.0f} | vs bf16 {bf16_us / kiln[best]:.2f}x | next: "
+          + ", ".join(f"{c} {kiln[c]:.2f}" for c in ranked[1:4]) + " |", flush=True)
+    qs.clear()
 
 
 if __name__ == "__main__":
