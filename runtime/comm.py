@@ -43,6 +43,7 @@ from ..ir.opset import collective
 # the logits gather of decode batches (all_gather as a sum of zero-padded shards)
 MAX_BYTES = 16 << 20
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+MAX_FUSED_RANKS = 8  # the fused all-reduce + RMSNorm kernel's largest tensor group
 _SYMM_NAMES: set[str] = set()  # group names this process gave symmetric memory (see the module doc)
 _RENDEZVOUS = [0]  # symmetric-memory rendezvous this process made (see the module doc)
 
@@ -129,12 +130,12 @@ class SymmAllReduce:
 
 
 class SymmAllReduceNorm:
-    """A `collective.set_all_reduce_add_rms_norm` hook for a tensor group of two ranks: the partial
+    """A `collective.set_all_reduce_add_rms_norm` hook for a tensor group of 2 to 8 ranks: the partial
     rows go through symmetric memory and one kernel sums, adds the residual and norms them
     (backends/triton/allreduce_norm.py). Declines (None: the all-reduce and the row kernel run)
     for more rows than the kernel's buffers hold, non-CUDA or mixed dtypes, or strided rows;
-    the decision depends only on shapes and dtypes, the same on both ranks. Buffers per (width,
-    dtype) are allocated and rendezvoused on first use, an uncaptured call on both ranks."""
+    the decision depends only on shapes and dtypes, the same on every rank. Buffers per (width,
+    dtype) are allocated and rendezvoused on first use, an uncaptured call on every rank."""
 
     def __init__(self, device: torch.device, group: Any = None):
         import torch.distributed._symmetric_memory as symm_mem
@@ -144,9 +145,10 @@ class SymmAllReduceNorm:
 
         self.symm_mem, self.device, self.kernel = symm_mem, device, allreduce_norm
         self.group = group if group is not None else collective.tensor_group() or dist.group.WORLD
-        if dist.get_world_size(self.group) != 2:
-            raise ValueError("the fused all-reduce + RMSNorm kernel serves tensor groups of two ranks")
-        self.peer = 1 - dist.get_rank(self.group)
+        self.size, self.rank = dist.get_world_size(self.group), dist.get_rank(self.group)
+        if not 2 <= self.size <= MAX_FUSED_RANKS:
+            raise ValueError(f"the fused all-reduce + RMSNorm kernel serves tensor groups of 2 to {MAX_FUSED_RANKS} ranks, not {self.size}")
+        self.peer = 1 - self.rank
         self.mod = allreduce_norm.kernel_module()
         self.flags = launch_flags()
         self.state: dict[tuple, tuple] = {}
@@ -166,24 +168,37 @@ class SymmAllReduceNorm:
         if got is None:
             name = self.group.group_name
             buf = self.symm_mem.empty((2 * MAX_ROWS * d,), dtype=dtype, device=self.device)
-            flags = self.symm_mem.empty((MAX_ROWS,), dtype=torch.int32, device=self.device)
+            flags = self.symm_mem.empty((self.size * MAX_ROWS if self.size > 2 else MAX_ROWS,), dtype=torch.int32, device=self.device)
             flags.zero_()
             torch.cuda.synchronize(self.device)  # zeroed before the peer can raise a flag in it
             buf_h = _rendezvous(self.symm_mem, buf, name)
             flags_h = _rendezvous(self.symm_mem, flags, name)
-            got = self.state[key] = (buf, buf_h.get_buffer(self.peer, (2 * MAX_ROWS * d,), dtype), flags,
-                                     flags_h.get_buffer(self.peer, (MAX_ROWS,), torch.int32),
-                                     torch.zeros(MAX_ROWS, dtype=torch.int32, device=self.device))
+            counters = torch.zeros(MAX_ROWS, dtype=torch.int32, device=self.device)
+            if self.size == 2:
+                got = (buf, buf_h.get_buffer(self.peer, (2 * MAX_ROWS * d,), dtype), flags,
+                       flags_h.get_buffer(self.peer, (MAX_ROWS,), torch.int32), counters)
+            else:  # every rank's buffer / flags by address (this rank's own: its local tensors)
+                bufs = [buf if r == self.rank else buf_h.get_buffer(r, (2 * MAX_ROWS * d,), dtype) for r in range(self.size)]
+                flag_arrays = [flags if r == self.rank else flags_h.get_buffer(r, (self.size * MAX_ROWS,), torch.int32)
+                               for r in range(self.size)]
+                addresses = lambda ts: torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64, device=self.device)  # noqa: E731
+                # the mapped peer tensors stay referenced here: their addresses are only valid while they live
+                got = (buf, addresses(bufs), flags, addresses(flag_arrays), counters, bufs, flag_arrays)
+            self.state[key] = got
         return got
 
     def __call__(self, x: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float) -> tuple | None:
         if not self.takes(x, res, w):
             return None
         d = x.shape[-1]
-        own, peer, own_flags, peer_flags, counters = self._buffers(d, x.dtype)
+        own, peer, own_flags, peer_flags, counters, *_ = self._buffers(d, x.dtype)
         self.calls += 1
-        s, y = self.kernel.launch(self.mod, x.view(-1, d), res.view(-1, d), w, eps, own, peer, own_flags, peer_flags, counters,
-                                  self.flags)
+        if self.size == 2:
+            s, y = self.kernel.launch(self.mod, x.view(-1, d), res.view(-1, d), w, eps, own, peer, own_flags, peer_flags, counters,
+                                      self.flags)
+        else:
+            s, y = self.kernel.launch_n(self.mod, x.view(-1, d), res.view(-1, d), w, eps, own, peer, own_flags, peer_flags,
+                                        counters, self.rank, self.size, self.flags)
         return s.view(x.shape), y.view(x.shape)
 
 
@@ -224,9 +239,13 @@ def setup_all_reduce(choice: str, device: torch.device) -> Any:
 
 
 def _setup_fused_norm(device: torch.device, group: Any) -> None:
-    """The fused all-reduce + add + RMSNorm kernel for a tensor group of two, where every rank can
-    build it (KILN_FUSED_AR_NORM=0 turns it off). 7B decode, TP=2 on 2 x H200: 342 tok/s with it,
-    300 without (bench/RESULTS.md, 2026-11-21)."""
+    """The fused all-reduce + add + RMSNorm kernel for a tensor group of 2 to 8 ranks, where every
+    rank can build it (KILN_FUSED_AR_NORM=0 turns it off). 7B decode, TP=2 on 2 x H200: 342 tok/s with it,
+    300 without (bench/RESULTS.md, 2026-11-21). Groups of more than two only with
+    KILN_FUSED_AR_NORM=all: on 4 x H200 the kernel was correct but no faster than the one-shot
+    all-reduce and the norm kernel apart (7B TP=4: 429 vs 437 tok/s, 2026-11-22)."""
+    if dist.get_world_size(group) > 2 and not debug.FUSED_AR_NORM_ALL:
+        return
     hook, why = None, ""
     try:
         hook = SymmAllReduceNorm(device, group)

@@ -87,11 +87,11 @@ def test_tensor_parallel_size_is_checked() -> None:
         kiln.LLM("tiny-llama", tensor_parallel_size=0)
 
 
-def _gpu_parallel_run(mode: str) -> tuple:
+def _gpu_parallel_run(mode: str, ranks: int = 2) -> tuple:
     """One parallel LLM in a fresh driver process (see the test): its tokens, twice, and what ran."""
     from kiln.ir.opset import collective
 
-    size = {"pipeline_parallel_size": 2} if mode == "pipeline" else {"tensor_parallel_size": 2}
+    size = {"pipeline_parallel_size": ranks} if mode == "pipeline" else {"tensor_parallel_size": ranks}
     options = kiln.CompileOptions(all_reduce=mode.split("-")[1]) if mode != "pipeline" else None
     with kiln.LLM("tiny-llama", device="cuda", dtype="float32", options=options, **size) as llm:
         got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
@@ -102,10 +102,26 @@ def _gpu_parallel_run(mode: str) -> tuple:
     return got, again, graphs, str(failure), fused_calls, plain_calls, torch.distributed.is_initialized()
 
 
-def _gpu_driver(mode: str, results: object) -> None:
+def _gpu_driver(mode: str, results: object, ranks: int = 2) -> None:
     from conftest import rank_main
 
-    rank_main(0, results, lambda: _gpu_parallel_run(mode))
+    rank_main(0, results, lambda: _gpu_parallel_run(mode, ranks))
+
+
+def _gpu_tokens(mode: str, ranks: int) -> tuple:
+    """`_gpu_parallel_run` in a fresh, non-daemon driver process (it spawns the workers)."""
+    import multiprocessing as mp
+
+    from conftest import collect_ranks, stop_ranks
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    driver = ctx.Process(target=_gpu_driver, args=(mode, results, ranks))
+    driver.start()
+    try:
+        return collect_ranks([driver], results, 240)[0]
+    finally:
+        stop_ranks([driver], 30)
 
 
 @pytest.mark.gpu
@@ -117,24 +133,30 @@ def test_two_gpus_give_the_single_gpu_greedy_tokens(mode: str, monkeypatch: pyte
     (pipeline mode): fp32 greedy tokens equal one GPU's; the group closes cleanly. Each mode's
     driver is a fresh process: torch numbers symmetric-memory rendezvous per process, so a
     second symmetric-memory LLM in one process falls back to NCCL (runtime/comm.py)."""
-    import multiprocessing as mp
-
-    from conftest import collect_ranks, stop_ranks
-
     fused = mode.endswith("-fused")
     monkeypatch.setenv("KILN_FUSED_AR_NORM", "1" if fused else "0")  # the spawned driver and workers read it
     want = [o.outputs[0].token_ids for o in kiln.LLM("tiny-llama", device="cuda", dtype="float32").generate(PROMPTS, GREEDY)]
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    driver = ctx.Process(target=_gpu_driver, args=(mode, results))  # not a daemon: it spawns the workers
-    driver.start()
-    try:
-        got, again, graphs, failure, fused_calls, plain_calls, still_up = collect_ranks([driver], results, 240)[0]
-    finally:
-        stop_ranks([driver], 30)
+    got, again, graphs, failure, fused_calls, plain_calls, still_up = _gpu_tokens(mode, 2)
     if mode != "pipeline":
         assert graphs > 0, failure
     if "symm_mem" in mode:  # the symmetric-memory hooks ran (no fallback to NCCL)
         assert (fused_calls if fused else plain_calls) > 0
+    assert got == want and again == want
+    assert not still_up
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 4, reason="needs 4 GPUs")
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "apart"])
+def test_four_gpus_give_the_single_gpu_greedy_tokens(fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tensor_parallel_size=4 over symmetric memory (tiny-llama's 2 KV heads: fewer than the ranks),
+    with the all-reduce + add + RMSNorm as one kernel for the group of four (ar_add_rms_norm_n,
+    KILN_FUSED_AR_NORM=all) or apart (the default for groups above two): fp32 greedy tokens equal
+    one GPU's, CUDA graphs replayed."""
+    monkeypatch.setenv("KILN_FUSED_AR_NORM", "all" if fused else "1")  # "1": groups of two only
+    want = [o.outputs[0].token_ids for o in kiln.LLM("tiny-llama", device="cuda", dtype="float32").generate(PROMPTS, GREEDY)]
+    got, again, graphs, failure, fused_calls, plain_calls, still_up = _gpu_tokens("tensor-symm_mem", 4)
+    assert graphs > 0, failure
+    assert (fused_calls if fused else plain_calls) > 0 and (fused_calls == 0) != fused
     assert got == want and again == want
     assert not still_up
