@@ -42,6 +42,23 @@ MAX_ROWS = 64  # rows (tokens) per call; more (prefill) take the unfused path
 MAX_D = 16384
 TIMEOUT_NS = 60 * 10**9  # a peer later than this is taken as gone
 
+# a program's row: this launch's epoch and slot, the partial row stored into this rank's buffer
+_ROW_HEAD = """    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < R
+    epoch = tl.load(counters + row) + 1
+    base = ((epoch % 2) * MAX_ROWS + row).to(tl.int64) * R
+    mine = tl.load(x + row * sxm + cols, mask=mask, other=0.0)
+    tl.store(own_buf + base + cols, mine, mask=mask)
+    tl.debug_barrier()  # every thread's store before the flags
+"""
+# `total` (the all-reduced row) plus the residual, stored; the epoch kept; then RMSNorm (RMS_TAIL)
+_ADD_TAIL = """    x = (total.to(tl.float32) + tl.load(res + row * srm + cols, mask=mask, other=0.0).to(tl.float32)).to(mine.dtype)
+    tl.store(s_out + row * R + cols, x, mask=mask)
+    tl.store(counters + row, epoch)
+    xf = x.to(tl.float32)
+""" + RMS_TAIL
+
 _SOURCE = '''import triton
 import triton.language as tl
 
@@ -50,33 +67,6 @@ import triton.language as tl
 def trap(dep):
     return tl.inline_asm_elementwise("trap;\\n mov.u32 $0, 0;", "=r,r", [dep], dtype=tl.int32, is_pure=False, pack=1)
 
-
-@triton.jit
-def ar_add_rms_norm(x, res, w, s_out, y_out, own_buf, peer_buf, own_flags, peer_flags, counters,
-                    R, eps, sxm, srm, timeout_ns, MAX_ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < R
-    epoch = tl.load(counters + row) + 1
-    base = ((epoch % 2) * MAX_ROWS + row).to(tl.int64) * R
-    mine = tl.load(x + row * sxm + cols, mask=mask, other=0.0)
-    tl.store(own_buf + base + cols, mine, mask=mask)
-    tl.debug_barrier()  # every thread's store before the flag
-    tl.atomic_xchg(peer_flags + row, epoch, sem="release", scope="sys")
-    seen = tl.atomic_add(own_flags + row, 0, sem="acquire", scope="sys")
-    start = now_ns(seen)
-    while seen < epoch:
-        seen = tl.atomic_add(own_flags + row, 0, sem="acquire", scope="sys")
-        if now_ns(seen) - start > timeout_ns:
-            trap(seen)
-    tl.debug_barrier()
-    theirs = tl.load(peer_buf + base + cols, mask=mask, other=0.0, volatile=True)
-    total = (mine.to(tl.float32) + theirs.to(tl.float32)).to(mine.dtype)  # the all-reduce's result
-    x = (total.to(tl.float32) + tl.load(res + row * srm + cols, mask=mask, other=0.0).to(tl.float32)).to(mine.dtype)
-    tl.store(s_out + row * R + cols, x, mask=mask)
-    tl.store(counters + row, epoch)
-    xf = x.to(tl.float32)
-''' + RMS_TAIL + '''
 
 @triton.jit
 def spin_until(flag, epoch, timeout_ns):
@@ -90,18 +80,20 @@ def spin_until(flag, epoch, timeout_ns):
 
 
 @triton.jit
+def ar_add_rms_norm(x, res, w, s_out, y_out, own_buf, peer_buf, own_flags, peer_flags, counters,
+                    R, eps, sxm, srm, timeout_ns, MAX_ROWS: tl.constexpr, BLOCK: tl.constexpr):
+''' + _ROW_HEAD + '''    tl.atomic_xchg(peer_flags + row, epoch, sem="release", scope="sys")
+    spin_until(own_flags + row, epoch, timeout_ns)
+    tl.debug_barrier()
+    theirs = tl.load(peer_buf + base + cols, mask=mask, other=0.0, volatile=True)
+    total = (mine.to(tl.float32) + theirs.to(tl.float32)).to(mine.dtype)  # the all-reduce's result
+''' + _ADD_TAIL + '''
+
+@triton.jit
 def ar_add_rms_norm_n(x, res, w, s_out, y_out, own_buf, buf_ptrs, own_flags, flag_ptrs, counters,
                       R, eps, sxm, srm, timeout_ns, RANK: tl.constexpr, NRANKS: tl.constexpr,
                       MAX_ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < R
-    epoch = tl.load(counters + row) + 1
-    base = ((epoch % 2) * MAX_ROWS + row).to(tl.int64) * R
-    mine = tl.load(x + row * sxm + cols, mask=mask, other=0.0)
-    tl.store(own_buf + base + cols, mine, mask=mask)
-    tl.debug_barrier()  # every thread's store before the flags
-    for j in tl.static_range(NRANKS):
+''' + _ROW_HEAD + '''    for j in tl.static_range(NRANKS):
         if j != RANK:
             peer_flags = tl.load(flag_ptrs + j).to(tl.pointer_type(tl.int32))
             tl.atomic_xchg(peer_flags + RANK * MAX_ROWS + row, epoch, sem="release", scope="sys")
@@ -117,11 +109,7 @@ def ar_add_rms_norm_n(x, res, w, s_out, y_out, own_buf, buf_ptrs, own_flags, fla
             peer = tl.load(buf_ptrs + j).to(tl.pointer_type(mine.dtype))
             acc += tl.load(peer + base + cols, mask=mask, other=0.0, volatile=True).to(tl.float32)
     total = acc.to(mine.dtype)  # the all-reduce's result
-    x = (total.to(tl.float32) + tl.load(res + row * srm + cols, mask=mask, other=0.0).to(tl.float32)).to(mine.dtype)
-    tl.store(s_out + row * R + cols, x, mask=mask)
-    tl.store(counters + row, epoch)
-    xf = x.to(tl.float32)
-''' + RMS_TAIL
+''' + _ADD_TAIL
 
 
 def kernel_module() -> Any:
