@@ -29,8 +29,9 @@ HANG_DUMP_S = float(os.environ.get("KILN_HANG_DUMP_S") or 0)
 PDL = os.environ.get("KILN_PDL", "1") not in ("", "0")  # 0: no programmatic dependent launch (A/B, debugging)
 # tensor groups of two run all_reduce_add_rms_norm as one kernel (symm_mem all-reduce); 0: the all-reduce and the norm
 # apart; all: groups of up to eight too (correct on 4 x H200 but no faster there than apart: 429 vs 437 tok/s, 7B TP=4)
-FUSED_AR_NORM = os.environ.get("KILN_FUSED_AR_NORM", "1") not in ("", "0")
-FUSED_AR_NORM_ALL = os.environ.get("KILN_FUSED_AR_NORM", "1") == "all"
+_FUSED_AR_NORM = os.environ.get("KILN_FUSED_AR_NORM", "1")
+FUSED_AR_NORM = _FUSED_AR_NORM not in ("", "0")
+FUSED_AR_NORM_ALL = _FUSED_AR_NORM == "all"
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")  # Triton's own knob, read here once  # generated-kernel cache (default ~/.cache/kiln/kernels)
 
 log = logging.getLogger("kiln")

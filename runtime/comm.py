@@ -240,8 +240,8 @@ def setup_all_reduce(choice: str, device: torch.device) -> Any:
 
 def _setup_fused_norm(device: torch.device, group: Any) -> None:
     """The fused all-reduce + add + RMSNorm kernel for a tensor group of 2 to 8 ranks, where every
-    rank can build it (KILN_FUSED_AR_NORM=0 turns it off). 7B decode, TP=2 on 2 x H200: 342 tok/s with it,
-    300 without (bench/RESULTS.md, 2026-11-21). Groups of more than two only with
+    rank can build it (KILN_FUSED_AR_NORM=0 turns it off). 7B decode, TP=2 on 2 x H200: 342
+    tok/s with it, 300 without (bench/RESULTS.md, 2026-11-21). Groups of more than two only with
     KILN_FUSED_AR_NORM=all: on 4 x H200 the kernel was correct but no faster than the one-shot
     all-reduce and the norm kernel apart (7B TP=4: 429 vs 437 tok/s, 2026-11-22)."""
     if dist.get_world_size(group) > 2 and not debug.FUSED_AR_NORM_ALL:

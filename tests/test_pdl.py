@@ -12,7 +12,7 @@ from kiln.backends.triton import allreduce_norm, matmul, norms, paged, pdl, quan
 SOURCES = {
     "rms": (norms._RMS, ("kernel",), ("kernel",)),
     "paged": (paged._SOURCE, ("write", "attend", "combine"), ("write", "attend", "combine")),
-    "ar_norm": (allreduce_norm._SOURCE, ("ar_add_rms_norm",), ("ar_add_rms_norm",)),
+    "ar_norm": (allreduce_norm._SOURCE, allreduce_norm.KERNELS, allreduce_norm.KERNELS),
     "matmul": (matmul.kernel_source("none", False), ("gemm", "matvec", "finish", "gemv"), ()),
     "quant": (quant_kernels.kernel_source("none", False), quant_matmul._KERNELS, ()),
 }

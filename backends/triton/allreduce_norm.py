@@ -41,6 +41,7 @@ from .pdl import NOW_NS, with_pdl
 MAX_ROWS = 64  # rows (tokens) per call; more (prefill) take the unfused path
 MAX_D = 16384
 TIMEOUT_NS = 60 * 10**9  # a peer later than this is taken as gone
+KERNELS = ("ar_add_rms_norm", "ar_add_rms_norm_n")  # each waits for the previous kernel and triggers the next (PDL)
 
 # a program's row: this launch's epoch and slot, the partial row stored into this rank's buffer
 _ROW_HEAD = """    row = tl.program_id(0)
@@ -113,8 +114,7 @@ def ar_add_rms_norm_n(x, res, w, s_out, y_out, own_buf, buf_ptrs, own_flags, fla
 
 
 def kernel_module() -> Any:
-    names = ("ar_add_rms_norm", "ar_add_rms_norm_n")
-    return load_module(with_pdl(_SOURCE, trigger=names, wait=names))
+    return load_module(with_pdl(_SOURCE, trigger=KERNELS, wait=KERNELS))
 
 
 def launch(mod: Any, x: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float, own_buf: torch.Tensor,
