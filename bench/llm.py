@@ -15,7 +15,10 @@ ignored. Sections (all by default):
   over steps) and peak pool use.
 * quant: batch-1 decode of kiln bf16, int8, int4 (g128), w8a8, fp8, bf16 2:4-pruned, and the gpt-fast int8 recipe.
 
-    python3 bench/llm.py [--sections decode throughput quant] [--requests 256]
+Model: `--shape 7b` builds the Llama-2-7B shape instead (dim 4096, 32 layers, 32 heads and KV heads,
+MLP 11008); `--schemes` picks the quant section's rows.
+
+    python3 bench/llm.py [--sections decode throughput quant] [--requests 256] [--shape 7b] [--schemes bf16 int8 int4]
 """
 
 from __future__ import annotations
@@ -41,13 +44,22 @@ import peers  # noqa: E402
 VOCAB = 32000
 
 
-def build() -> torch.nn.Module:
+SHAPES = {  # name: LlamaConfig fields (vocab 32000, 2048 positions)
+    "1.1b": {"hidden_size": 2048, "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4,
+             "intermediate_size": 5632},
+    "7b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+           "intermediate_size": 11008},
+}
+SCHEMES = ("bf16", "int8", "int4", "w8a8", "fp8", "2:4", "gpt-fast")
+
+
+def build(shape: str = "1.1b") -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-                      intermediate_size=5632, vocab_size=VOCAB, max_position_embeddings=2048)
-    model = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16).eval()
+    cfg = LlamaConfig(**SHAPES[shape], vocab_size=VOCAB, max_position_embeddings=2048)
+    with torch.device("cuda"):  # random init on the GPU: a 7B init on the host takes minutes
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     model.generation_config.eos_token_id = None
     return model
 
@@ -185,12 +197,12 @@ def section_throughput(model: torch.nn.Module, n_req: int) -> None:
           f"peak pool use {peak * 100:.1f}% of {alloc.num_blocks} blocks; stats {stats}\n", flush=True)
 
 
-def section_quant(model: torch.nn.Module, new: int) -> None:
+def section_quant(model: torch.nn.Module, new: int, schemes: tuple[str, ...] = SCHEMES) -> None:
     rng = random.Random(0)
     prompt = [rng.randrange(1, VOCAB) for _ in range(16)]
     rows = []
     base_toks = None
-    for scheme in (None, "int8", "int4", "w8a8", "fp8", "2:4"):
+    for scheme in [None if s == "bf16" else s for s in schemes if s != "gpt-fast"]:
         try:
             kw = {"options": kiln.CompileOptions(pruning="2:4")} if scheme == "2:4" else {"quantization": scheme}
             llm, build_s, _ = make_llm(model, kv_cache_memory=4 << 30, **kw)
@@ -202,11 +214,12 @@ def section_quant(model: torch.nn.Module, new: int) -> None:
             free(llm)
         except Exception as e:  # report and go on
             rows.append((f"kiln {scheme}", float("nan"), f"failed: {type(e).__name__}: {str(e)[:100]}"))
-    loop = peers.StaticKVLoop(model, max_len=256, int8=True)
-    loop.generate(prompt, new)
-    _, sec = loop.generate(prompt, new)
-    rows.append(("gpt-fast int8 recipe (dequant in PyTorch, torch.compile)", new / sec, f"first call {loop.first_call_s:.1f} s"))
-    free(loop)
+    if "gpt-fast" in schemes:
+        loop = peers.StaticKVLoop(model, max_len=256, int8=True)
+        loop.generate(prompt, new)
+        _, sec = loop.generate(prompt, new)
+        rows.append(("gpt-fast int8 recipe (dequant in PyTorch, torch.compile)", new / sec, f"first call {loop.first_call_s:.1f} s"))
+        free(loop)
     bf16 = rows[0][1]
     print(f"## quantized batch-1 decode (prompt 16, {new} new tokens)\n")
     print("| system | tok/s | vs kiln bf16 | note |\n|---|---|---|---|")
@@ -220,14 +233,16 @@ def main() -> None:
     p.add_argument("--sections", nargs="+", default=["decode", "throughput", "quant"])
     p.add_argument("--requests", type=int, default=256)
     p.add_argument("--new", type=int, default=128)
+    p.add_argument("--shape", default="1.1b", choices=list(SHAPES))
+    p.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES, help="the quant section's rows (bf16 first)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    model = build()
+    model = build(args.shape)
     print(f"kiln LLM bench | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {torch.cuda.get_device_name()} | "
-          f"torch {torch.__version__} | transformers {transformers.__version__} | Llama-1.1B shape, random bf16, greedy\n", flush=True)
+          f"torch {torch.__version__} | transformers {transformers.__version__} | Llama-{args.shape.upper()} shape, random bf16, greedy\n", flush=True)
     for s in args.sections:
         {"decode": lambda: section_decode(model, args.new), "throughput": lambda: section_throughput(model, args.requests),
-         "quant": lambda: section_quant(model, args.new)}[s]()
+         "quant": lambda: section_quant(model, args.new, tuple(args.schemes))}[s]()
 
 
 if __name__ == "__main__":

@@ -149,13 +149,25 @@ def test_gemv_kernels_match_the_reference_in_one_step_and_over_a_ragged_k_loop(
     _check(g, quant_linear_kernel(node, config), vals, dtype)
 
 
+@pytest.mark.parametrize(("op", "config", "k"), [("linear_w8", "gemv_4x4096_w2", 300), ("linear_w8", "gemv_8x1024_w2", 1100),
+                                                  ("linear_w4", "gemv_16x1024_w4", 1280)])
+def test_the_tilings_only_the_quantized_gemvs_offer_match_the_reference(op: str, config: str, k: int, no_torch_fallback: None) -> None:
+    """GEMV_W8 / GEMV_W4's own tilings: N = 70 ragged for their BLOCK_N, K in one ragged tile or
+    over a loop with a ragged last step."""
+    from kiln.backends.triton.quant_matmul import GEMV_W4, GEMV_W8
+
+    assert config in [c.name for c in (GEMV_W4 if op == "linear_w4" else GEMV_W8)]
+    g, node, vals = _node(op, _variant(op, False, 128 if op == "linear_w4" else 0, "none"), 1, 70, k, torch.bfloat16, True, seed=k)
+    _check(g, quant_linear_kernel(node, config), vals, torch.bfloat16)
+
+
 def test_gemv_pdl_configs_are_offered_only_on_sm90_cuda_for_constant_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     """PDL variants lead the CUDA decode candidates where PDL runs (mocked: sm90 and gdc_wait) and
     every operand but x is a constant; never on CPU, where a pinned PDL config launches plainly."""
-    from kiln.backends.triton.quant_matmul import DMV_W8, GEMV_CONFIGS, GEMV_M, QuantLinearLauncher
+    from kiln.backends.triton.quant_matmul import DMV_W8, GEMV_M, GEMV_W8, QuantLinearLauncher
 
-    pdl = [c.name for c in GEMV_CONFIGS if c.pdl]
-    plain = [c.name for c in GEMV_CONFIGS if not c.pdl]
+    pdl = [c.name for c in GEMV_W8 if c.pdl]
+    plain = [c.name for c in GEMV_W8 if not c.pdl]
     dmv = [c.name for c in DMV_W8]
     const = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
     fed = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
@@ -370,12 +382,13 @@ def test_cuda_pdl_gemv_chained_twice_in_a_cuda_graph_reads_each_input_after_its_
 def test_cuda_candidates_are_the_gemv_and_tensor_core_matvecs_and_gemms_for_every_shape() -> None:
     """On CUDA: decode gets the dmv tilings (+ PyTorch), batch-1 decode the gemv ones before them;
     the GEMMs (prefill, W8A8) whatever the shape (ragged edges are masked and GPU-tested)."""
-    from kiln.backends.triton.quant_matmul import DMV_W4, DMV_W8, GEMV_CONFIGS, QuantLinearLauncher
+    from kiln.backends.triton.quant_matmul import DMV_W4, DMV_W8, GEMV_W4, GEMV_W8, QuantLinearLauncher
 
     w8 = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
     w4 = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False)
     a8 = QuantLinearLauncher("linear_w8a8", {"activation": "none"}, False)
-    assert w8.candidates(2, on_cuda=True) == [c.name for c in GEMV_CONFIGS if not c.pdl] + [c.name for c in DMV_W8] + [TORCH]
+    assert w8.candidates(2, on_cuda=True) == [c.name for c in GEMV_W8 if not c.pdl] + [c.name for c in DMV_W8] + [TORCH]
+    assert w4.candidates(1, on_cuda=True) == [c.name for c in GEMV_W4 if not c.pdl] + [c.name for c in DMV_W4] + [TORCH]
     assert w4.candidates(16, on_cuda=True) == [c.name for c in DMV_W4] + [TORCH]
     assert any(c in GEMMS for c in w8.candidates(17, on_cuda=True)) and any(c in GEMMS for c in a8.candidates(1, on_cuda=True))
     assert w8.candidates(17, on_cuda=True) == w8.candidates(17) and w8.candidates(17)[-1] == TORCH

@@ -120,7 +120,14 @@ GEMV_M = 4  # at most this many rows: the gemv kernels join the decode candidate
 # programs (small N; K up to 4096 in one step), and a looped K; each tiling holds 128 fp32 weights
 # per thread. PDL variants first: they are the same kernels, launched to overlap the previous one.
 GEMV_TILINGS = ((16, 2048, 8), (8, 4096, 8), (32, 512, 4))
-GEMV_CONFIGS = tuple(GemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in GEMV_TILINGS)
+
+
+def gemv_configs(tilings: tuple[tuple[int, int, int], ...]) -> tuple[GemvConfig, ...]:
+    """The PDL variants of these (BLOCK_N, BLOCK_K, warps) tilings, then the plain ones."""
+    return tuple(GemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in tilings)
+
+
+GEMV_CONFIGS = gemv_configs(GEMV_TILINGS)
 CONFIGS: dict[str, GemmConfig | MatvecConfig | GemvConfig] = {c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + GEMV_CONFIGS}
 
 

@@ -29,14 +29,15 @@ from .matmul import (
     _DTYPES,
     _INT32,
     _MATVEC_TILE,
-    GEMV_CONFIGS,
     GEMV_M,
+    GEMV_TILINGS,
     SMALL_M,
     TORCH,
     GemmConfig,
     GemvConfig,
     MatvecConfig,
     _pow2,
+    gemv_configs,
     gemv_flags,
     pdl_available,
     split_k,
@@ -71,6 +72,14 @@ MATVEC_CONFIGS = (MatvecConfig(64, 256, 1, 4), MatvecConfig(32, 256, 4, 4), Matv
 DMV_W8 = (DotMatvecConfig(32, 256, 1, 4, 4), DotMatvecConfig(32, 128, 4, 4, 4), DotMatvecConfig(64, 128, 1, 4, 4))
 DMV_W4 = (DotMatvecConfig(32, 128, 8, 4, 3), DotMatvecConfig(64, 128, 8, 4, 3), DotMatvecConfig(64, 128, 1, 4, 3),
           DotMatvecConfig(128, 128, 4, 4, 3))
+# batch-1 tilings of the quantized gemv kernels: the dense ones plus those that won on the codes
+# on an H200 (bench/gemv_sweep.py --quant --extra, 2026-11-22, bench/RESULTS.md). int8: 4 rows x
+# 4096 with 2 warps (1.1B down 7.90 -> 6.70 us, 7B q/k/v 16.66 -> 14.81, gate/up 27.0 -> 24.8,
+# down 18.2 -> 15.6) and 8 x 1024 with 2 warps (1.1B gate/up 9.01 -> 8.67); int4 g128: 16 x 1024
+# with 4 warps (1.1B gate/up 11.3 -> 9.0 us, 7B q/k/v 20.2 -> 19.6, gate/up 34.8 -> 32.3). More
+# programs of fewer registers each: more of a matvec's loads are in flight at once.
+GEMV_W8 = gemv_configs(GEMV_TILINGS + ((4, 4096, 2), (8, 1024, 2)))
+GEMV_W4 = gemv_configs(GEMV_TILINGS + ((16, 1024, 4),))
 GEMM_CONFIGS = (
     GemmConfig(64, 64, 32, 8, 4, 3),
     GemmConfig(128, 128, 64, 8, 8, 3),
@@ -79,7 +88,7 @@ GEMM_CONFIGS = (
     GemmConfig(128, 256, 64, 8, 8, 3),
 )
 CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig] = {
-    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_CONFIGS
+    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4
 }
 
 
@@ -291,7 +300,7 @@ class QuantLinearLauncher:
             if m > GEMV_M:
                 return dmv + [TORCH]
             pdl = self._pdl_ok(on_cuda)
-            gemv = [c.name for c in GEMV_CONFIGS if pdl or not c.pdl]
+            gemv = [c.name for c in (GEMV_W4 if self.op == "linear_w4" else GEMV_W8) if pdl or not c.pdl]
             return (gemv + dmv if on_cuda else dmv + gemv) + [TORCH]
         return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
 
