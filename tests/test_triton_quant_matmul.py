@@ -30,6 +30,8 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 VARIANTS = [("linear_w8", False, 0), ("linear_w8", True, 0), ("linear_w4", False, 32), ("linear_w4", True, 64),
             ("linear_w4", False, 128), ("linear_w4", True, 128)]
 GEMMS = [c.name for c in GEMM_CONFIGS]
+# every config but hgemv_w4's (inline PTX: CUDA only, its own tests below)
+PORTABLE = sorted(c for c in CONFIGS if not c.startswith("hgemv"))
 GEMV_ONE_STEP, GEMV_LOOP = "gemv_16x2048_w8", "gemv_32x512_w4"  # K in one tile; K in 512-column steps
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # sigmoid(-large) in numpy
 
@@ -81,7 +83,7 @@ def no_torch_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{'asym' if v[1] else 'sym'}-g{v[2]}")
-@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("config", PORTABLE)
 def test_every_config_and_weight_format_matches_the_reference(config: str, variant: tuple, dtype: torch.dtype,
                                                               no_torch_fallback: None) -> None:
     """N = 70 is ragged for every BLOCK_N; int8's K = 300 is ragged for every BLOCK_K and gives the
@@ -314,7 +316,7 @@ def test_compiled_quantized_mlp_runs_every_linear_as_a_triton_kernel(quantizatio
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("variant", [*VARIANTS, ("linear_w8a8", False, 0)], ids=lambda v: f"{v[0]}-{int(v[1])}-g{v[2]}")
-@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("config", PORTABLE)
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_configs_match_the_reference_at_model_shapes(config: str, variant: tuple, dtype: torch.dtype) -> None:
@@ -392,3 +394,121 @@ def test_cuda_candidates_are_the_gemv_and_tensor_core_matvecs_and_gemms_for_ever
     assert w4.candidates(16, on_cuda=True) == [c.name for c in DMV_W4] + [TORCH]
     assert any(c in GEMMS for c in w8.candidates(17, on_cuda=True)) and any(c in GEMMS for c in a8.candidates(1, on_cuda=True))
     assert w8.candidates(17, on_cuda=True) == w8.candidates(17) and w8.candidates(17)[-1] == TORCH
+
+
+def test_hgemv_w4_is_offered_only_for_one_row_of_symmetric_constant_int4_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packed-f16 int4 gemv (inline PTX) leads the CUDA candidates at M = 1 for symmetric
+    int4 with constant weights, and is never offered elsewhere: not on CPU or under the
+    interpreter (it cannot run PTX), not for zero points, more rows, int8 or weights a kernel may write."""
+    from kiln import debug
+    from kiln.backends.triton.quant_matmul import HGEMV_W4, QuantLinearLauncher
+
+    def launcher(op: str = "linear_w4", asym: bool = False, const: bool = True) -> QuantLinearLauncher:
+        return QuantLinearLauncher(op, _variant(op, asym, 128 if op == "linear_w4" else 0), False, constant_weights=const)
+
+    half = {c.name for c in HGEMV_W4}
+    offered = lambda names: [c for c in names if c in half]  # noqa: E731
+    assert not offered(launcher().candidates(1, on_cuda=True))  # this suite runs interpreted
+    monkeypatch.setattr(debug, "TRITON_INTERPRET", False)
+    monkeypatch.setattr(quant_matmul, "pdl_available", lambda: True)
+    cands = launcher().candidates(1, on_cuda=True)
+    assert cands[:len(half)] == [c.name for c in HGEMV_W4]
+    monkeypatch.setattr(quant_matmul, "pdl_available", lambda: False)
+    assert launcher().candidates(1, on_cuda=True)[:len(half) // 2] == [c.name for c in HGEMV_W4 if not c.pdl]
+    for other in (launcher().candidates(1), launcher().candidates(2, on_cuda=True), launcher(asym=True).candidates(1, on_cuda=True),
+                  launcher(const=False).candidates(1, on_cuda=True), launcher("linear_w8").candidates(1, on_cuda=True)):
+        assert not offered(other)
+
+
+def test_half_scales_keep_every_group_scale_within_f16_normals_or_decline() -> None:
+    """The f16 copy is the scales times one power of two (largest in [1, 2)), exact for bf16
+    scales within f16's normal range; spreads beyond HALF_SCALE_RANGE, all-zero and
+    non-finite scales are declined (the kernel is not offered for that weight)."""
+    from kiln.backends.triton.quant_matmul import HALF_SCALE_RANGE, half_scales
+
+    s = (torch.rand(64, 16, generator=torch.Generator().manual_seed(0)) * 0.02 + 1e-4).to(torch.bfloat16)
+    s[3, 5] = 0.0  # an all-zero group: allowed
+    s16, rescale = half_scales(s)
+    assert s16.dtype == torch.float16 and 1.0 <= s16.float().abs().max().item() < 2.0
+    assert torch.equal(s16.float() * rescale, s.float())  # a power of two: exact
+    wide = s.clone()
+    wide[0, 0] = s.float().abs().max() * HALF_SCALE_RANGE / 4
+    assert half_scales(wide) is None
+    assert half_scales(torch.zeros(4, 4)) is None
+    assert half_scales(torch.tensor([[1.0, float("inf")]])) is None
+
+
+def test_a_pinned_hgemv_config_runs_the_reference_where_the_kernel_cannot_run() -> None:
+    """On CPU (and under the interpreter) a pinned hgemv config is a config that does not apply:
+    the op's reference runs, with the reference's result."""
+    g, node, vals = _node("linear_w4", _variant("linear_w4", False, 128, "none"), 1, 40, 512, torch.bfloat16, True)
+    node_launcher = quant_linear_kernel(node, "hgemv_16x512_w4_f4")
+    _check(g, node_launcher, vals, torch.bfloat16)
+
+
+_HGEMV_COMPILE = """
+import re, triton
+from triton.backends.compiler import GPUTarget
+from kiln.backends.triton.quant_kernels import kernel_source
+from kiln.backends.triton.cache import load_module
+fn = load_module(kernel_source("silu", False)).hgemv_w4
+order = list(fn.arg_names)
+sig = {"x": "*bf16", "w": "*u8", "s16": "*fp16", "b": "*bf16", "y": "*bf16", "N": "i32", "rescale": "fp32", "swn": "i32", "ssn": "i32"}
+consts = {"sxk": 1, "K": 1280, "KP": 2048, "HAS_BIAS": True, "PDL": False, "GS": 128, "BLOCK_N": 16, "BLOCK_K": 256, "FLUSH": 4}
+src = triton.compiler.ASTSource(fn=fn, signature={a: sig.get(a, "constexpr") for a in order},
+                                constexprs={(order.index(k),): v for k, v in consts.items()})
+ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
+print(len(re.findall(r"fma\\.rn\\.f16x2", ptx)), len(re.findall(r"lop3\\.b32", ptx)))
+"""
+
+
+def test_hgemv_w4_compiles_for_hopper_to_packed_f16_arithmetic() -> None:
+    """The inline PTX assembles for sm90 without a GPU (in a process of its own: this suite's
+    interpreter patches triton.language): per four bytes (one call) four lop3 and six fma.rn.f16x2
+    (two to exact codes, four products); a 16 x 256 step of 2 groups is 2048 bytes, 16 per thread
+    of 4 warps, 4 calls; K = 1280 is 5 steps: 20 calls."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _HGEMV_COMPILE], env=env, capture_output=True, text=True, timeout=180)
+    if run.returncode != 0:
+        if "ptxas" in run.stderr or "cuda" in run.stderr.lower() and "not found" in run.stderr.lower():
+            pytest.skip("no CUDA toolchain in this Triton build")
+        raise AssertionError(run.stderr[-2000:])
+    fma, lop3 = (int(v) for v in run.stdout.split())
+    assert (fma, lop3) == (6 * 20, 4 * 20), run.stdout
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize(("n", "k", "group", "bias", "act", "x_scale"),
+                         [(1000, 2048, 128, True, "gelu_tanh", 1.0), (70, 1280, 32, False, "none", 3e3), (64, 5632, 64, True, "silu", 1e-5)],
+                         ids=["g128-bias-gelu", "ragged-n-k-g32-large-x", "g64-tiny-x"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_hgemv_w4_matches_the_reference(dtype: torch.dtype, n: int, k: int, group: int, bias: bool, act: str,
+                                              x_scale: float, no_torch_fallback: None) -> None:
+    """Every hgemv tiling (PDL where it runs) against the reference: ragged N, K that is not a
+    multiple of the tile's step (the step halves), x large and tiny (its power-of-two scaling)."""
+    from kiln.backends.triton.quant_matmul import HGEMV_W4
+
+    # rows of magnitudes 0.25-1.25 (group scales well inside HALF_SCALE_RANGE), the weights and
+    # bias as constants, as the quantize pass makes them (the kernel needs constant weights)
+    rows = torch.rand((n, 1), generator=torch.Generator().manual_seed(7)) + 0.25
+    params = [*_weights("linear_w4", False, group, (_rand((n, k), torch.float32, 2) * rows / k**0.5).to(dtype))]
+    params += [_rand((n,), dtype, 4)] * bias
+    x = _rand((1, k), dtype, 1) * x_scale
+    g = ir.Graph()
+    ins = [g.add_input("x", ir.TensorType(from_torch(dtype), (1, k)))] + [g.add_constant(f"c{i}", p) for i, p in enumerate(params)]
+    node = g.add_node("linear_w4", ins, _variant("linear_w4", False, group, act))
+    g.outputs = list(node.outputs)
+    (ref,) = ir.run_graph(g, [x])
+    params = [p.to(DEVICE) for p in params]
+    for cfg in HGEMV_W4:
+        if cfg.pdl and not quant_matmul.pdl_available():
+            continue
+        launcher = quant_linear_kernel(node, cfg.name)
+        assert launcher.constant_weights
+        got = launcher(x.to(DEVICE), *params)
+        assert _err(got, ref) <= TOL[dtype], (cfg.name, _err(got, ref))

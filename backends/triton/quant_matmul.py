@@ -11,10 +11,13 @@ Batch-1 decode (M <= GEMV_M) also gets the CUDA-core `gemv` kernels; on Hopper t
 variants launch with programmatic dependent launch and read the weights before waiting on the
 previous kernel, so they are offered only when every operand but x is a graph constant (the
 quantize pass's codes / scales / zeros, a constant bias): nothing a kernel in flight writes.
+Symmetric int4 at one row on CUDA also gets `hgemv_w4` (packed f16 arithmetic, inline PTX), with
+its f16 copy of the group scales made once per weight (`half_scales`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,7 +48,7 @@ from .matmul import (
 from .pdl import with_pdl
 from .quant_kernels import kernel_source
 
-_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "gemm_w8", "gemm_w4", "finish", "quant_rows")
+_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemm_w8", "gemm_w4", "finish", "quant_rows")
 
 OPS = ("linear_w8", "linear_w4", "linear_w8a8")
 _KNOWN_ATTRS = frozenset({"activation", "group_size", "asymmetric", "act_scale"})
@@ -67,6 +70,23 @@ class DotMatvecConfig:
         return f"dmv_{self.block_n}x{self.block_k}_k{self.split_k}_w{self.warps}_s{self.stages}"
 
 
+@dataclass(frozen=True, slots=True)
+class HalfGemvConfig:
+    """A tiling of `hgemv_w4` (batch-1 symmetric int4 in packed f16 arithmetic, CUDA only): output
+    rows per program, K per step (whole groups; halved until it divides K), warps, steps per f16
+    sum before widening, programmatic dependent launch."""
+
+    block_n: int
+    block_k: int
+    warps: int
+    flush: int
+    pdl: bool
+
+    @property
+    def name(self) -> str:
+        return f"hgemv_{self.block_n}x{self.block_k}_w{self.warps}_f{self.flush}{'_pdl' if self.pdl else ''}"
+
+
 MATVEC_CONFIGS = (MatvecConfig(64, 256, 1, 4), MatvecConfig(32, 256, 4, 4), MatvecConfig(128, 128, 2, 8))
 # the fastest tilings per 1.1B-Llama shape on an H200 (bench/quant_sweep.py, bench/RESULTS.md)
 DMV_W8 = (DotMatvecConfig(32, 256, 1, 4, 4), DotMatvecConfig(32, 128, 4, 4, 4), DotMatvecConfig(64, 128, 1, 4, 4))
@@ -80,6 +100,12 @@ DMV_W4 = (DotMatvecConfig(32, 128, 8, 4, 3), DotMatvecConfig(64, 128, 8, 4, 3), 
 # programs of fewer registers each: more of a matvec's loads are in flight at once.
 GEMV_W8 = gemv_configs(GEMV_TILINGS + ((4, 4096, 2), (8, 1024, 2)))
 GEMV_W4 = gemv_configs(GEMV_TILINGS + ((16, 1024, 4),))
+# bench/hgemv_probe.py's winner on every 1.1B and 7B shape (16 x 512, 4 warps, f16 sums of 4 steps)
+# and a wider one
+HGEMV_W4 = tuple(HalfGemvConfig(n, k, w, f, pdl) for pdl in (True, False) for n, k, w, f in ((16, 512, 4, 4), (32, 256, 4, 8)))
+# hgemv_w4 only where every nonzero group scale is within this of the largest: scaled to [1, 2) at
+# the top, the smallest stays an f16 normal (>= 2^-14) with its full 11-bit precision
+HALF_SCALE_RANGE = 2.0**-13
 GEMM_CONFIGS = (
     GemmConfig(64, 64, 32, 8, 4, 3),
     GemmConfig(128, 128, 64, 8, 8, 3),
@@ -87,14 +113,29 @@ GEMM_CONFIGS = (
     GemmConfig(16, 64, 128, 1, 4, 4),
     GemmConfig(128, 256, 64, 8, 8, 3),
 )
-CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig] = {
-    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4
+CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig | HalfGemvConfig] = {
+    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4 + HGEMV_W4
 }
 
 
 def torch_reference(op: str, ins: tuple, attrs: tuple) -> torch.Tensor:
     """The PyTorch candidate: the op's reference implementation, what the reference plan runs."""
     return REGISTRY[op].impl(*ins, *attrs)
+
+
+def half_scales(scale: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    """int4 group scales as `hgemv_w4` reads them: (scale * 2^shift in f16, 2^-shift), the largest
+    |scale| * 2^shift in [1, 2); None when no scale is finite and nonzero or a nonzero one is below
+    HALF_SCALE_RANGE of the largest (f16 would round it coarsely)."""
+    mag = scale.float().abs()
+    top = mag.max().item()
+    if not 0 < top < float("inf"):
+        return None
+    low = mag[mag > 0].min().item()
+    if low < top * HALF_SCALE_RANGE:
+        return None
+    shift = -math.floor(math.log2(top))
+    return (scale.float() * 2.0**shift).to(torch.float16).contiguous(), 2.0**-shift
 
 
 class QuantLinearLauncher:
@@ -108,7 +149,7 @@ class QuantLinearLauncher:
     """
 
     __slots__ = ("op", "activation", "group_size", "asymmetric", "act_scale", "has_bias", "config", "chosen",
-                 "constant_weights", "_attrs", "_mod", "_by_shape")
+                 "constant_weights", "_attrs", "_mod", "_by_shape", "_half_scales")
 
     def __init__(self, op: str, attrs: dict[str, Any], has_bias: bool, config: str | None = None,
                  constant_weights: bool = False):
@@ -127,6 +168,7 @@ class QuantLinearLauncher:
         self.chosen: dict[str, str] = {}  # autotune key -> candidate name, for this node
         self._mod: dict[bool, Any] = {}  # fp32? -> loaded kernel module
         self._by_shape: dict[tuple, str] = {}  # (x shape, dtype) -> choice: no key string per call
+        self._half_scales: dict[tuple, tuple[torch.Tensor, float] | None] = {}  # hgemv_w4's f16 scales per weight
 
     def __call__(self, *ins: torch.Tensor) -> torch.Tensor:
         x = ins[0]
@@ -153,6 +195,11 @@ class QuantLinearLauncher:
             if x2.shape[0] > SMALL_M:  # one 16-row tile: more rows are a GEMM's job
                 return torch_reference(self.op, ins, self._attrs)
             self._dot_matvec(cfg, x2, q, scale, zeros, bias, y)
+        elif isinstance(cfg, HalfGemvConfig):
+            half = self._half(x2, q, scale)
+            if half is None:  # not a shape, dtype or scale range it takes: the reference, as any config that does not apply
+                return torch_reference(self.op, ins, self._attrs)
+            self._hgemv(cfg, x2, q, *half, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda))
         elif isinstance(cfg, GemvConfig):
             if x2.shape[0] > GEMV_M:  # one pass over the weights per row: more rows are dmv's job
                 return torch_reference(self.op, ins, self._attrs)
@@ -262,6 +309,37 @@ class QuantLinearLauncher:
         else:
             mod.gemv_w8[grid](*args, BLOCK_K=block_k, **flags)
 
+    def _half(self, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        """hgemv_w4's operands for this weight: (group scales times a power of two, in f16, and the
+        factor that undoes it), or None where the kernel does not apply: not CUDA (inline PTX; the
+        interpreter cannot run it), not one row of bf16 / fp16, asymmetric, weights that are not
+        constants (the f16 scales are made once per weight, outside graph capture), or group scales
+        spread wider than HALF_SCALE_RANGE (the small ones would lose precision in f16)."""
+        if (self.op != "linear_w4" or self.asymmetric or not self.constant_weights or not x2.is_cuda or debug.TRITON_INTERPRET
+                or x2.shape[0] != 1 or x2.dtype not in (torch.bfloat16, torch.float16) or q.stride(1) != 1):
+            return None
+        key = (scale.data_ptr(), tuple(scale.shape), scale.dtype)
+        if key not in self._half_scales:
+            if torch.cuda.is_current_stream_capturing():
+                return None  # no host sync inside a capture; a later uncaptured call prepares them
+            self._half_scales[key] = half_scales(scale)
+        return self._half_scales[key]
+
+    def _hgemv(self, cfg: HalfGemvConfig, x2: torch.Tensor, q: torch.Tensor, s16: torch.Tensor, rescale: float,
+               bias: Any, y: torch.Tensor, pdl: bool) -> None:
+        """One launch of `hgemv_w4`: BLOCK_K is cfg.block_k halved until it divides K (never below
+        the group)."""
+        k, n = x2.shape[1], q.shape[0]
+        block_k = max(cfg.block_k, self.group_size)
+        while k % block_k and block_k > self.group_size:
+            block_k //= 2
+        flags: dict[str, Any] = {"K": k, "KP": _pow2(k), "HAS_BIAS": bias is not None, "PDL": pdl, "GS": self.group_size,
+                                 "BLOCK_N": cfg.block_n, "BLOCK_K": block_k, "FLUSH": cfg.flush, "num_warps": cfg.warps}
+        if pdl:
+            flags["launch_pdl"] = True
+        self._module(x2).hgemv_w4[(-(-n // cfg.block_n),)](
+            x2, q, s16, bias if bias is not None else y, y, n, rescale, x2.stride(1), q.stride(0), s16.stride(0), **flags)
+
     def _pdl_ok(self, on_cuda: bool) -> bool:
         return on_cuda and self.constant_weights and pdl_available()
 
@@ -301,6 +379,9 @@ class QuantLinearLauncher:
                 return dmv + [TORCH]
             pdl = self._pdl_ok(on_cuda)
             gemv = [c.name for c in (GEMV_W4 if self.op == "linear_w4" else GEMV_W8) if pdl or not c.pdl]
+            if m == 1 and on_cuda and self.op == "linear_w4" and not self.asymmetric and self.constant_weights \
+                    and not debug.TRITON_INTERPRET:
+                gemv = [c.name for c in HGEMV_W4 if pdl or not c.pdl] + gemv
             return (gemv + dmv if on_cuda else dmv + gemv) + [TORCH]
         return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
 
