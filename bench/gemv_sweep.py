@@ -110,7 +110,7 @@ def quant_rows(name: str, scheme: str, m: int, x: torch.Tensor, copies: list, bf
     best = ranked[0]
     print(f"| {name} {scheme} | {m} | {n} x {k} | {nbytes / 1e6:.1f} | {best} | {kiln[best]:.2f} | "
           f"{nbytes / (kiln[best] * 1e3):.0f} | vs bf16 {bf16_us / kiln[best]:.2f}x | next: "
-          + ", ".join(f"{c} {kiln[c]:.2f}" for c in ranked[1:4]) + " |", flush=True)
+          + ", ".join(f"{c} {kiln[c]:.2f}" for c in ranked[1:6]) + " |", flush=True)
     qs.clear()
 
 

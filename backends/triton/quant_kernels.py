@@ -388,10 +388,11 @@ def hgemv_w4(x, w, s16, b, y, N, rescale, sxk, swn, ssn, K: tl.constexpr, KP: tl
     # by 2^-e (max |x| / 2^e in [8, 16)) and rounded to f16; s16 holds the group scales times the
     # tensor's power of two 1 / rescale (max in [1, 2)), so every product is below 256 and the f16
     # sums of FLUSH steps (two products per element per step) stay below 65504 before widening to
-    # fp32. BLOCK_K divides K and is whole groups; bytes and scales are K-contiguous.
+    # fp32. A step is BLOCK_K / GS whole groups; in a last, partial step the groups past K load
+    # scale 0 and x 0, so their (masked) codes add nothing. Bytes and scales are K-contiguous.
     G: tl.constexpr = BLOCK_K // GS
     HALF: tl.constexpr = GS // 2
-    STEPS: tl.constexpr = K // BLOCK_K
+    STEPS: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
     shape: tl.constexpr = (BLOCK_N, G, HALF)
     rm = tl.arange(0, 1)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -400,8 +401,12 @@ def hgemv_w4(x, w, s16, b, y, N, rescale, sxk, swn, ssn, K: tl.constexpr, KP: tl
     nmask = rn < N
     wp = w + rn[:, None, None] * swn + (rg[:, None] * HALF + rj[None, :])[None, :, :]  # (BLOCK_N, G, HALF) bytes
     sp = s16 + rn[:, None] * ssn + rg[None, :]  # (BLOCK_N, G) this step's group scales
-    byte = tl.load(wp, mask=nmask[:, None, None], other=0)
-    s = tl.load(sp, mask=nmask[:, None], other=0.0)
+    if K >= BLOCK_K:
+        gmask = nmask[:, None]  # (BLOCK_N, 1)
+    else:
+        gmask = nmask[:, None] & (rg[None, :] < K // GS)  # (BLOCK_N, G)
+    byte = tl.load(wp, mask=gmask[:, :, None], other=0)
+    s = tl.load(sp, mask=gmask, other=0.0)
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
     wait_for_input(PDL)
@@ -409,16 +414,22 @@ def hgemv_w4(x, w, s16, b, y, N, rescale, sxk, swn, ssn, K: tl.constexpr, KP: tl
     amax = tl.max(tl.abs(tl.load(x + rk * sxk, mask=rk < K, other=0.0).to(tl.float32)))
     e = tl.maximum(tl.ceil(tl.log2(tl.maximum(amax, 1e-30))) - 4.0, -100.0)
     inv = tl.exp2(-e)
-    kx = rg[:, None] * GS + 2 * rj[None, :]  # (G, HALF) even columns of a step
-    pair = tl.arange(0, 2)[None, None, :]
+    kx = (rg[:, None] * GS + 2 * rj[None, :])[:, :, None] + tl.arange(0, 2)[None, None, :]  # (G, HALF, 2) a step's columns
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     h = tl.zeros(shape, dtype=tl.float16)
     for i in tl.static_range(0, STEPS):
-        if i > 0:
-            byte = tl.load(wp + i * (BLOCK_K // 2), mask=nmask[:, None, None], other=0)
-            s = tl.load(sp + i * G, mask=nmask[:, None], other=0.0)
-        xv = (tl.load(x + (i * BLOCK_K + kx[:, :, None] + pair) * sxk).to(tl.float32) * inv).to(tl.float16)
-        xe, xo = tl.split(xv)  # (G, HALF) even / odd columns from one contiguous load
+        if (i + 1) * BLOCK_K <= K:
+            if i > 0:
+                byte = tl.load(wp + i * (BLOCK_K // 2), mask=nmask[:, None, None], other=0)
+                s = tl.load(sp + i * G, mask=nmask[:, None], other=0.0)
+            xv = tl.load(x + (i * BLOCK_K + kx) * sxk)
+        else:  # the last step, partial: whole groups past K masked
+            if i > 0:
+                gmask = nmask[:, None] & (rg[None, :] < (K - i * BLOCK_K) // GS)
+                byte = tl.load(wp + i * (BLOCK_K // 2), mask=gmask[:, :, None], other=0)
+                s = tl.load(sp + i * G, mask=gmask, other=0.0)
+            xv = tl.load(x + (i * BLOCK_K + kx) * sxk, mask=i * BLOCK_K + kx < K, other=0.0)
+        xe, xo = tl.split((xv.to(tl.float32) * inv).to(tl.float16))  # (G, HALF) even / odd columns
         h = fma_w4_f16x2(byte, tl.broadcast_to(xe[None, :, :], shape), tl.broadcast_to(xo[None, :, :], shape),
                          tl.broadcast_to(s[:, :, None], shape), h)
         if (i + 1) % FLUSH == 0:

@@ -73,8 +73,8 @@ class DotMatvecConfig:
 @dataclass(frozen=True, slots=True)
 class HalfGemvConfig:
     """A tiling of `hgemv_w4` (batch-1 symmetric int4 in packed f16 arithmetic, CUDA only): output
-    rows per program, K per step (whole groups; halved until it divides K), warps, steps per f16
-    sum before widening, programmatic dependent launch."""
+    rows per program, K per step (whole groups), warps, steps per f16 sum before widening,
+    programmatic dependent launch."""
 
     block_n: int
     block_k: int
@@ -100,9 +100,9 @@ DMV_W4 = (DotMatvecConfig(32, 128, 8, 4, 3), DotMatvecConfig(64, 128, 8, 4, 3), 
 # programs of fewer registers each: more of a matvec's loads are in flight at once.
 GEMV_W8 = gemv_configs(GEMV_TILINGS + ((4, 4096, 2), (8, 1024, 2)))
 GEMV_W4 = gemv_configs(GEMV_TILINGS + ((16, 1024, 4),))
-# bench/hgemv_probe.py's winner on every 1.1B and 7B shape (16 x 512, 4 warps, f16 sums of 4 steps)
-# and a wider one
-HGEMV_W4 = tuple(HalfGemvConfig(n, k, w, f, pdl) for pdl in (True, False) for n, k, w, f in ((16, 512, 4, 4), (32, 256, 4, 8)))
+# the two that won among seven tilings on an H200 (bench/gemv_sweep.py --quant int4, 2026-11-22):
+# 16 x 512 at 1.1B q/k/v and gate/up, 7B q/k/v and gate/up; 8 x 1024 at 1.1B o and down, 7B o and down
+HGEMV_W4 = tuple(HalfGemvConfig(n, k, w, f, pdl) for pdl in (True, False) for n, k, w, f in ((16, 512, 4, 4), (8, 1024, 4, 4)))
 # hgemv_w4 only where every nonzero group scale is within this of the largest: scaled to [1, 2) at
 # the top, the smallest stays an f16 normal (>= 2^-14) with its full 11-bit precision
 HALF_SCALE_RANGE = 2.0**-13
@@ -327,12 +327,10 @@ class QuantLinearLauncher:
 
     def _hgemv(self, cfg: HalfGemvConfig, x2: torch.Tensor, q: torch.Tensor, s16: torch.Tensor, rescale: float,
                bias: Any, y: torch.Tensor, pdl: bool) -> None:
-        """One launch of `hgemv_w4`: BLOCK_K is cfg.block_k halved until it divides K (never below
-        the group)."""
+        """One launch of `hgemv_w4`: BLOCK_K is cfg.block_k, at most K rounded up to a power of two
+        and at least the group (a ragged last step masks whole groups)."""
         k, n = x2.shape[1], q.shape[0]
-        block_k = max(cfg.block_k, self.group_size)
-        while k % block_k and block_k > self.group_size:
-            block_k //= 2
+        block_k = max(min(cfg.block_k, _pow2(k)), self.group_size)
         flags: dict[str, Any] = {"K": k, "KP": _pow2(k), "HAS_BIAS": bias is not None, "PDL": pdl, "GS": self.group_size,
                                  "BLOCK_N": cfg.block_n, "BLOCK_K": block_k, "FLUSH": cfg.flush, "num_warps": cfg.warps}
         if pdl:
