@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 from gemv_sweep import SHAPES
+from probe_common import best, race, rel_err, weight_copies
 
-from kiln.backends.triton import autotune
 from kiln.backends.triton.matmul import LinearLauncher
 from kiln.backends.triton.quant_matmul import QuantLinearLauncher
 from kiln.ir.opset.quant import dequantize_int8, quantize_int8_per_channel
@@ -90,36 +90,22 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in args.shapes:
         n, k = SHAPES[name]
-        copies = [torch.randn(n, k, device=dev, dtype=dtype) / k**0.5 for _ in range(max(1, int(256 // (n * k * 2 / 1e6)) + 1))]
+        copies = weight_copies(n, k, dtype, dev)
         qs = [quantize_int8_per_channel(w) for w in copies]
         x = torch.randn(1, k, device=dev, dtype=dtype)
         y = torch.empty((1, n), device=dev, dtype=dtype)
         ref = x.float() @ dequantize_int8(*qs[0], torch.float32).T
-
-        def best(cands: dict) -> tuple[float, str]:
-            times = {c: autotune.time_ms(f, reps=2) * 1e3 / len(qs) for c, f in cands.items()}
-            c = min(times, key=times.__getitem__)
-            return times[c], c
-
         dense = LinearLauncher("none", False, False, constant_weights=True)
-        t_bf16, _ = best({c: (lambda c=c: [dense.run(c, x, w, None, None) for w in copies]) for c in dense.candidates(1, copies[0]) if c != "torch"})
+        t_bf16, _ = best({c: (lambda c=c: [dense.run(c, x, w, None, None) for w in copies]) for c in dense.candidates(1, copies[0]) if c != "torch"}, len(qs))
         quant = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
-        t_int8, _ = best({c: (lambda c=c: [quant.run(c, (x, q, s)) for q, s in qs]) for c in quant.candidates(1, on_cuda=True) if c != "torch"})
+        t_int8, _ = best({c: (lambda c=c: [quant.run(c, (x, q, s)) for q, s in qs]) for c in quant.candidates(1, on_cuda=True) if c != "torch"}, len(qs))
         rows = {}
         for kern, tilings in ((xgemv, ((8, 2048, 4), (16, 1024, 4), (32, 512, 4), (16, 2048, 8))),
                               (xdot, ((32, 256, 4), (64, 256, 4), (32, 512, 4), (64, 128, 4), (128, 128, 8)))):
-            cands, errs = {}, []
-            for bn, bk, warps in tilings:
-                def go(bn: int = bn, bk: int = bk, warps: int = warps, kern=kern) -> None:  # noqa: ANN001
-                    for q, s in qs:
-                        kern[(triton.cdiv(n, bn),)](x, q, s, y, n, K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
-                try:
-                    kern[(triton.cdiv(n, bn),)](x, qs[0][0], qs[0][1], y, n, K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
-                    errs.append(((y.float() - ref).abs().max() / ref.abs().max()).item())
-                    cands[f"{bn}x{bk}_w{warps}"] = go
-                except Exception as e:  # noqa: BLE001 - a tiling that cannot compile here
-                    print(f"<!-- {name} {kern.fn.__name__} {bn}x{bk}: {type(e).__name__}: {str(e)[:200]} -->")
-            rows[kern.fn.__name__] = (*best(cands), max(errs)) if cands else (float("nan"), "-", float("nan"))
+            launches = {f"{bn}x{bk}_w{warps}": (lambda i, bn=bn, bk=bk, warps=warps, kern=kern: kern[(triton.cdiv(n, bn),)](
+                x, *qs[i], y, n, K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)) for bn, bk, warps in tilings}
+            rows[kern.fn.__name__] = race(launches, len(qs), lambda ref=ref: rel_err(y, ref),
+                                          f"{name} {kern.fn.__name__}")
         g, d = rows["xgemv"], rows["xdot"]
         print(f"| {name} | {t_bf16:.2f} | {t_int8:.2f} | {g[0]:.2f} ({g[1]}) | {d[0]:.2f} ({d[1]}) | {g[2]:.1e} / {d[2]:.1e} |", flush=True)
         copies.clear()

@@ -17,8 +17,8 @@ import torch
 import triton
 import triton.language as tl
 from gemv_sweep import SHAPES
+from probe_common import best, race, rel_err, weight_copies
 
-from kiln.backends.triton import autotune
 from kiln.backends.triton.matmul import LinearLauncher
 from kiln.backends.triton.quant_matmul import QuantLinearLauncher
 from kiln.ir.opset.quant import dequantize_int4, dequantize_int8, quantize_int4_grouped, quantize_int8_per_channel
@@ -79,49 +79,31 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.shapes:
         n, k = SHAPES[name]
-        copies = [torch.randn(n, k, device=dev, dtype=dtype) / k**0.5 for _ in range(max(1, int(256 // (n * k * 2 / 1e6)) + 1))]
+        copies = weight_copies(n, k, dtype, dev)
         x = torch.randn(m, k, device=dev, dtype=dtype)
         y = torch.empty((m, n), device=dev, dtype=dtype)
-
-        def best(cands: dict) -> tuple[float, str]:
-            times = {c: autotune.time_ms(f, reps=2) * 1e3 / len(copies) for c, f in cands.items()}
-            c = min(times, key=times.__getitem__)
-            return times[c], c
-
         dense = LinearLauncher("none", False, False, constant_weights=True)
-        row = ["%.2f" % best({c: (lambda c=c: [dense.run(c, x, w, None, None) for w in copies]) for c in dense.candidates(m, copies[0]) if c != "torch"})[0]]
+        row = ["%.2f" % best({c: (lambda c=c: [dense.run(c, x, w, None, None) for w in copies]) for c in dense.candidates(m, copies[0]) if c != "torch"}, len(copies))[0]]
         for scheme in ("int8", "int4"):
             if scheme == "int8":
                 qs = [quantize_int8_per_channel(w) for w in copies]
                 quant = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
                 ref = x.float() @ dequantize_int8(*qs[0], torch.float32).T
-                tilings = W8_TILINGS
+                tilings = {f"{bn}x{bk}_w{warps}_s{stages}": (
+                    lambda i, bn=bn, bk=bk, warps=warps, stages=stages: tmv_w8[(triton.cdiv(n, bn),)](
+                        x, *qs[i], y, n, m, K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages))
+                    for bn, bk, warps, stages in W8_TILINGS}
             else:
                 qs = [quantize_int4_grouped(w, 128) for w in copies]
                 quant = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False, constant_weights=True)
                 ref = x.float() @ dequantize_int4(*qs[0], 128, torch.float32).T
-                tilings = W4_TILINGS
-            t_kiln, _ = best({c: (lambda c=c: [quant.run(c, (x, q, s)) for q, s in qs]) for c in quant.candidates(m, on_cuda=True) if c != "torch"})
-            cands, errs = {}, []
-            for t in tilings:
-                if scheme == "int8":
-                    bn, bk, warps, stages = t
-                    launch = lambda q, s, bn=bn, bk=bk, warps=warps, stages=stages: tmv_w8[(triton.cdiv(n, bn),)](  # noqa: E731
-                        x, q, s, y, n, m, K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-                    label = f"{bn}x{bk}_w{warps}_s{stages}"
-                else:
-                    bn, warps, stages = t
-                    launch = lambda q, s, bn=bn, warps=warps, stages=stages: tmv_w4[(triton.cdiv(n, bn),)](  # noqa: E731
-                        x, q, s, y, n, m, K=k, GS=128, BLOCK_N=bn, num_warps=warps, num_stages=stages)
-                    label = f"{bn}_w{warps}_s{stages}"
-                try:
-                    launch(*qs[0])
-                    errs.append(((y.float() - ref).abs().max() / ref.abs().max()).item())
-                    cands[label] = lambda launch=launch: [launch(q, s) for q, s in qs]
-                except Exception as e:  # noqa: BLE001 - a tiling that cannot compile here
-                    print(f"<!-- {name} {scheme} {label}: {type(e).__name__}: {str(e)[:300]} -->")
-            t, c = best(cands) if cands else (float("nan"), "-")
-            row += [f"{t_kiln:.2f}", f"{t:.2f} ({c})", f"{max(errs) if errs else float('nan'):.1e}"]
+                tilings = {f"{bn}_w{warps}_s{stages}": (
+                    lambda i, bn=bn, warps=warps, stages=stages: tmv_w4[(triton.cdiv(n, bn),)](
+                        x, *qs[i], y, n, m, K=k, GS=128, BLOCK_N=bn, num_warps=warps, num_stages=stages))
+                    for bn, warps, stages in W4_TILINGS}
+            t_kiln, _ = best({c: (lambda c=c: [quant.run(c, (x, q, s)) for q, s in qs]) for c in quant.candidates(m, on_cuda=True) if c != "torch"}, len(qs))
+            t, c, err = race(tilings, len(qs), lambda ref=ref: rel_err(y, ref), f"{name} {scheme}")
+            row += [f"{t_kiln:.2f}", f"{t:.2f} ({c})", f"{err:.1e}"]
             qs.clear()
         print(f"| {name} | " + " | ".join(row) + " |", flush=True)
         copies.clear()
