@@ -49,6 +49,10 @@ def _weights(op: str, asym: bool, group: int, w: torch.Tensor) -> tuple:
     """The op's quantized operands (codes, scales[, zeros]) for the float weight w."""
     if op == "linear_w4":
         return quant.quantize_int4_minmax(w, group) if asym else quant.quantize_int4_grouped(w, group)
+    if op == "linear_fp8":
+        from kiln.ir.opset.quant_fp8 import quantize_fp8_per_channel
+
+        return quantize_fp8_per_channel(w)
     return quant.quantize_int8_minmax(w) if asym else quant.quantize_int8_per_channel(w)
 
 
@@ -512,3 +516,63 @@ def test_cuda_hgemv_w4_matches_the_reference(dtype: torch.dtype, n: int, k: int,
         assert launcher.constant_weights
         got = launcher(x.to(DEVICE), *params)
         assert _err(got, ref) <= TOL[dtype], (cfg.name, _err(got, ref))
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize(("config", "k"), [(GEMV_ONE_STEP, 300), (GEMV_LOOP, 1100)], ids=["one-step", "k-loop"])
+def test_gemv_f8_matches_the_fp8_reference(config: str, k: int, m: int, dtype: torch.dtype, bias: bool,
+                                           no_torch_fallback: None) -> None:
+    """linear_fp8 at decode rows: each row's token scale, x rounded to e4m3 (ties to even) and the
+    exact fp8 products; fp32 at 1e-5 shows the rounding of every x element matches the reference's
+    cast (one flipped rounding moves a product by up to 1/16). N = 70 ragged, K ragged or looped."""
+    attrs = {"activation": "gelu_tanh" if bias else "none"}
+    g, node, vals = _node("linear_fp8", attrs, m, 70, k, dtype, bias, seed=m + k)
+    vals[0][0, :5] = 0.0  # ties and zeros: exact-zero products and a row maximum elsewhere
+    _check(g, quant_linear_kernel(node, config), vals, dtype)
+
+
+def test_fp8_rounding_matches_torch_on_every_e4m3_neighbourhood() -> None:
+    """round_e4m3 against torch's float8_e4m3fn cast on values around every e4m3 number (ties,
+    subnormals, the 448 limit, signs), interpreted."""
+    from kiln.backends.triton.cache import load_module
+    from kiln.backends.triton.quant_kernels import kernel_source
+
+    probe = "\n\n@triton.jit\ndef rounded(x, y, N: tl.constexpr):\n    r = tl.arange(0, N)\n    tl.store(y + r, round_e4m3(tl.load(x + r)))\n"
+    rounded = load_module(kernel_source("none", False, True) + probe).rounded
+
+    grid = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    grid = grid[grid.isfinite()]
+    vals = torch.sort(grid).values
+    ties = (vals[:-1] + vals[1:]) / 2
+    x = torch.cat([vals, ties, ties.nextafter(torch.tensor(float("inf"))), ties.nextafter(torch.tensor(float("-inf"))),
+                   torch.tensor([500.0, -1e4, 1e-12, -3e-3])])
+    x = torch.cat([x, torch.zeros(4096 - x.numel())])
+    y = torch.empty_like(x)
+    rounded[(1,)](x, y, N=4096)
+    ref = x.clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    assert torch.equal(y, ref), (x[y != ref][:8], y[y != ref][:8], ref[y != ref][:8])
+
+
+def test_fp8_candidates_are_the_gemv_tilings_at_decode_rows_and_the_reference_beyond() -> None:
+    from kiln.backends.triton.quant_matmul import GEMV_M, GEMV_W8, QuantLinearLauncher
+
+    f8 = QuantLinearLauncher("linear_fp8", {"activation": "none"}, False)
+    assert f8.candidates(1, on_cuda=True) == [c.name for c in GEMV_W8 if not c.pdl] + [TORCH]
+    assert f8.candidates(GEMV_M + 1, on_cuda=True) == [TORCH] == f8.candidates(300)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("m", [1, 4])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gemv_f8_matches_the_reference_at_a_model_shape(m: int, dtype: torch.dtype, no_torch_fallback: None) -> None:
+    """Every fp8 gemv tiling compiled for the GPU (PDL where it runs) against the reference."""
+    from kiln.backends.triton.quant_matmul import GEMV_W8
+
+    g, node, vals = _node("linear_fp8", {"activation": "silu"}, m, 1000, 2048, dtype, True)
+    for cfg in GEMV_W8:
+        if cfg.pdl and not quant_matmul.pdl_available():
+            continue
+        _check(g, quant_linear_kernel(node, cfg.name), vals, dtype)

@@ -53,7 +53,7 @@ def kernel_for(device: Any) -> Callable[[Any], Any]:
             from .matmul import linear_kernel
 
             return linear_kernel(node)
-        if node.op.name in ("linear_w8", "linear_w4", "linear_w8a8"):
+        if node.op.name in ("linear_w8", "linear_w4", "linear_w8a8", "linear_fp8"):
             from .quant_matmul import quant_linear_kernel
 
             return quant_linear_kernel(node)

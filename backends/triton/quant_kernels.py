@@ -42,6 +42,11 @@ constant, so `(code - zero)` costs nothing extra.
   (`rescale` undoes both), so no f16 value can overflow. H200, 16 x 512 tiles: 7B gate/up 22.6 us
   against 32.3 for the best `gemv_w4`, 1.1B gate/up 7.6 against 9.0; error 2-3e-3 of the output
   range (bf16's rounding). Inline PTX: the interpreter cannot run it, so CPU never offers it.
+* `gemv_f8` (batch-1 `linear_fp8`, M <= 4): the reference quantizes x per token and runs
+  `torch._scaled_mm`, about eight launches per linear (1.1B decode at 0.3x of bf16). Here one
+  gemv: each program finds its rows' token scales, rounds x / s to e4m3 in fp32 arithmetic
+  (`round_e4m3`: ties to even like torch's cast, and the same on the interpreter), widens the fp8
+  weights and sums the exact products in fp32.
 * `gemm_w8` / `gemm_w4` (prefill): the W.T tile's codes are dequantized to the activation dtype in
   registers and fed to `tl.dot` (int8: integers (q - zero), exact in bf16, channel scale on the fp32
   accumulator at the end; int4: (q - zero) * group scale, rounded once to the activation dtype,
@@ -358,6 +363,72 @@ def gemv_w4(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, ssn, ssg, M: tl.constexpr
 {step:k0}    if HAS_BIAS:
         acc += bias[None, :]
     epilogue(acc, rm, rn, M, N, b, y, False)
+
+
+@triton.jit
+def round_e4m3(v):
+    # v (fp32) clamped to +-448 and rounded to the nearest fp8 e4m3 value, ties to even, as
+    # torch's float8_e4m3fn cast rounds: the spacing is 2^(exponent - 3), 2^-9 below 2^-6
+    # (subnormals); v / spacing is exact and below 16, so the 1.5 * 2^23 trick rounds it
+    v = tl.minimum(tl.maximum(v, -448.0), 448.0)
+    ex = (v.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased exponent
+    spacing = ((tl.maximum(ex, 121) - 3) << 23).to(tl.float32, bitcast=True)
+    return ((v / spacing + 12582912.0) - 12582912.0) * spacing
+
+
+@triton.jit
+def gemv_f8(x, w, sc, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+            HAS_BIAS: tl.constexpr, PDL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+            BLOCK_K: tl.constexpr):
+    # batch-1 fp8 decode: fp8 e4m3 weights per channel, each row of x quantized to e4m3 per token
+    # in the kernel (s = max|x_row| / 448, x_q = e4m3(x / s), as the reference) and the exact
+    # fp8 products summed in fp32; y = (acc * s * scale) in x's dtype, then bias, then activation,
+    # each rounded as the reference rounds it. Codes, scales and bias load before the PDL wait.
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    nmask = rn < N
+    wp = w + rn[:, None] * swn + rk[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
+    if K % BLOCK_K == 0:
+        code = tl.load(wp, mask=nmask[:, None], other=0.0)
+    else:
+        code = tl.load(wp, mask=nmask[:, None] & (rk[None, :] < K), other=0.0)
+    scale = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
+    wait_for_input(PDL)
+    # each row's token scale s and its reciprocal divisor (1 where s is 0: that row's x is all 0)
+    rall = tl.arange(0, KP)
+    s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for i in tl.static_range(M):
+        amax = tl.max(tl.abs(tl.load(x + i * sxm + rall * sxk, mask=rall < K, other=0.0).to(tl.float32)))
+        s_rows = tl.where(rm == i, tl.math.div_rn(amax, 448.0), s_rows)
+    safe = tl.where(s_rows == 0.0, 1.0, s_rows)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = gemv_rows_f8(acc, code.to(tl.float32), x, rm, rk, rk < K, safe, sxm, sxk, M)
+{loop:k0:BLOCK_K:K}
+        wp += BLOCK_K * swk
+        if K % BLOCK_K == 0:
+            code = tl.load(wp, mask=nmask[:, None], other=0.0)
+        else:
+            code = tl.load(wp, mask=nmask[:, None] & (rk[None, :] < K - k0), other=0.0)
+        acc = gemv_rows_f8(acc, code.to(tl.float32), x, rm, k0 + rk, rk < K - k0, safe, sxm, sxk, M)
+{step:k0}    dt = y.dtype.element_ty
+    out = (acc * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
+    if HAS_BIAS:
+        out = (out + bias[None, :]).to(dt).to(tl.float32)
+    epilogue(out, rm, rn, M, N, b, y, False)
+
+
+@triton.jit
+def gemv_rows_f8(acc, wf, x, rm, kx, kin, safe, sxm, sxk, M: tl.constexpr):
+    # acc[i, :] += wf . e4m3(x[i, kx] / s_i) for each of the M rows (products of e4m3 values are exact in fp32)
+    for i in tl.static_range(M):
+        si = tl.sum(tl.where(rm == i, safe, 0.0), axis=0)
+        xv = tl.load(x + i * sxm + kx * sxk, mask=kin, other=0.0).to(tl.float32)
+        xq = round_e4m3(tl.math.div_rn(xv, tl.zeros_like(xv) + si))
+        acc += tl.where(rm[:, None] == i, tl.sum(wf * xq[None, :], axis=1)[None, :], 0.0)
+    return acc
 
 
 @triton.jit

@@ -1,4 +1,4 @@
-"""Launchers for the quantized linears `linear_w8`, `linear_w4` and `linear_w8a8` (fused dequant).
+"""Launchers for the quantized linears `linear_w8`, `linear_w4`, `linear_w8a8` and `linear_fp8` (fused dequant).
 
 Inputs in IR order: x [..., K], the codes (i8/u8 [N, K] or packed u8 [N, K/2]), the scales,
 the zero points when `asymmetric`, then the optional bias. Kernels live in quant_kernels.py (its
@@ -11,7 +11,9 @@ Batch-1 decode (M <= GEMV_M) also gets the CUDA-core `gemv` kernels; on Hopper t
 variants launch with programmatic dependent launch and read the weights before waiting on the
 previous kernel, so they are offered only when every operand but x is a graph constant (the
 quantize pass's codes / scales / zeros, a constant bias): nothing a kernel in flight writes.
-Symmetric int4 at one row on CUDA also gets `hgemv_w4` (packed f16 arithmetic, inline PTX), with
+`linear_fp8` has only the gemv (`gemv_f8`, M <= GEMV_M: x quantized per token in the kernel);
+with more rows its reference runs (`torch._scaled_mm` on sm >= 8.9). Symmetric int4 at one row
+on CUDA also gets `hgemv_w4` (packed f16 arithmetic, inline PTX), with
 its f16 copy of the group scales made once per weight (`half_scales`).
 """
 
@@ -48,9 +50,10 @@ from .matmul import (
 from .pdl import with_pdl
 from .quant_kernels import kernel_source
 
-_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemm_w8", "gemm_w4", "finish", "quant_rows")
+_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemm_w8", "gemm_w4", "finish",
+            "quant_rows")
 
-OPS = ("linear_w8", "linear_w4", "linear_w8a8")
+OPS = ("linear_w8", "linear_w4", "linear_w8a8", "linear_fp8")
 _KNOWN_ATTRS = frozenset({"activation", "group_size", "asymmetric", "act_scale"})
 _FINISH_N = 128  # columns per program of the split-K finish kernel
 
@@ -139,7 +142,7 @@ def half_scales(scale: torch.Tensor) -> tuple[torch.Tensor, float] | None:
 
 
 class QuantLinearLauncher:
-    """Runs one linear_w8 / linear_w4 / linear_w8a8 node (inputs in IR order).
+    """Runs one linear_w8 / linear_w4 / linear_w8a8 / linear_fp8 node (inputs in IR order).
 
     `config` names a kernel config (see CONFIGS) or "torch" to skip autotuning (tests, benchmarks);
     otherwise the first call per problem key picks one. Matvec configs do not apply to W8A8 (its
@@ -179,7 +182,8 @@ class QuantLinearLauncher:
         """One launch of candidate `name` (a config name or "torch")."""
         x, q = ins[0], ins[1]
         cfg = CONFIGS.get(name)
-        if cfg is None or not self._fits(x, q) or (self.op == "linear_w8a8" and not isinstance(cfg, GemmConfig)):
+        if cfg is None or not self._fits(x, q) or (self.op == "linear_w8a8" and not isinstance(cfg, GemmConfig)) \
+                or (self.op == "linear_fp8" and not isinstance(cfg, GemvConfig)):
             return torch_reference(self.op, ins, self._attrs)
         k, n = x.shape[-1], q.shape[0]
         x2 = x.reshape(-1, k)
@@ -306,6 +310,9 @@ class QuantLinearLauncher:
         mod = self._module(x2)
         if self.op == "linear_w4":  # a step is whole groups
             mod.gemv_w4[grid](*args, *scale.stride(), GS=self.group_size, BLOCK_K=max(block_k, self.group_size), **flags)
+        elif self.op == "linear_fp8":  # no zero points; every program needs each row's whole x for its token scale
+            del flags["ASYM"]
+            mod.gemv_f8[grid](x2, q, scale, *args[4:], KP=_pow2(k), BLOCK_K=block_k, **flags)
         else:
             mod.gemv_w8[grid](*args, BLOCK_K=block_k, **flags)
 
@@ -368,6 +375,9 @@ class QuantLinearLauncher:
         The GEMM kernels (prefill, and all of W8A8) take every shape: their edges are masked (an
         H200 misaligned-address fault on ragged shapes, 2026-11-21, came from false
         `tl.multiple_of` hints on wrapped indices; the ragged GPU tests pass since, 2026-11-22)."""
+        if self.op == "linear_fp8":  # batch-1 decode: gemv_f8; more rows: the reference's torch._scaled_mm
+            pdl = self._pdl_ok(on_cuda)
+            return [c.name for c in GEMV_W8 if pdl or not c.pdl] + [TORCH] if m <= GEMV_M else [TORCH]
         if self.op == "linear_w8a8":
             return [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name, TORCH] if m <= SMALL_M else \
                 [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
@@ -399,8 +409,8 @@ class QuantLinearLauncher:
 
 
 def quant_linear_kernel(node: Any, config: str | None = None) -> QuantLinearLauncher | None:
-    """A launcher for a linear_w8 / linear_w4 / linear_w8a8 node with fp32, fp16 or bf16
-    activations, else None (the node stays in PyTorch). int4 needs a power-of-two group >= 32
+    """A launcher for a linear_w8 / linear_w4 / linear_w8a8 / linear_fp8 node with fp32, fp16 or
+    bf16 activations, else None (the node stays in PyTorch). int4 needs a power-of-two group >= 32
     (every group kiln's quantizer makes); `config` pins a candidate instead of autotuning. PDL
     configs run as such only when every operand but x is a graph constant (`constant_weights`)."""
     if node.op.name not in OPS:
