@@ -170,6 +170,15 @@ def wait_for_input(PDL: tl.constexpr):
 
 
 @triton.jit
+def load_step(wp, nmask, rk, left, EVEN: tl.constexpr):
+    # a (BLOCK_N, BLOCK_K) step of K-contiguous weights or codes: rows past N masked, and columns
+    # at or past `left` (the K still to go) unless every step is whole (EVEN)
+    if EVEN:
+        return tl.load(wp, mask=nmask[:, None], other=0.0)
+    return tl.load(wp, mask=nmask[:, None] & (rk[None, :] < left), other=0.0)
+
+
+@triton.jit
 def gemv_rows(acc, wf, x, rm, kx, kin, sxm, sxk, M: tl.constexpr):
     # acc[i, :] += wf . x[i, kx] for each of the M rows on CUDA cores (wf: fp32 (BLOCK_N, BLOCK_K)
     # weights); one row at a time, so only one product tile is live
@@ -277,10 +286,7 @@ def gemv(x, w, b, r, y, N, sxm, sxk, swn, swk, srm, srn, M: tl.constexpr, K: tl.
     rk = tl.arange(0, BLOCK_K)
     nmask = rn < N  # (BLOCK_N,): loads past N / K are masked, the store drops columns past N
     wp = w + rn[:, None] * swn + rk[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
-    if K % BLOCK_K == 0:
-        wt = tl.load(wp, mask=nmask[:, None], other=0.0)
-    else:
-        wt = tl.load(wp, mask=nmask[:, None] & (rk[None, :] < K), other=0.0)
+    wt = load_step(wp, nmask, rk, K, K % BLOCK_K == 0)
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
     wait_for_input(PDL)
@@ -288,10 +294,7 @@ def gemv(x, w, b, r, y, N, sxm, sxk, swn, swk, srm, srn, M: tl.constexpr, K: tl.
     acc = gemv_rows(acc, wt.to(tl.float32), x, rm, rk, rk < K, sxm, sxk, M)
 {loop:k0:BLOCK_K:K}
         wp += BLOCK_K * swk
-        if K % BLOCK_K == 0:
-            wt = tl.load(wp, mask=nmask[:, None], other=0.0)
-        else:
-            wt = tl.load(wp, mask=nmask[:, None] & (rk[None, :] < K - k0), other=0.0)
+        wt = load_step(wp, nmask, rk, K - k0, K % BLOCK_K == 0)
         acc = gemv_rows(acc, wt.to(tl.float32), x, rm, k0 + rk, rk < K - k0, sxm, sxk, M)
 {step:k0}    if HAS_BIAS:  # before the activation, as the reference
         acc += bias[None, :]

@@ -269,10 +269,7 @@ def gemv_w8(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.co
     # ragged edges: loads past N / K are masked, the store drops columns past N
     nmask = rn < N  # (BLOCK_N,)
     wp = w + rn[:, None] * swn + rk[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
-    if K % BLOCK_K == 0:
-        code = tl.load(wp, mask=nmask[:, None], other=0)
-    else:
-        code = tl.load(wp, mask=nmask[:, None] & (rk[None, :] < K), other=0)
+    code = load_step(wp, nmask, rk, K, K % BLOCK_K == 0)
     s = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
     if ASYM:
         off = tl.load(zp + rn, mask=nmask, other=0).to(tl.float32)[:, None]  # (BLOCK_N, 1) zero-point codes
@@ -288,10 +285,7 @@ def gemv_w8(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.co
     acc = gemv_rows(acc, decode(code, off), x, rm, rk, rk < K, sxm, sxk, M)
 {loop:k0:BLOCK_K:K}
         wp += BLOCK_K * swk
-        if K % BLOCK_K == 0:
-            code = tl.load(wp, mask=nmask[:, None], other=0).to(tl.int32)
-        else:  # past K: x is 0, so whatever the code decodes to adds nothing
-            code = tl.load(wp, mask=nmask[:, None] & (rk[None, :] < K - k0), other=0).to(tl.int32)
+        code = load_step(wp, nmask, rk, K - k0, K % BLOCK_K == 0).to(tl.int32)  # past K: x is 0, adds nothing
         if not ASYM:
             code += 128
         acc = gemv_rows(acc, decode(code, off), x, rm, k0 + rk, rk < K - k0, sxm, sxk, M)
@@ -389,10 +383,7 @@ def gemv_f8(x, w, sc, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.conste
     rk = tl.arange(0, BLOCK_K)
     nmask = rn < N
     wp = w + rn[:, None] * swn + rk[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
-    if K % BLOCK_K == 0:
-        code = tl.load(wp, mask=nmask[:, None], other=0.0)
-    else:
-        code = tl.load(wp, mask=nmask[:, None] & (rk[None, :] < K), other=0.0)
+    code = load_step(wp, nmask, rk, K, K % BLOCK_K == 0)
     scale = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
@@ -408,10 +399,7 @@ def gemv_f8(x, w, sc, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.conste
     acc = gemv_rows_f8(acc, code.to(tl.float32), x, rm, rk, rk < K, safe, sxm, sxk, M)
 {loop:k0:BLOCK_K:K}
         wp += BLOCK_K * swk
-        if K % BLOCK_K == 0:
-            code = tl.load(wp, mask=nmask[:, None], other=0.0)
-        else:
-            code = tl.load(wp, mask=nmask[:, None] & (rk[None, :] < K - k0), other=0.0)
+        code = load_step(wp, nmask, rk, K - k0, K % BLOCK_K == 0)
         acc = gemv_rows_f8(acc, code.to(tl.float32), x, rm, k0 + rk, rk < K - k0, safe, sxm, sxk, M)
 {step:k0}    dt = y.dtype.element_ty
     out = (acc * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
