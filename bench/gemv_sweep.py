@@ -23,17 +23,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from probe_common import SHAPES, quantized, weight_copies
 
 from kiln.backends.triton import autotune
 from kiln.backends.triton.matmul import GemvConfig, LinearLauncher
-from kiln.backends.triton.quant_matmul import QuantLinearLauncher
-from kiln.ir.opset.quant import quantize_int4_grouped, quantize_int8_per_channel
-
-SHAPES = {  # name: (N, K)
-    "7b-qkv": (12288, 4096), "7b-o": (4096, 4096), "7b-gate_up": (22016, 4096), "7b-down": (4096, 11008),
-    "7b/2-qkv": (6144, 4096), "7b/2-o": (4096, 2048), "7b/2-gate_up": (11008, 4096), "7b/2-down": (4096, 5504),
-    "1b-qkv": (2560, 2048), "1b-o": (2048, 2048), "1b-gate_up": (11264, 2048), "1b-down": (2048, 5632),
-}
 
 
 def main() -> None:
@@ -51,7 +44,7 @@ def main() -> None:
     for name in args.shapes:
         n, k = SHAPES[name]
         mb = n * k * 2 / 1e6
-        copies = [torch.randn(n, k, device=dev, dtype=dtype) / k**0.5 for _ in range(max(1, int(256 // mb) + 1))]
+        copies = weight_copies(n, k, dtype, dev)
         for m in args.m:
             x = torch.randn(m, k, device=dev, dtype=dtype)
             launcher = LinearLauncher("none", False, False, constant_weights=True)
@@ -80,12 +73,7 @@ def main() -> None:
 def quant_rows(name: str, scheme: str, m: int, x: torch.Tensor, copies: list, bf16_us: float, extra: list[str]) -> None:
     """One row per scheme: the best quantized candidate (and each extra tiling) against bf16's best."""
     n, k = copies[0].shape
-    if scheme == "int8":
-        launcher = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
-        qs = [quantize_int8_per_channel(w) for w in copies]
-    else:
-        launcher = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False, constant_weights=True)
-        qs = [quantize_int4_grouped(w, 128) for w in copies]
+    qs, launcher, _ = quantized(scheme, copies)
     nbytes = qs[0][0].numel() + qs[0][1].numel() * qs[0][1].element_size() + (m * k + m * n) * 2
     times: dict[str, float] = {}
     for cand in launcher.candidates(m, on_cuda=True):

@@ -21,12 +21,7 @@ import argparse
 import torch
 import triton
 import triton.language as tl
-from gemv_sweep import SHAPES
-from probe_common import best, race, rel_err, weight_copies
-
-from kiln.backends.triton.matmul import LinearLauncher
-from kiln.backends.triton.quant_matmul import QuantLinearLauncher
-from kiln.ir.opset.quant import dequantize_int8, quantize_int4_grouped, quantize_int8_per_channel
+from probe_common import best, kiln_dense_us, kiln_quant_us, quantized, race, rel_err, table
 
 
 @triton.jit
@@ -115,40 +110,29 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["1b-qkv", "1b-o", "1b-gate_up", "1b-down"])
     ap.add_argument("--hgemv", action="store_true", help="also the int8 f16x2 kernel (else: kiln's and the read floors)")
     args = ap.parse_args()
-    dev, dtype = torch.device("cuda"), torch.bfloat16
     print(f"f16x2 quantized matvec probe | {torch.cuda.get_device_name()} | torch {torch.__version__} | "
           "M = 1, us per launch, weights rotated past L2")
     print("| shape | bf16 kiln | bf16 read floor | int8 kiln | int8 read floor | int8 hgemv (tiling) | int8 err | int4 kiln | int4 read floor |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in args.shapes:
-        n, k = SHAPES[name]
-        copies = weight_copies(n, k, dtype, dev)
-        x = torch.randn(1, k, device=dev, dtype=dtype) * 3
-        y = torch.empty((1, n), device=dev, dtype=dtype)
-        dense = LinearLauncher("none", False, False, constant_weights=True)
-        t_bf16, _ = best({c: (lambda c=c: [dense.run(c, x, w, None, None) for w in copies]) for c in dense.candidates(1, copies[0]) if c != "torch"}, len(copies))
-        row = [f"{t_bf16:.2f}", "%.2f (%s)" % floor_us([c.view(torch.int32) for c in copies])]
+
+    def row(name: str, n: int, k: int, copies: list[torch.Tensor]) -> list[str]:
+        x = torch.randn(1, k, device=copies[0].device, dtype=copies[0].dtype) * 3
+        y = torch.empty((1, n), device=x.device, dtype=x.dtype)
+        cells = [f"{kiln_dense_us(x, copies):.2f}", "%.2f (%s)" % floor_us([c.view(torch.int32) for c in copies])]
         for scheme in ("int8", "int4"):
+            qs, quant, dequant = quantized(scheme, copies)
+            cells += [f"{kiln_quant_us(quant, x, qs):.2f}", "%.2f (%s)" % floor_us([q.view(torch.int32) for q, _ in qs])]
             if scheme == "int8":
-                qs = [quantize_int8_per_channel(w) for w in copies]
-                quant = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
-            else:
-                qs = [quantize_int4_grouped(w, 128) for w in copies]
-                quant = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False, constant_weights=True)
-            t_kiln, _ = best({c: (lambda c=c: [quant.run(c, (x, q, s)) for q, s in qs]) for c in quant.candidates(1, on_cuda=True) if c != "torch"}, len(qs))
-            row += [f"{t_kiln:.2f}", "%.2f (%s)" % floor_us([q.view(torch.int32) for q, _ in qs])]
-            if scheme == "int8":
-                ref = x.float() @ dequantize_int8(*qs[0], torch.float32).T
+                ref = x.float() @ dequant(*qs[0]).T
                 tilings = {f"{bn}x{bk}_w{warps}_f{flush}": (
                     lambda i, bn=bn, bk=bk, warps=warps, flush=flush: hgemv_w8[(triton.cdiv(n, bn),)](
                         x, *qs[i], y, n, K=k, KP=triton.next_power_of_2(k), BLOCK_N=bn, BLOCK_K=bk, FLUSH=flush, num_warps=warps))
                     for bn, bk, warps, flush in (W8_TILINGS if args.hgemv else ())}
                 t, c, err = race(tilings, len(qs), lambda ref=ref: rel_err(y, ref), f"{name} int8")
-                row += [f"{t:.2f} ({c})", f"{err:.1e}"]
-            qs.clear()
-        print(f"| {name} | " + " | ".join(row) + " |", flush=True)
-        copies.clear()
-        torch.cuda.empty_cache()
+                cells += [f"{t:.2f} ({c})", f"{err:.1e}"]
+        return cells
+
+    table(args.shapes, row)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,7 @@ import argparse
 import torch
 import triton
 import triton.language as tl
-from gemv_sweep import SHAPES
-from probe_common import best, race, rel_err, weight_copies
-
-from kiln.backends.triton.matmul import LinearLauncher
-from kiln.backends.triton.quant_matmul import QuantLinearLauncher
-from kiln.ir.opset.quant import dequantize_int8, quantize_int8_per_channel
+from probe_common import kiln_dense_us, kiln_quant_us, quantized, race, rel_err, table
 
 
 @triton.jit
@@ -84,33 +79,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["1b-qkv", "1b-o", "1b-gate_up", "1b-down"])
     args = ap.parse_args()
-    dev, dtype = torch.device("cuda"), torch.bfloat16
     print(f"int8 decode probe | {torch.cuda.get_device_name()} | torch {torch.__version__} | M = 1, us per launch")
     print("| shape | bf16 kiln | int8 kiln | xgemv (tiling) | xdot (tiling) | max rel err xgemv / xdot |")
     print("|---|---|---|---|---|---|")
-    for name in args.shapes:
-        n, k = SHAPES[name]
-        copies = weight_copies(n, k, dtype, dev)
-        qs = [quantize_int8_per_channel(w) for w in copies]
-        x = torch.randn(1, k, device=dev, dtype=dtype)
-        y = torch.empty((1, n), device=dev, dtype=dtype)
-        ref = x.float() @ dequantize_int8(*qs[0], torch.float32).T
-        dense = LinearLauncher("none", False, False, constant_weights=True)
-        t_bf16, _ = best({c: (lambda c=c: [dense.run(c, x, w, None, None) for w in copies]) for c in dense.candidates(1, copies[0]) if c != "torch"}, len(qs))
-        quant = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
-        t_int8, _ = best({c: (lambda c=c: [quant.run(c, (x, q, s)) for q, s in qs]) for c in quant.candidates(1, on_cuda=True) if c != "torch"}, len(qs))
+
+    def row(name: str, n: int, k: int, copies: list[torch.Tensor]) -> list[str]:
+        qs, quant, dequant = quantized("int8", copies)
+        x = torch.randn(1, k, device=copies[0].device, dtype=copies[0].dtype)
+        y = torch.empty((1, n), device=x.device, dtype=x.dtype)
+        ref = x.float() @ dequant(*qs[0]).T
         rows = {}
         for kern, tilings in ((xgemv, ((8, 2048, 4), (16, 1024, 4), (32, 512, 4), (16, 2048, 8))),
                               (xdot, ((32, 256, 4), (64, 256, 4), (32, 512, 4), (64, 128, 4), (128, 128, 8)))):
             launches = {f"{bn}x{bk}_w{warps}": (lambda i, bn=bn, bk=bk, warps=warps, kern=kern: kern[(triton.cdiv(n, bn),)](
                 x, *qs[i], y, n, K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)) for bn, bk, warps in tilings}
-            rows[kern.fn.__name__] = race(launches, len(qs), lambda ref=ref: rel_err(y, ref),
-                                          f"{name} {kern.fn.__name__}")
-        g, d = rows["xgemv"], rows["xdot"]
-        print(f"| {name} | {t_bf16:.2f} | {t_int8:.2f} | {g[0]:.2f} ({g[1]}) | {d[0]:.2f} ({d[1]}) | {g[2]:.1e} / {d[2]:.1e} |", flush=True)
-        copies.clear()
-        qs.clear()
-        torch.cuda.empty_cache()
+            rows[kern.fn.__name__] = race(launches, len(qs), lambda: rel_err(y, ref), f"{name} {kern.fn.__name__}")
+        (tg, cg, eg), (td, cd, ed) = rows["xgemv"], rows["xdot"]
+        return [f"{kiln_dense_us(x, copies):.2f}", f"{kiln_quant_us(quant, x, qs):.2f}", f"{tg:.2f} ({cg})", f"{td:.2f} ({cd})", f"{eg:.1e} / {ed:.1e}"]
+
+    table(args.shapes, row)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ ignored. Sections (all by default):
   over steps) and peak pool use.
 * quant: batch-1 decode of kiln bf16, int8, int4 (g128), w8a8, fp8, bf16 2:4-pruned, and the gpt-fast int8 recipe.
 
-Model: `--shape 7b` builds the Llama-2-7B shape instead (dim 4096, 32 layers, 32 heads and KV heads,
-MLP 11008); `--schemes` picks the quant section's rows.
+Model: `--shape 7b` builds the Llama-2-7B shape instead (bench/tp.py's SHAPES: dim 4096, 32 layers,
+32 heads and KV heads, MLP 11008); `--schemes` picks the quant section's rows.
 
     python3 bench/llm.py [--sections decode throughput quant] [--requests 256] [--shape 7b] [--schemes bf16 int8 int4]
 """
@@ -40,20 +40,15 @@ import kiln
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
+from tp import SHAPES  # noqa: E402  (the model shapes, LlamaConfig fields)
 
 VOCAB = 32000
 
 
-SHAPES = {  # name: LlamaConfig fields (vocab 32000, 2048 positions)
-    "1.1b": {"hidden_size": 2048, "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4,
-             "intermediate_size": 5632},
-    "7b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-           "intermediate_size": 11008},
-}
 SCHEMES = ("bf16", "int8", "int4", "w8a8", "fp8", "2:4", "gpt-fast")
 
 
-def build(shape: str = "1.1b") -> torch.nn.Module:
+def build(shape: str = "1b") -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -220,7 +215,7 @@ def section_quant(model: torch.nn.Module, new: int, schemes: tuple[str, ...] = S
         _, sec = loop.generate(prompt, new)
         rows.append(("gpt-fast int8 recipe (dequant in PyTorch, torch.compile)", new / sec, f"first call {loop.first_call_s:.1f} s"))
         free(loop)
-    bf16 = rows[0][1]
+    bf16 = next((tps for name, tps, _ in rows if name == "kiln bf16"), float("nan"))  # ratios need the bf16 row
     print(f"## quantized batch-1 decode (prompt 16, {new} new tokens)\n")
     print("| system | tok/s | vs kiln bf16 | note |\n|---|---|---|---|")
     for name, tps, note in rows:
@@ -233,13 +228,13 @@ def main() -> None:
     p.add_argument("--sections", nargs="+", default=["decode", "throughput", "quant"])
     p.add_argument("--requests", type=int, default=256)
     p.add_argument("--new", type=int, default=128)
-    p.add_argument("--shape", default="1.1b", choices=list(SHAPES))
+    p.add_argument("--shape", default="1b", choices=list(SHAPES))
     p.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES, help="the quant section's rows (bf16 first)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     model = build(args.shape)
     print(f"kiln LLM bench | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {torch.cuda.get_device_name()} | "
-          f"torch {torch.__version__} | transformers {transformers.__version__} | Llama-{args.shape.upper()} shape, random bf16, greedy\n", flush=True)
+          f"torch {torch.__version__} | transformers {transformers.__version__} | Llama {'1.1B' if args.shape == '1b' else args.shape.upper()} shape, random bf16, greedy\n", flush=True)
     for s in args.sections:
         {"decode": lambda: section_decode(model, args.new), "throughput": lambda: section_throughput(model, args.requests),
          "quant": lambda: section_quant(model, args.new, tuple(args.schemes))}[s]()

@@ -1,5 +1,6 @@
 """What the kernel probes share (bench/int8_decode_probe.py, hgemv_probe.py, tmv_probe.py): weight
-copies past L2, autotune-style timing of candidates, and trying tilings against a reference.
+copies past L2, autotune-style timing of candidates (kiln's own among them), trying tilings
+against a reference, and the table of one row per shape.
 
 Each probe times one launch per weight copy in a CUDA graph, with enough copies (256 MB) that no
 copy is still in L2 when its turn comes, exactly as `autotune.time_ms` times kiln's candidates.
@@ -12,6 +13,17 @@ from typing import Callable
 import torch
 
 from kiln.backends.triton import autotune
+from kiln.backends.triton.matmul import TORCH, LinearLauncher
+from kiln.backends.triton.quant_matmul import QuantLinearLauncher
+from kiln.ir.opset.quant import dequantize_int4, dequantize_int8, quantize_int4_grouped, quantize_int8_per_channel
+
+# the decode projections (N, K) of the Llama-2-7B shape at TP = 1 and 2 (column-parallel q/k/v and
+# gate/up halve N, row-parallel o / down halve K) and of the 1.1B Llama
+SHAPES = {  # name: (N, K)
+    "7b-qkv": (12288, 4096), "7b-o": (4096, 4096), "7b-gate_up": (22016, 4096), "7b-down": (4096, 11008),
+    "7b/2-qkv": (6144, 4096), "7b/2-o": (4096, 2048), "7b/2-gate_up": (11008, 4096), "7b/2-down": (4096, 5504),
+    "1b-qkv": (2560, 2048), "1b-o": (2048, 2048), "1b-gate_up": (11264, 2048), "1b-down": (2048, 5632),
+}
 
 
 def weight_copies(n: int, k: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
@@ -47,3 +59,39 @@ def race(tilings: dict[str, Callable[[int], object]], copies: int, check: Callab
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     """max |y - ref| / max |ref|, in fp32."""
     return ((y.float() - ref).abs().max() / ref.abs().max()).item()
+
+
+def quantized(scheme: str, copies: list[torch.Tensor]) -> tuple[list[tuple], QuantLinearLauncher, Callable]:
+    """The copies as `scheme` ("int8" per channel, "int4" in groups of 128) codes and scales, kiln's
+    launcher for them (constant weights) and the scheme's dequantize (codes, scales -> fp32 weight)."""
+    if scheme == "int8":
+        return ([quantize_int8_per_channel(w) for w in copies],
+                QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True),
+                lambda q, s: dequantize_int8(q, s, torch.float32))
+    return ([quantize_int4_grouped(w, 128) for w in copies],
+            QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False, constant_weights=True),
+            lambda q, s: dequantize_int4(q, s, 128, torch.float32))
+
+
+def kiln_dense_us(x: torch.Tensor, copies: list[torch.Tensor]) -> float:
+    """kiln's best dense (bf16) linear candidate for x over the copies, us per launch."""
+    dense = LinearLauncher("none", False, False, constant_weights=True)
+    return best({c: (lambda c=c: [dense.run(c, x, w, None, None) for w in copies])
+                 for c in dense.candidates(x.shape[0], copies[0]) if c != TORCH}, len(copies))[0]
+
+
+def kiln_quant_us(launcher: QuantLinearLauncher, x: torch.Tensor, qs: list[tuple]) -> float:
+    """kiln's best quantized candidate for x over the quantized copies, us per launch."""
+    return best({c: (lambda c=c: [launcher.run(c, (x, *q)) for q in qs])
+                 for c in launcher.candidates(x.shape[0], on_cuda=True) if c != TORCH}, len(qs))[0]
+
+
+def table(shapes: list[str], row: Callable[[str, int, int, list[torch.Tensor]], list[str]]) -> None:
+    """One markdown row per shape: `row(name, N, K, bf16 weight copies)` gives the cells after the
+    name; the copies are freed before the next shape."""
+    for name in shapes:
+        n, k = SHAPES[name]
+        copies = weight_copies(n, k, torch.bfloat16, torch.device("cuda"))
+        print(f"| {name} | " + " | ".join(row(name, n, k, copies)) + " |", flush=True)
+        copies.clear()
+        torch.cuda.empty_cache()

@@ -16,12 +16,7 @@ import argparse
 import torch
 import triton
 import triton.language as tl
-from gemv_sweep import SHAPES
-from probe_common import best, race, rel_err, weight_copies
-
-from kiln.backends.triton.matmul import LinearLauncher
-from kiln.backends.triton.quant_matmul import QuantLinearLauncher
-from kiln.ir.opset.quant import dequantize_int4, dequantize_int8, quantize_int4_grouped, quantize_int8_per_channel
+from probe_common import kiln_dense_us, kiln_quant_us, quantized, race, rel_err, table
 
 
 @triton.jit
@@ -72,42 +67,34 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["1b-qkv", "1b-gate_up", "1b-down", "7b-qkv", "7b-gate_up", "7b-down"])
     ap.add_argument("--m", type=int, default=1)
     args = ap.parse_args()
-    dev, dtype, m = torch.device("cuda"), torch.bfloat16, args.m
+    m = args.m
     print(f"tensor-core (W as A) quantized matvec probe | {torch.cuda.get_device_name()} | torch {torch.__version__} | "
           f"M = {m}, us per launch, weights rotated past L2")
     print("| shape | bf16 kiln | int8 kiln | int8 tmv (tiling) | err | int4 kiln | int4 tmv (tiling) | err |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in args.shapes:
-        n, k = SHAPES[name]
-        copies = weight_copies(n, k, dtype, dev)
-        x = torch.randn(m, k, device=dev, dtype=dtype)
-        y = torch.empty((m, n), device=dev, dtype=dtype)
-        dense = LinearLauncher("none", False, False, constant_weights=True)
-        row = ["%.2f" % best({c: (lambda c=c: [dense.run(c, x, w, None, None) for w in copies]) for c in dense.candidates(m, copies[0]) if c != "torch"}, len(copies))[0]]
+
+    def row(name: str, n: int, k: int, copies: list[torch.Tensor]) -> list[str]:
+        x = torch.randn(m, k, device=copies[0].device, dtype=copies[0].dtype)
+        y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+        cells = [f"{kiln_dense_us(x, copies):.2f}"]
         for scheme in ("int8", "int4"):
+            qs, quant, dequant = quantized(scheme, copies)
+            ref = x.float() @ dequant(*qs[0]).T
             if scheme == "int8":
-                qs = [quantize_int8_per_channel(w) for w in copies]
-                quant = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
-                ref = x.float() @ dequantize_int8(*qs[0], torch.float32).T
                 tilings = {f"{bn}x{bk}_w{warps}_s{stages}": (
                     lambda i, bn=bn, bk=bk, warps=warps, stages=stages: tmv_w8[(triton.cdiv(n, bn),)](
                         x, *qs[i], y, n, m, K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages))
                     for bn, bk, warps, stages in W8_TILINGS}
             else:
-                qs = [quantize_int4_grouped(w, 128) for w in copies]
-                quant = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False, constant_weights=True)
-                ref = x.float() @ dequantize_int4(*qs[0], 128, torch.float32).T
                 tilings = {f"{bn}_w{warps}_s{stages}": (
                     lambda i, bn=bn, warps=warps, stages=stages: tmv_w4[(triton.cdiv(n, bn),)](
                         x, *qs[i], y, n, m, K=k, GS=128, BLOCK_N=bn, num_warps=warps, num_stages=stages))
                     for bn, warps, stages in W4_TILINGS}
-            t_kiln, _ = best({c: (lambda c=c: [quant.run(c, (x, q, s)) for q, s in qs]) for c in quant.candidates(m, on_cuda=True) if c != "torch"}, len(qs))
             t, c, err = race(tilings, len(qs), lambda ref=ref: rel_err(y, ref), f"{name} {scheme}")
-            row += [f"{t_kiln:.2f}", f"{t:.2f} ({c})", f"{err:.1e}"]
-            qs.clear()
-        print(f"| {name} | " + " | ".join(row) + " |", flush=True)
-        copies.clear()
-        torch.cuda.empty_cache()
+            cells += [f"{kiln_quant_us(quant, x, qs):.2f}", f"{t:.2f} ({c})", f"{err:.1e}"]
+        return cells
+
+    table(args.shapes, row)
 
 
 if __name__ == "__main__":

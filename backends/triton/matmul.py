@@ -153,7 +153,8 @@ _ACT = {
     "gelu_tanh": "    acc = acc * tl.sigmoid(1.5957691216057308 * (acc + 0.044715 * acc * acc * acc))\n",
 }
 
-# the PDL wait and the per-row CUDA-core product, shared by `gemv` here and quant_kernels' gemv_w8 / gemv_w4
+# the PDL wait, the K-step load and the per-row CUDA-core product, shared by `gemv` here and
+# quant_kernels' gemv_w8 / gemv_w4 / gemv_f8 / hgemv_w4
 GEMV_COMMON = '''try:
     from triton.language.extra.cuda import gdc_wait
 except ImportError:  # an older Triton: only PDL=False kernels compile (the launcher offers no other)

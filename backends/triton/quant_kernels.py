@@ -35,13 +35,13 @@ constant, so `(code - zero)` costs nothing extra.
   read after. bench/pdl_probe.py, 88 chained int8 2048 x 2048 matvecs in a CUDA graph on an H200:
   4.06 us each plain, 2.86 us with PDL and weights before the wait (cuBLAS bf16 6.04 us).
 * `hgemv_w4` (batch-1 symmetric int4 on CUDA, bf16 / fp16 activations): the int4 gemv is bound by
-  its per-weight arithmetic, not by DRAM (bench/RESULTS.md, 2026-11-22: 1.3-1.4 TB/s at 7B). Here
+  its per-weight arithmetic, not by DRAM (bench/RESULTS.md, 2026-11-22: 1.0-1.4 TB/s at 7B). Here
   nothing is widened per weight: byte permutes and lop3 turn eight codes into exact f16x2 values,
   `fma.rn.f16x2` multiplies two weights per instruction, and the f16 sums are widened to fp32 every
   FLUSH steps. x is scaled by a power of two and the group scales by the tensor's power of two
-  (`rescale` undoes both), so no f16 value can overflow. H200, 16 x 512 tiles: 7B gate/up 22.6 us
-  against 32.3 for the best `gemv_w4`, 1.1B gate/up 7.6 against 9.0; error 2-3e-3 of the output
-  range (bf16's rounding). Inline PTX: the interpreter cannot run it, so CPU never offers it.
+  (`rescale` undoes both), so no f16 value can overflow. H200 (bench/gemv_sweep.py): 7B gate/up
+  22.4 us against 32.3 for the best `gemv_w4`, down 15.9 against 23.0, 1.1B gate/up 6.4 against
+  9.1; error 2-3e-3 of the output range (bf16's rounding). Inline PTX: the interpreter cannot run it, so CPU never offers it.
 * `gemv_f8` (batch-1 `linear_fp8`, M <= 4): the reference quantizes x per token and runs
   `torch._scaled_mm`, about eight launches per linear (1.1B decode at 0.3x of bf16). Here one
   gemv: each program finds its rows' token scales, rounds x / s to e4m3 in fp32 arithmetic
@@ -363,11 +363,14 @@ def gemv_w4(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, ssn, ssg, M: tl.constexpr
 def round_e4m3(v):
     # v (fp32) clamped to +-448 and rounded to the nearest fp8 e4m3 value, ties to even, as
     # torch's float8_e4m3fn cast rounds: the spacing is 2^(exponent - 3), 2^-9 below 2^-6
-    # (subnormals); v / spacing is exact and below 16, so the 1.5 * 2^23 trick rounds it
+    # (subnormals); v times the spacing's reciprocal (a power of two: exact, no division) is below
+    # 16, so the 1.5 * 2^23 trick rounds it
     v = tl.minimum(tl.maximum(v, -448.0), 448.0)
     ex = (v.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased exponent
-    spacing = ((tl.maximum(ex, 121) - 3) << 23).to(tl.float32, bitcast=True)
-    return ((v / spacing + 12582912.0) - 12582912.0) * spacing
+    sp = tl.maximum(ex, 121) - 3  # the spacing's biased exponent, 118..132
+    spacing = (sp << 23).to(tl.float32, bitcast=True)
+    inverse = ((254 - sp) << 23).to(tl.float32, bitcast=True)
+    return ((v * inverse + 12582912.0) - 12582912.0) * spacing
 
 
 @triton.jit

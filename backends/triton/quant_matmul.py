@@ -304,17 +304,17 @@ class QuantLinearLauncher:
         K are compile-time constants (K is the weight's, M at most GEMV_M): a few compiles per node."""
         (m, k), n = x2.shape, q.shape[0]
         block_k = min(cfg.block_k, _pow2(k))
-        args = (x2, q, scale, zeros, bias if bias is not None else y, y, n, *x2.stride(), *q.stride())
-        flags = {"HAS_BIAS": bias is not None, "ASYM": self.asymmetric, **gemv_flags(cfg, m, k, pdl)}
+        tail = (bias if bias is not None else y, y, n, *x2.stride(), *q.stride())  # bias, out, N, strides
+        flags = {"HAS_BIAS": bias is not None, **gemv_flags(cfg, m, k, pdl)}
         grid = (-(-n // cfg.block_n),)
         mod = self._module(x2)
-        if self.op == "linear_w4":  # a step is whole groups
-            mod.gemv_w4[grid](*args, *scale.stride(), GS=self.group_size, BLOCK_K=max(block_k, self.group_size), **flags)
-        elif self.op == "linear_fp8":  # no zero points; every program needs each row's whole x for its token scale
-            del flags["ASYM"]
-            mod.gemv_f8[grid](x2, q, scale, *args[4:], KP=_pow2(k), BLOCK_K=block_k, **flags)
+        if self.op == "linear_fp8":  # no zero points; every program reads each row's whole x for its token scale
+            mod.gemv_f8[grid](x2, q, scale, *tail, KP=_pow2(k), BLOCK_K=block_k, **flags)
+        elif self.op == "linear_w4":  # a step is whole groups
+            mod.gemv_w4[grid](x2, q, scale, zeros, *tail, *scale.stride(), ASYM=self.asymmetric, GS=self.group_size,
+                              BLOCK_K=max(block_k, self.group_size), **flags)
         else:
-            mod.gemv_w8[grid](*args, BLOCK_K=block_k, **flags)
+            mod.gemv_w8[grid](x2, q, scale, zeros, *tail, ASYM=self.asymmetric, BLOCK_K=block_k, **flags)
 
     def _half(self, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, float] | None:
         """hgemv_w4's operands for this weight: (group scales times a power of two, in f16, and the
@@ -322,8 +322,7 @@ class QuantLinearLauncher:
         interpreter cannot run it), not one row of bf16 / fp16, asymmetric, weights that are not
         constants (the f16 scales are made once per weight, outside graph capture), or group scales
         spread wider than HALF_SCALE_RANGE (the small ones would lose precision in f16)."""
-        if (self.op != "linear_w4" or self.asymmetric or not self.constant_weights or not x2.is_cuda or debug.TRITON_INTERPRET
-                or x2.shape[0] != 1 or x2.dtype not in (torch.bfloat16, torch.float16) or q.stride(1) != 1):
+        if not self._hgemv_offered(x2.shape[0], x2.is_cuda) or x2.dtype not in (torch.bfloat16, torch.float16) or q.stride(1) != 1:
             return None
         key = (scale.data_ptr(), tuple(scale.shape), scale.dtype)
         if key not in self._half_scales:
@@ -331,6 +330,11 @@ class QuantLinearLauncher:
                 return None  # no host sync inside a capture; a later uncaptured call prepares them
             self._half_scales[key] = half_scales(scale)
         return self._half_scales[key]
+
+    def _hgemv_offered(self, m: int, on_cuda: bool) -> bool:
+        """hgemv_w4 applies to one row of symmetric int4 with constant weights, compiled for CUDA."""
+        return m == 1 and on_cuda and self.op == "linear_w4" and not self.asymmetric and self.constant_weights \
+            and not debug.TRITON_INTERPRET
 
     def _hgemv(self, cfg: HalfGemvConfig, x2: torch.Tensor, q: torch.Tensor, s16: torch.Tensor, rescale: float,
                bias: Any, y: torch.Tensor, pdl: bool) -> None:
@@ -387,8 +391,7 @@ class QuantLinearLauncher:
                 return dmv + [TORCH]
             pdl = self._pdl_ok(on_cuda)
             gemv = [c.name for c in (GEMV_W4 if self.op == "linear_w4" else GEMV_W8) if pdl or not c.pdl]
-            if m == 1 and on_cuda and self.op == "linear_w4" and not self.asymmetric and self.constant_weights \
-                    and not debug.TRITON_INTERPRET:
+            if self._hgemv_offered(m, on_cuda):
                 gemv = [c.name for c in HGEMV_W4 if pdl or not c.pdl] + gemv
             return (gemv + dmv if on_cuda else dmv + gemv) + [TORCH]
         return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
