@@ -13,6 +13,7 @@ from .fuse_elementwise import fuse_elementwise
 from .fuse_epilogues import fuse_epilogues
 from .fuse_patterns import fuse_patterns
 from .fuse_projections import fuse_projections
+from .fuse_prologues import fuse_prologues
 from .manager import Pass, PassContext, PassError, PassRecord, graph_pass, run_pipeline
 from .memory import MemoryPlan, plan_memory
 from .pad import pad_matmul_dims
@@ -23,5 +24,5 @@ from .simplify import simplify
 
 __all__ = [
     "PIPELINE", "MemoryPlan", "Pass", "PassContext", "PassError", "PassRecord", "QuantScheme", "eliminate_common_subexpressions",
-    "eliminate_dead_nodes", "fold_constants", "fuse_collectives", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "graph_pass", "pad_matmul_dims", "plan_memory", "PruneScheme", "prune_weights", "quantize_weights", "run_pipeline", "simplify",
+    "eliminate_dead_nodes", "fold_constants", "fuse_collectives", "fuse_elementwise", "fuse_epilogues", "fuse_patterns", "fuse_projections", "fuse_prologues", "graph_pass", "pad_matmul_dims", "plan_memory", "PruneScheme", "prune_weights", "quantize_weights", "run_pipeline", "simplify",
 ]

@@ -10,6 +10,7 @@ from .fuse_elementwise import fuse_elementwise
 from .fuse_epilogues import fuse_epilogues
 from .fuse_patterns import fuse_patterns
 from .fuse_projections import fuse_projections
+from .fuse_prologues import fuse_prologues
 from .manager import Pass
 from .memory import plan_memory
 from .pad import pad_matmul_dims
@@ -34,5 +35,6 @@ PIPELINE: list[Pass] = [
     fuse_collectives,  # after fuse_epilogues: all_reduce + add_rms_norm -> one collective
     fuse_elementwise,
     pad_matmul_dims,
+    fuse_prologues,  # after fuse_elementwise (the SiLU-mul group) and padding (it rewrites bare linears)
     plan_memory,
 ]

@@ -58,8 +58,8 @@ def kernel_for(device: Any) -> Callable[[Any], Any]:
     kset = KernelSet()  # every group of this plan compiles into one extension, on first launch
 
     def hook(node: Any) -> Any:
-        if node.subgraph is None:
-            return None
+        if node.subgraph is None or node.attrs.get("kind") not in ("elementwise", "reduction"):
+            return None  # a "prologue" group (a linear inside) runs its body in PyTorch
         gen = generate_reduction if node.attrs.get("kind") == "reduction" else generate
         try:
             idx, k = kset.add(lambda prefix: gen(node.subgraph, prefix))

@@ -59,6 +59,10 @@ def kernel_for(device: Any) -> Callable[[Any], Any]:
             return quant_linear_kernel(node)
         if node.subgraph is None:
             return row_kernel(node)
+        if node.attrs.get("kind") == "prologue":  # a norm / SiLU-mul read by the linear's gemv
+            from .prologue import prologue_kernel
+
+            return prologue_kernel(node)
         gen = generate_reduction if node.attrs.get("kind") == "reduction" else generate
         try:
             return GroupLauncher(gen(node.subgraph))

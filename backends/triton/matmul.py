@@ -49,6 +49,7 @@ from .autotune import bucket, choose
 from .cache import load_module
 from .pdl import available as pdl_available
 from .pdl import with_pdl
+from .prologue import PRO_NONE, no_prologue
 from .sparse24 import SPARSE24, SparseWeight
 
 SMALL_M = 16  # at most this many rows: the matvec configs join the candidates
@@ -180,12 +181,47 @@ def load_step(wp, nmask, rk, left, EVEN: tl.constexpr):
 
 
 @triton.jit
-def gemv_rows(acc, wf, x, rm, kx, kin, sxm, sxk, M: tl.constexpr):
+def load_x(x, r, g, s, i, kx, kin, sxm, sxk, PRO: tl.constexpr, K: tl.constexpr, STORE: tl.constexpr):
+    # row i of the linear's input at columns kx (any shape), in fp32, read through the prologue
+    # PRO (prologue.py): 0 none; 1 SiLU-mul: silu(x[i, kx]) * x[i, K + kx], rounded to x's dtype as
+    # the unfused SiLU-mul stores it; 2 RMSNorm: x[i, kx] * g[kx]; 3 add + RMSNorm: as 2 on the sum
+    # v = x + r[i, kx] (rounded to x's dtype, as the reference's residual stream), which program 0
+    # stores into s where STORE. Returns (the input, v): a norm's caller sums v * v per row and
+    # scales the reduced products by the row's 1 / rms. r and s are contiguous [M, K].
+    v = tl.load(x + i * sxm + kx * sxk, mask=kin, other=0.0)
+    if PRO == 1:
+        a = v.to(tl.float32)
+        u = tl.load(x + i * sxm + (K + kx) * sxk, mask=kin, other=0.0).to(tl.float32)
+        f = (a * tl.sigmoid(a) * u).to(v.dtype).to(tl.float32)
+        return f, f
+    if PRO == 3:
+        v = (v.to(tl.float32) + tl.load(r + i * K + kx, mask=kin, other=0.0).to(tl.float32)).to(v.dtype)
+        if STORE:
+            tl.store(s + i * K + kx, v, mask=kin & (tl.program_id(0) == 0))
+    f = v.to(tl.float32)
+    if PRO >= 2:
+        return f * tl.load(g + kx, mask=kin, other=0.0).to(tl.float32), f
+    return f, f
+
+
+@triton.jit
+def gemv_rows(acc, ss, wf, x, r, g, s, rm, kx, kin, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr, K: tl.constexpr):
     # acc[i, :] += wf . x[i, kx] for each of the M rows on CUDA cores (wf: fp32 (BLOCK_N, BLOCK_K)
-    # weights); one row at a time, so only one product tile is live
+    # weights), x read through the prologue; one row at a time, so only one product tile is live.
+    # ss[i] gathers a norm prologue's sum of squares of row i
     for i in tl.static_range(M):
-        xv = tl.load(x + i * sxm + kx * sxk, mask=kin, other=0.0).to(tl.float32)
+        xv, v = load_x(x, r, g, s, i, kx, kin, sxm, sxk, PRO, K, True)
         acc += tl.where(rm[:, None] == i, tl.sum(wf * xv[None, :], axis=1)[None, :], 0.0)
+        if PRO >= 2:
+            ss += tl.where(rm == i, tl.sum(v * v), 0.0)
+    return acc, ss
+
+
+@triton.jit
+def norm_rows(acc, ss, eps, PRO: tl.constexpr, K: tl.constexpr):
+    # a norm prologue's 1 / rms of each row on its reduced products (BLOCK_M, BLOCK_N)
+    if PRO >= 2:
+        acc = acc * tl.rsqrt(ss / K + eps)[:, None]
     return acc
 
 
@@ -275,8 +311,8 @@ def matvec(x, w, b, r, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, srm, srn,
 
 
 {gemv_common}@triton.jit
-def gemv(x, w, b, r, y, N, sxm, sxk, swn, swk, srm, srn, M: tl.constexpr, K: tl.constexpr,
-         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr,
+def gemv(x, w, b, r, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, srm, srn, M: tl.constexpr, K: tl.constexpr,
+         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # batch-1 decode on CUDA cores, no x padding: each program owns BLOCK_N columns of all M
     # rows; K is a compile-time constant, so K <= BLOCK_K is one load of the whole weight tile
@@ -292,12 +328,14 @@ def gemv(x, w, b, r, y, N, sxm, sxk, swn, swk, srm, srn, M: tl.constexpr, K: tl.
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
     wait_for_input(PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = gemv_rows(acc, wt.to(tl.float32), x, rm, rk, rk < K, sxm, sxk, M)
+    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc, ss = gemv_rows(acc, ss, wt.to(tl.float32), x, pr, pg, ps, rm, rk, rk < K, sxm, sxk, M, PRO, K)
 {loop:k0:BLOCK_K:K}
         wp += BLOCK_K * swk
         wt = load_step(wp, nmask, rk, K - k0, K % BLOCK_K == 0)
-        acc = gemv_rows(acc, wt.to(tl.float32), x, rm, k0 + rk, rk < K - k0, sxm, sxk, M)
-{step:k0}    if HAS_BIAS:  # before the activation, as the reference
+        acc, ss = gemv_rows(acc, ss, wt.to(tl.float32), x, pr, pg, ps, rm, k0 + rk, rk < K - k0, sxm, sxk, M, PRO, K)
+{step:k0}    acc = norm_rows(acc, ss, eps, PRO, K)
+    if HAS_BIAS:  # before the activation, as the reference
         acc += bias[None, :]
     epilogue(acc, rm, rn, M, N, b, r, y, srm, srn, False, HAS_RES)
 
@@ -472,14 +510,37 @@ class LinearLauncher:
             mod.finish[(-(-n // 128), tiles_m)](part, b, r, y_, m, n, *rs, **flags, SPLIT=split, BLOCK_M=block_m, BLOCK_N=128)
 
     def _gemv(self, cfg: GemvConfig, x2: torch.Tensor, w: torch.Tensor, bias: Any, r2: Any, y: torch.Tensor,
-              pdl: bool) -> None:
-        """One launch of `gemv`, with programmatic dependent launch when `pdl`. M and K are
-        compile-time constants (K is the weight's, M at most GEMV_M): a few compiles per node."""
-        (m, k), n = x2.shape, w.shape[0]
+              pdl: bool, pro: Any = None) -> None:
+        """One launch of `gemv`, with programmatic dependent launch when `pdl`, x read through
+        `pro` (a prologue.Prologue) when given. M and K are compile-time constants (K is the
+        weight's, M at most GEMV_M): a few compiles per node."""
+        m, (n, k) = x2.shape[0], w.shape
         (b, r, y_), rs = self._epilogue_args(y, bias, r2)
         self._module(x2).gemv[(-(-n // cfg.block_n),)](
-            x2, w, b, r, y_, n, *x2.stride(), *w.stride(), *rs, HAS_BIAS=bias is not None, HAS_RES=r2 is not None,
+            x2, w, b, r, y_, *(pro.args(y) if pro is not None else no_prologue(y)), n, *x2.stride(), *w.stride(), *rs,
+            HAS_BIAS=bias is not None, HAS_RES=r2 is not None, PRO=pro.kind if pro is not None else PRO_NONE,
             BLOCK_K=min(cfg.block_k, _pow2(k)), **gemv_flags(cfg, m, k, pdl))
+
+    def takes_prologue(self, name: str, x: torch.Tensor) -> bool:
+        """Candidate `name` can read x through a prologue (prologue.py): a gemv config, at most
+        GEMV_M rows, a dtype and size the kernels take."""
+        m = x.numel() // max(x.shape[-1], 1)
+        return isinstance(CONFIGS.get(name), GemvConfig) and m <= GEMV_M and x.dtype in _DTYPES and 0 < m \
+            and x.numel() < _INT32
+
+    def run_with_prologue(self, name: str, ins: tuple, pro: Any) -> torch.Tensor:
+        """One launch of gemv config `name` (where `takes_prologue`) on inputs in IR order whose x
+        is the prologue's input (x [..., K], or [..., 2K] for SiLU-mul)."""
+        x, w = ins[0], ins[1]
+        residual = ins[2] if self.has_residual else None
+        bias = ins[-1] if self.has_bias else None
+        n = w.shape[0]
+        x2 = x.reshape(-1, x.shape[-1])
+        y = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
+        cfg = CONFIGS[name]
+        self._gemv(cfg, x2, w, bias, residual.reshape(-1, n) if residual is not None else None, y,
+                   cfg.pdl and self._pdl_ok(x2.is_cuda), pro)
+        return y.view(*x.shape[:-1], n)
 
     def _pdl_ok(self, on_cuda: bool) -> bool:
         return on_cuda and self.constant_weights and pdl_available()

@@ -256,8 +256,8 @@ def dmv_w4(x, w, sc, zp, b, y, part, M, N, K, K_SPLIT, sxm, sxk, swn, swk, ssn, 
 
 
 {gemv_common}@triton.jit
-def gemv_w8(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.constexpr,
-            HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, PDL: tl.constexpr,
+def gemv_w8(x, w, sc, zp, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.constexpr,
+            HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # batch-1 decode on CUDA cores, no x padding: each program owns BLOCK_N columns of all M
     # rows; K is a compile-time constant, so K <= BLOCK_K is one load of the whole code tile and
@@ -279,38 +279,43 @@ def gemv_w8(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.co
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
     wait_for_input(PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)  # a norm prologue's sums of squares
     code = code.to(tl.int32)
     if not ASYM:
         code += 128
-    acc = gemv_rows(acc, decode(code, off), x, rm, rk, rk < K, sxm, sxk, M)
+    acc, ss = gemv_rows(acc, ss, decode(code, off), x, pr, pg, ps, rm, rk, rk < K, sxm, sxk, M, PRO, K)
 {loop:k0:BLOCK_K:K}
         wp += BLOCK_K * swk
         code = load_step(wp, nmask, rk, K - k0, K % BLOCK_K == 0).to(tl.int32)  # past K: x is 0, adds nothing
         if not ASYM:
             code += 128
-        acc = gemv_rows(acc, decode(code, off), x, rm, k0 + rk, rk < K - k0, sxm, sxk, M)
-{step:k0}    out = acc * s[None, :]  # the channel scale, once on the reduced sums
+        acc, ss = gemv_rows(acc, ss, decode(code, off), x, pr, pg, ps, rm, k0 + rk, rk < K - k0, sxm, sxk, M, PRO, K)
+{step:k0}    out = norm_rows(acc, ss, eps, PRO, K) * s[None, :]  # the channel scale, once on the reduced sums
     if HAS_BIAS:
         out += bias[None, :]
     epilogue(out, rm, rn, M, N, b, y, False)
 
 
 @triton.jit
-def gemv_rows_w4(acc, lo, hi, s, x, rm, kx, kin, sxm, sxk, M: tl.constexpr):
+def gemv_rows_w4(acc, ss, lo, hi, s, x, pr, pg, ps, rm, kx, kin, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr,
+                 K: tl.constexpr):
     # acc[i, :] += sum over groups g of s[:, g] * (lo . x_even + hi . x_odd)[:, g] for each row:
     # lo / hi are the (BLOCK_N, G, GS / 2) codes - zero of the even / odd columns, kx the
-    # (G, GS / 2) even columns of x; each group's scale multiplies its reduced sum once
+    # (G, GS / 2) even columns of x (read through the prologue; ss: a norm's sums of squares);
+    # each group's scale multiplies its reduced sum once
     for i in tl.static_range(M):
-        xe = tl.load(x + i * sxm + kx * sxk, mask=kin, other=0.0).to(tl.float32)
-        xo = tl.load(x + i * sxm + (kx + 1) * sxk, mask=kin, other=0.0).to(tl.float32)
+        xe, ve = load_x(x, pr, pg, ps, i, kx, kin, sxm, sxk, PRO, K, True)
+        xo, vo = load_x(x, pr, pg, ps, i, kx + 1, kin, sxm, sxk, PRO, K, True)
         per_group = tl.sum(lo * xe[None, :, :] + hi * xo[None, :, :], axis=2) * s  # (BLOCK_N, G)
         acc += tl.where(rm[:, None] == i, tl.sum(per_group, axis=1)[None, :], 0.0)
-    return acc
+        if PRO >= 2:
+            ss += tl.where(rm == i, tl.sum(tl.sum(ve * ve + vo * vo, axis=1), axis=0), 0.0)
+    return acc, ss
 
 
 @triton.jit
-def gemv_w4(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, ssn, ssg, M: tl.constexpr, K: tl.constexpr,
-            HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, PDL: tl.constexpr, GS: tl.constexpr,
+def gemv_w4(x, w, sc, zp, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, ssn, ssg, M: tl.constexpr, K: tl.constexpr,
+            HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, GS: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # as gemv_w8; BLOCK_K (unpacked columns per step) is a multiple of GS and GS divides K, so a
     # step is G whole groups: the bytes load as a (BLOCK_N, G, GS / 2) tile, each group's scale
@@ -339,8 +344,10 @@ def gemv_w4(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, ssn, ssg, M: tl.constexpr
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
     wait_for_input(PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
     byte = byte.to(tl.int32)
-    acc = gemv_rows_w4(acc, decode(byte & 15, off), decode(byte >> 4, off), s, x, rm, kx, kx < K, sxm, sxk, M)
+    acc, ss = gemv_rows_w4(acc, ss, decode(byte & 15, off), decode(byte >> 4, off), s, x, pr, pg, ps, rm, kx, kx < K,
+                           sxm, sxk, M, PRO, K)
 {loop:k0:BLOCK_K:K}
         wp += (BLOCK_K // 2) * swk
         sp += G * ssg
@@ -352,9 +359,10 @@ def gemv_w4(x, w, sc, zp, b, y, N, sxm, sxk, swn, swk, ssn, ssg, M: tl.constexpr
         s = tl.load(sc + sp, mask=gmask, other=0).to(tl.float32)
         if ASYM:
             off = tl.load(zp + sp, mask=gmask, other=0).to(tl.float32)[:, :, None]
-        acc = gemv_rows_w4(acc, decode(byte & 15, off), decode(byte >> 4, off), s, x, rm, k0 + kx, kx < K - k0,
-                           sxm, sxk, M)
-{step:k0}    if HAS_BIAS:
+        acc, ss = gemv_rows_w4(acc, ss, decode(byte & 15, off), decode(byte >> 4, off), s, x, pr, pg, ps, rm, k0 + kx,
+                               kx < K - k0, sxm, sxk, M, PRO, K)
+{step:k0}    acc = norm_rows(acc, ss, eps, PRO, K)
+    if HAS_BIAS:
         acc += bias[None, :]
     epilogue(acc, rm, rn, M, N, b, y, False)
 
@@ -374,8 +382,8 @@ def round_e4m3(v):
 
 
 @triton.jit
-def gemv_f8(x, w, sc, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-            HAS_BIAS: tl.constexpr, PDL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def gemv_f8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+            HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
             BLOCK_K: tl.constexpr):
     # batch-1 fp8 decode: fp8 e4m3 weights per channel, each row of x quantized to e4m3 per token
     # in the kernel (s = max|x_row| / 448, x_q = e4m3(x / s), as the reference) and the exact
@@ -391,32 +399,37 @@ def gemv_f8(x, w, sc, b, y, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.conste
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
     wait_for_input(PDL)
-    # each row's token scale s and its reciprocal divisor (1 where s is 0: that row's x is all 0)
+    # each row's token scale s and its reciprocal divisor (1 where s is 0: that row's x is all 0),
+    # of x as the prologue gives it (a norm's 1 / rms, one factor per row, is applied at the end:
+    # the scale is relative, so the e4m3 codes are the same); a norm's sums of squares alongside
     rall = tl.arange(0, KP)
     s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for i in tl.static_range(M):
-        amax = tl.max(tl.abs(tl.load(x + i * sxm + rall * sxk, mask=rall < K, other=0.0).to(tl.float32)))
-        s_rows = tl.where(rm == i, tl.math.div_rn(amax, 448.0), s_rows)
+        xa, va = load_x(x, pr, pg, ps, i, rall, rall < K, sxm, sxk, PRO, K, True)
+        s_rows = tl.where(rm == i, tl.math.div_rn(tl.max(tl.abs(xa)), 448.0), s_rows)
+        ss = tl.where(rm == i, tl.sum(va * va), ss)
     safe = tl.where(s_rows == 0.0, 1.0, s_rows)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = gemv_rows_f8(acc, code.to(tl.float32), x, rm, rk, rk < K, safe, sxm, sxk, M)
+    acc = gemv_rows_f8(acc, code.to(tl.float32), x, pr, pg, ps, rm, rk, rk < K, safe, sxm, sxk, M, PRO, K)
 {loop:k0:BLOCK_K:K}
         wp += BLOCK_K * swk
         code = load_step(wp, nmask, rk, K - k0, K % BLOCK_K == 0)
-        acc = gemv_rows_f8(acc, code.to(tl.float32), x, rm, k0 + rk, rk < K - k0, safe, sxm, sxk, M)
+        acc = gemv_rows_f8(acc, code.to(tl.float32), x, pr, pg, ps, rm, k0 + rk, rk < K - k0, safe, sxm, sxk, M, PRO, K)
 {step:k0}    dt = y.dtype.element_ty
-    out = (acc * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
+    out = (norm_rows(acc, ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
     if HAS_BIAS:
         out = (out + bias[None, :]).to(dt).to(tl.float32)
     epilogue(out, rm, rn, M, N, b, y, False)
 
 
 @triton.jit
-def gemv_rows_f8(acc, wf, x, rm, kx, kin, safe, sxm, sxk, M: tl.constexpr):
-    # acc[i, :] += wf . e4m3(x[i, kx] / s_i) for each of the M rows (products of e4m3 values are exact in fp32)
+def gemv_rows_f8(acc, wf, x, pr, pg, ps, rm, kx, kin, safe, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr, K: tl.constexpr):
+    # acc[i, :] += wf . e4m3(x[i, kx] / s_i) for each of the M rows (products of e4m3 values are
+    # exact in fp32), x read through the prologue (its sum stored by the scale pass)
     for i in tl.static_range(M):
         si = tl.sum(tl.where(rm == i, safe, 0.0), axis=0)
-        xv = tl.load(x + i * sxm + kx * sxk, mask=kin, other=0.0).to(tl.float32)
+        xv, _ = load_x(x, pr, pg, ps, i, kx, kin, sxm, sxk, PRO, K, False)
         xq = round_e4m3(tl.math.div_rn(xv, tl.zeros_like(xv) + si))
         acc += tl.where(rm[:, None] == i, tl.sum(wf * xq[None, :], axis=1)[None, :], 0.0)
     return acc
@@ -444,8 +457,8 @@ def fma_w4_f16x2(byte, xe, xo, s, acc):
 
 
 @triton.jit
-def hgemv_w4(x, w, s16, b, y, N, rescale, sxk, swn, ssn, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr,
-             PDL: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FLUSH: tl.constexpr):
+def hgemv_w4(x, w, s16, b, y, pr, pg, ps, eps, N, rescale, sxk, swn, ssn, K: tl.constexpr, KP: tl.constexpr,
+             HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, GS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FLUSH: tl.constexpr):
     # batch-1 symmetric int4 decode with packed f16 arithmetic (CUDA only: inline PTX). x is scaled
     # by 2^-e (max |x| / 2^e in [8, 16)) and rounded to f16; s16 holds the group scales times the
     # tensor's power of two 1 / rescale (max in [1, 2)), so every product is below 256 and the f16
@@ -473,7 +486,8 @@ def hgemv_w4(x, w, s16, b, y, N, rescale, sxk, swn, ssn, K: tl.constexpr, KP: tl
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
     wait_for_input(PDL)
     rk = tl.arange(0, KP)
-    amax = tl.max(tl.abs(tl.load(x + rk * sxk, mask=rk < K, other=0.0).to(tl.float32)))
+    xa, va = load_x(x, pr, pg, ps, 0, rk, rk < K, 0, sxk, PRO, K, True)  # x through the prologue (its sum stored here)
+    amax = tl.max(tl.abs(xa))
     e = tl.maximum(tl.ceil(tl.log2(tl.maximum(amax, 1e-30))) - 4.0, -100.0)
     inv = tl.exp2(-e)
     kx = (rg[:, None] * GS + 2 * rj[None, :])[:, :, None] + tl.arange(0, 2)[None, None, :]  # (G, HALF, 2) a step's columns
@@ -484,14 +498,14 @@ def hgemv_w4(x, w, s16, b, y, N, rescale, sxk, swn, ssn, K: tl.constexpr, KP: tl
             if i > 0:
                 byte = tl.load(wp + i * (BLOCK_K // 2), mask=nmask[:, None, None], other=0)
                 s = tl.load(sp + i * G, mask=nmask[:, None], other=0.0)
-            xv = tl.load(x + (i * BLOCK_K + kx) * sxk)
+            xv, _ = load_x(x, pr, pg, ps, 0, i * BLOCK_K + kx, kx >= 0, 0, sxk, PRO, K, False)
         else:  # the last step, partial: whole groups past K masked
             if i > 0:
                 gmask = nmask[:, None] & (rg[None, :] < (K - i * BLOCK_K) // GS)
                 byte = tl.load(wp + i * (BLOCK_K // 2), mask=gmask[:, :, None], other=0)
                 s = tl.load(sp + i * G, mask=gmask, other=0.0)
-            xv = tl.load(x + (i * BLOCK_K + kx) * sxk, mask=i * BLOCK_K + kx < K, other=0.0)
-        xe, xo = tl.split((xv.to(tl.float32) * inv).to(tl.float16))  # (G, HALF) even / odd columns
+            xv, _ = load_x(x, pr, pg, ps, 0, i * BLOCK_K + kx, i * BLOCK_K + kx < K, 0, sxk, PRO, K, False)
+        xe, xo = tl.split((xv * inv).to(tl.float16))  # (G, HALF) even / odd columns
         h = fma_w4_f16x2(byte, tl.broadcast_to(xe[None, :, :], shape), tl.broadcast_to(xo[None, :, :], shape),
                          tl.broadcast_to(s[:, :, None], shape), h)
         if (i + 1) % FLUSH == 0:
@@ -499,7 +513,8 @@ def hgemv_w4(x, w, s16, b, y, N, rescale, sxk, swn, ssn, K: tl.constexpr, KP: tl
             h = tl.zeros(shape, dtype=tl.float16)
     if STEPS % FLUSH != 0:
         acc += tl.sum(tl.sum(h.to(tl.float32), axis=2), axis=1)
-    out = (acc * (tl.exp2(e) * rescale))[None, :]
+    ss = tl.zeros((1,), dtype=tl.float32) + tl.sum(va * va)  # a norm prologue's sum of squares
+    out = norm_rows((acc * (tl.exp2(e) * rescale))[None, :], ss, eps, PRO, K)
     if HAS_BIAS:
         out += bias[None, :]
     epilogue(out, rm, rn, 1, N, b, y, False)

@@ -48,6 +48,7 @@ from .matmul import (
     split_k,
 )
 from .pdl import with_pdl
+from .prologue import PRO_NONE, Prologue, no_prologue
 from .quant_kernels import kernel_source
 
 _KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemm_w8", "gemm_w4", "finish",
@@ -299,13 +300,15 @@ class QuantLinearLauncher:
                                                 BLOCK_M=SMALL_M, BLOCK_N=_FINISH_N)
 
     def _gemv(self, cfg: GemvConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
-              bias: Any, y: torch.Tensor, pdl: bool) -> None:
-        """One launch of `gemv_w8` / `gemv_w4`, with programmatic dependent launch when `pdl`. M and
-        K are compile-time constants (K is the weight's, M at most GEMV_M): a few compiles per node."""
-        (m, k), n = x2.shape, q.shape[0]
+              bias: Any, y: torch.Tensor, pdl: bool, pro: Prologue | None = None) -> None:
+        """One launch of `gemv_w8` / `gemv_w4` / `gemv_f8`, with programmatic dependent launch when
+        `pdl`, x read through `pro` when given. M and K are compile-time constants (K is the
+        weight's, M at most GEMV_M): a few compiles per node."""
+        m, n, k = x2.shape[0], q.shape[0], self._k(q)
         block_k = min(cfg.block_k, _pow2(k))
-        tail = (bias if bias is not None else y, y, n, *x2.stride(), *q.stride())  # bias, out, N, strides
-        flags = {"HAS_BIAS": bias is not None, **gemv_flags(cfg, m, k, pdl)}
+        tail = (bias if bias is not None else y, y, *(pro.args(y) if pro is not None else no_prologue(y)), n,
+                *x2.stride(), *q.stride())  # bias, out, the prologue's operands, N, strides
+        flags = {"HAS_BIAS": bias is not None, "PRO": pro.kind if pro is not None else PRO_NONE, **gemv_flags(cfg, m, k, pdl)}
         grid = (-(-n // cfg.block_n),)
         mod = self._module(x2)
         if self.op == "linear_fp8":  # no zero points; every program reads each row's whole x for its token scale
@@ -337,17 +340,58 @@ class QuantLinearLauncher:
             and not debug.TRITON_INTERPRET
 
     def _hgemv(self, cfg: HalfGemvConfig, x2: torch.Tensor, q: torch.Tensor, s16: torch.Tensor, rescale: float,
-               bias: Any, y: torch.Tensor, pdl: bool) -> None:
-        """One launch of `hgemv_w4`: BLOCK_K is cfg.block_k, at most K rounded up to a power of two
-        and at least the group (a ragged last step masks whole groups)."""
-        k, n = x2.shape[1], q.shape[0]
+               bias: Any, y: torch.Tensor, pdl: bool, pro: Prologue | None = None) -> None:
+        """One launch of `hgemv_w4` (x read through `pro` when given): BLOCK_K is cfg.block_k, at
+        most K rounded up to a power of two and at least the group (a ragged last step masks
+        whole groups)."""
+        k, n = self._k(q), q.shape[0]
         block_k = max(min(cfg.block_k, _pow2(k)), self.group_size)
-        flags: dict[str, Any] = {"K": k, "KP": _pow2(k), "HAS_BIAS": bias is not None, "PDL": pdl, "GS": self.group_size,
+        flags: dict[str, Any] = {"K": k, "KP": _pow2(k), "HAS_BIAS": bias is not None, "PDL": pdl,
+                                 "PRO": pro.kind if pro is not None else PRO_NONE, "GS": self.group_size,
                                  "BLOCK_N": cfg.block_n, "BLOCK_K": block_k, "FLUSH": cfg.flush, "num_warps": cfg.warps}
         if pdl:
             flags["launch_pdl"] = True
         self._module(x2).hgemv_w4[(-(-n // cfg.block_n),)](
-            x2, q, s16, bias if bias is not None else y, y, n, rescale, x2.stride(1), q.stride(0), s16.stride(0), **flags)
+            x2, q, s16, bias if bias is not None else y, y, *(pro.args(y) if pro is not None else no_prologue(y)), n,
+            rescale, x2.stride(1), q.stride(0), s16.stride(0), **flags)
+
+    def _k(self, q: torch.Tensor) -> int:
+        """The weight's K (int4 packs two columns per byte)."""
+        return q.shape[1] * 2 if self.op == "linear_w4" else q.shape[1]
+
+    def takes_prologue(self, name: str, x: torch.Tensor) -> bool:
+        """Candidate `name` can read x through a prologue (prologue.py): a gemv config (int8, int4,
+        fp8) or hgemv_w4 where it applies, at most GEMV_M rows, a dtype and size the kernels take."""
+        cfg = CONFIGS.get(name)
+        m = x.numel() // max(x.shape[-1], 1)
+        if isinstance(cfg, HalfGemvConfig):
+            return self._hgemv_offered(m, x.is_cuda) and x.dtype in (torch.bfloat16, torch.float16)
+        return isinstance(cfg, GemvConfig) and self.op != "linear_w8a8" and 0 < m <= GEMV_M and x.dtype in _DTYPES \
+            and x.numel() < _INT32
+
+    def run_with_prologue(self, name: str, ins: tuple, pro: Prologue) -> torch.Tensor:
+        """One launch of gemv config `name` (where `takes_prologue`) on inputs in IR order whose x
+        is the prologue's input (x [..., K], or [..., 2K] for SiLU-mul); where hgemv_w4 turns out
+        not to apply (group scales outside its range) the int4 gemv runs, with the same prologue."""
+        x, q = ins[0], ins[1]
+        cfg = CONFIGS[name]
+        n = q.shape[0]
+        x2 = x.reshape(-1, x.shape[-1])
+        scale = ins[2].contiguous()
+        zeros = ins[3].contiguous() if self.asymmetric else scale
+        bias = ins[-1] if self.has_bias else None
+        y = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
+        pdl = cfg.pdl and self._pdl_ok(x2.is_cuda)
+        if isinstance(cfg, HalfGemvConfig):
+            half = self._half(x2, q, scale)
+            if half is not None:
+                self._hgemv(cfg, x2, q, *half, bias, y, pdl, pro)
+                return y.view(*x.shape[:-1], n)
+            cfg = GEMV_W4[0]  # scales outside hgemv's range: the int4 gemv, same prologue
+            pdl = cfg.pdl and self._pdl_ok(x2.is_cuda)
+        copied = scale is not ins[2] or (self.asymmetric and zeros is not ins[3])
+        self._gemv(cfg, x2, q, scale, zeros, bias, y, pdl and not copied, pro)
+        return y.view(*x.shape[:-1], n)
 
     def _pdl_ok(self, on_cuda: bool) -> bool:
         return on_cuda and self.constant_weights and pdl_available()

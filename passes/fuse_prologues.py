@@ -1,0 +1,135 @@
+"""fuse_prologues: a norm or SwiGLU's SiLU-mul into the linear that reads it."""
+
+from __future__ import annotations
+
+from ..ir import Graph, Node, Value
+from .manager import PassContext, graph_pass
+from .rewrite import Rebuilder
+
+# linears whose batch-1 gemv kernels read x through a prologue (backends/triton/prologue.py);
+# W8A8 has no gemv (its activations are quantized per row before a GEMM)
+LINEARS = ("linear", "linear_add", "linear_w8", "linear_w4", "linear_fp8")
+
+
+def _uses(g: Graph) -> dict[Value, list[int]]:
+    """value -> indices of the nodes reading it; a returned value is read after every node."""
+    out: dict[Value, list[int]] = {v: [len(g.nodes)] for v in g.outputs}
+    for i, n in enumerate(g.nodes):
+        for v in n.inputs:
+            out.setdefault(v, []).append(i)
+    return out
+
+
+def _glu_members(group: Node, index: dict[Node, int], uses: dict) -> list[Node] | None:
+    """[split, silu, mul] of a SwiGLU SiLU-mul that fuse_elementwise grouped: the group reads the
+    two equal halves of one last-dim split, each once, and computes silu(first) * second."""
+    body = group.subgraph
+    if group.attrs.get("kind") != "elementwise" or len(group.inputs) != 2 or len(body.nodes) != 2:
+        return None
+    silu, mul = body.nodes
+    if silu.op.name != "silu" or mul.op.name != "mul" or len(mul.inputs) != 2 or list(body.outputs) != [mul.outputs[0]]:
+        return None
+    if silu.inputs[0] is not body.inputs[0] or set(mul.inputs) != {silu.outputs[0], body.inputs[1]}:
+        return None
+    first, second = group.inputs
+    split = first.node
+    if split is None or split.op.name != "split" or second.node is not split or list(split.outputs) != [first, second]:
+        return None
+    sizes, dim = tuple(split.attrs["sizes"]), split.attrs["dim"]
+    rank = split.inputs[0].type.rank
+    if len(sizes) != 2 or sizes[0] != sizes[1] or dim not in (rank - 1, -1):
+        return None
+    if any(uses.get(v, []) != [index[group]] for v in split.outputs):
+        return None
+    return [split, silu, mul]
+
+
+def _plan(g: Graph, uses: dict[Value, list[int]]) -> dict[int, tuple[str, list[int]]]:
+    """linear index -> (prologue kind, indices of the outer nodes the group absorbs)."""
+    index = {n: i for i, n in enumerate(g.nodes)}
+    plan: dict[int, tuple[str, list[int]]] = {}
+    for i, n in enumerate(g.nodes):
+        if n.op.name not in LINEARS or n.subgraph is not None:
+            continue
+        x = n.inputs[0]
+        src = x.node
+        if src is None or uses.get(x, []) != [i] or x.type.dtype is not n.outputs[0].type.dtype:
+            continue
+        if src.op.name == "rms_norm" and src.outputs[0] is x:
+            plan[i] = ("rms_norm", [index[src]])
+        elif src.op.name == "add_rms_norm" and src.outputs[1] is x:
+            # emitted at the linear: the sum's other readers must all come after it
+            if all(u > i for u in uses.get(src.outputs[0], [])):
+                plan[i] = ("add_rms_norm", [index[src]])
+        elif src.op.name == "fusion_group" and list(src.outputs) == [x]:
+            members = _glu_members(src, index, uses)
+            if members is not None:
+                plan[i] = ("glu", [index[members[0]], index[src]])
+    return plan
+
+
+def _group(rb: Rebuilder, kind: str, lin: Node, absorbed: list[Node], uses: dict) -> Node:
+    """The "prologue" fusion group of `lin` and the nodes it absorbs: inputs (x[, residual]
+    [, norm weight], the linear's other operands), outputs ([sum,] y)."""
+    body = Graph()
+    inner: dict[Value, Value] = {}
+    if kind == "glu":
+        split, group = absorbed
+        ext = [split.inputs[0]]
+    else:
+        norm = absorbed[0]
+        ext = list(norm.inputs)
+    ext += list(lin.inputs[1:])
+    for k, v in enumerate(ext):
+        inner[v] = body.add_input(f"x{k}", v.type)
+    if kind == "glu":
+        m = body.add_node(split.op, [inner[split.inputs[0]]], dict(split.attrs), [o.type for o in split.outputs], split.source)
+        inner.update(zip(split.outputs, m.outputs))
+        sub = group.subgraph
+        local = dict(zip(sub.inputs, (inner[v] for v in group.inputs)))
+        for n in sub.nodes:
+            m = body.add_node(n.op, [local[v] for v in n.inputs], dict(n.attrs), [o.type for o in n.outputs], n.source)
+            local.update(zip(n.outputs, m.outputs))
+        inner[group.outputs[0]] = local[sub.outputs[0]]
+    else:
+        m = body.add_node(norm.op, [inner[v] for v in norm.inputs], dict(norm.attrs), [o.type for o in norm.outputs], norm.source)
+        inner.update(zip(norm.outputs, m.outputs))
+    y = body.add_node(lin.op, [inner[v] for v in lin.inputs], dict(lin.attrs), [o.type for o in lin.outputs], lin.source)
+    outs = [lin.outputs[0]]
+    if kind == "add_rms_norm" and uses.get(absorbed[0].outputs[0]):  # the sum, read after the linear
+        outs.insert(0, absorbed[0].outputs[0])
+    body.outputs = [inner[v] if v is not lin.outputs[0] else y.outputs[0] for v in outs]
+    node = rb.out.add_node("fusion_group", [rb.get(v) for v in ext], {"kind": "prologue"}, source=lin.source, subgraph=body)
+    rb.map.update(zip(outs, node.outputs))
+    return node
+
+
+@graph_pass("read a norm or SwiGLU's SiLU-mul inside the linear after it (batch-1 gemv prologues)")
+def fuse_prologues(g: Graph, ctx: PassContext) -> Graph:
+    """A linear whose only input producer is an RMSNorm, an add + RMSNorm or a SwiGLU SiLU-mul
+    becomes one `fusion_group` of kind "prologue" with it, emitted at the linear: at batch-1
+    decode the gemv computes the prologue as it reads x (backends/triton/prologue.py), one kernel
+    where there were two. Elsewhere the group runs the same two steps as before.
+
+    Guarantees: the absorbed nodes' results are read by the linear alone, except the sum of an
+    add + RMSNorm, which becomes a group output and whose readers all come after the linear; the
+    SiLU-mul is exactly silu(first half) * second half of one last-dim split into equal halves.
+
+        %s, %h = add_rms_norm(%a, %r, %w)          %s, %y = fusion_group(%a, %r, %w, %wq) {kind=prologue} {
+        %y = linear(%h, %wq)               ->        graph(...) { add_rms_norm; linear }
+                                                   }
+    """
+    uses = _uses(g)
+    plan = _plan(g, uses)
+    if not plan:
+        return g
+    absorbed = {j for _, members in plan.values() for j in members}
+    rb = Rebuilder(g)
+    for i, n in enumerate(g.nodes):
+        if i in plan:
+            kind, members = plan[i]
+            _group(rb, kind, n, [g.nodes[j] for j in members], uses)
+            ctx.count(f"{kind}_into_linear")
+        elif i not in absorbed:
+            rb.copy(n)
+    return rb.finish()

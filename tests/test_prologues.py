@@ -1,0 +1,239 @@
+"""fuse_prologues and the gemv prologues: RMSNorm, add + RMSNorm and SwiGLU's SiLU-mul read by
+the linear after them, against the unfused graph's reference.
+
+On CPU the gemv kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1): small
+shapes, configs pinned so the kernel (not PyTorch) runs; hgemv_w4's prologue runs on GPU only.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import kiln  # noqa: E402
+from kiln import ir  # noqa: E402
+from kiln.backends.triton import matmul, prologue, quant_matmul  # noqa: E402
+from kiln.backends.triton.prologue import prologue_kernel  # noqa: E402
+from kiln.ir.dtypes import from_torch  # noqa: E402
+from kiln.ir.opset import quant  # noqa: E402
+from kiln.options import CompileOptions  # noqa: E402
+from kiln.passes import PassContext, fuse_elementwise, fuse_prologues  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 3e-3}
+# (op, attrs): dense (with a bias, and linear_add's residual epilogue), int8 and int4 in both
+# formats, fp8 (its own tolerance: x is quantized per token, and the prologue's unrounded input
+# can round to a neighbouring e4m3 code)
+OPS = [
+    ("linear", {"activation": "none"}),
+    ("linear_add", {"activation": "none"}),
+    ("linear_w8", {"activation": "silu", "asymmetric": False}),
+    ("linear_w8", {"activation": "none", "asymmetric": True}),
+    ("linear_w4", {"activation": "none", "asymmetric": False, "group_size": 32}),
+    ("linear_w4", {"activation": "none", "asymmetric": True, "group_size": 64}),
+    ("linear_fp8", {"activation": "none"}),
+]
+KINDS = ("rms_norm", "add_rms_norm", "glu")
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+
+
+def _rand(shape: tuple, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) + 0.1).to(dtype)
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.cpu().double(), b.cpu().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def _weights(op: str, attrs: dict, n: int, k: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    w = _rand((n, k), dtype, 7) * _rand((n, 1), torch.float32, 8).abs().to(dtype)
+    if op == "linear_w4":
+        return list(quant.quantize_int4_minmax(w, attrs["group_size"]) if attrs["asymmetric"]
+                    else quant.quantize_int4_grouped(w, attrs["group_size"]))
+    if op == "linear_w8":
+        return list(quant.quantize_int8_minmax(w) if attrs["asymmetric"] else quant.quantize_int8_per_channel(w))
+    if op == "linear_fp8":
+        from kiln.ir.opset.quant_fp8 import quantize_fp8_per_channel
+
+        return list(quantize_fp8_per_channel(w))
+    return [w]
+
+
+def _graph(kind: str, op: str, attrs: dict, m: int, n: int, k: int, dtype: torch.dtype) -> tuple[ir.Graph, list]:
+    """prologue -> linear as one graph, and fresh random inputs: the prologue's, then the linear's
+    operands (dense: weight[, residual], bias; quantized: codes, scales[, zeros])."""
+    g = ir.Graph()
+    vals: list[torch.Tensor] = []
+
+    def inp(v: torch.Tensor) -> ir.Value:
+        vals.append(v)
+        return g.add_input(f"a{len(vals)}", ir.TensorType(from_torch(v.dtype), tuple(v.shape)))
+
+    outs = []
+    if kind == "glu":
+        gu = inp(_rand((m, 2 * k), dtype, 1) * 2)
+        gate, up = g.add_node("split", [gu], {"sizes": (k, k), "dim": 1}).outputs
+        h = g.add_node("mul", [g.add_node("silu", [gate]).outputs[0], up]).outputs[0]
+    elif kind == "rms_norm":
+        h = g.add_node("rms_norm", [inp(_rand((m, k), dtype, 1) * 3), inp(_rand((k,), dtype, 2))], {"eps": 1e-5}).outputs[0]
+    else:
+        s, h = g.add_node("add_rms_norm", [inp(_rand((m, k), dtype, 1)), inp(_rand((m, k), dtype, 3)),
+                                           inp(_rand((k,), dtype, 2))], {"eps": 1e-5}).outputs
+        outs.append(s)
+    operands = [inp(t) for t in _weights(op, attrs, n, k, dtype)]
+    if op == "linear_add":
+        operands.append(inp(_rand((m, n), dtype, 5)))
+    if op in ("linear", "linear_add"):
+        operands.append(inp(_rand((n,), dtype, 6)))
+    y = g.add_node(op, [h, *operands], attrs).outputs[0]
+    g.outputs = outs + [y]
+    return g, [v.to(DEVICE) for v in vals]
+
+
+def _fused(g: ir.Graph) -> ir.Graph:
+    ctx = PassContext(CompileOptions())
+    return fuse_prologues(fuse_elementwise(g, ctx), ctx)
+
+
+def _check(kind: str, op: str, attrs: dict, m: int, dtype: torch.dtype, config: str, n: int = 70) -> None:
+    k = 256 if op == "linear_w4" else 300  # ragged K for every BLOCK_K (int4: whole groups)
+    g, vals = _graph(kind, op, attrs, m, n, k, dtype)
+    fused = _fused(g)
+    (group,) = [nd for nd in fused.nodes if nd.op.name == "fusion_group"]
+    assert group.attrs["kind"] == "prologue" and len(fused.nodes) == 1
+    launcher = prologue_kernel(group, config)
+    assert launcher is not None
+    refs = ir.run_graph(g, [v.cpu() for v in vals])
+    for _ in range(2):  # the first call may time or materialize; the second takes the chosen path
+        got = launcher(*vals)
+    got = got if isinstance(got, tuple) else (got,)
+    tol = 0.05 if op == "linear_fp8" else TOL[dtype]
+    assert len(got) == len(refs)
+    for a, b in zip(got, refs):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert _err(a, b) <= tol, (_err(a, b), tol)
+    if kind == "add_rms_norm" and (dtype == torch.float32 or DEVICE == "cuda"):  # the interpreter truncates to bf16
+        assert torch.equal(got[0].cpu(), refs[0])  # the residual stream: exactly the reference's
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("op", "attrs"), OPS, ids=[f"{o}-{i}" for i, (o, _) in enumerate(OPS)])
+def test_gemv_prologue_matches_the_unfused_graph(op: str, attrs: dict, kind: str, m: int, dtype: torch.dtype,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gemv reads x through the prologue (the materializing path would fail the test): looped
+    K steps, ragged N and K, one and three rows."""
+    monkeypatch.setattr(prologue.PrologueLinearLauncher, "materialize",
+                        lambda *a: pytest.fail("materialized the prologue instead of fusing it"))
+    _check(kind, op, attrs, m, dtype, "gemv_32x512_w4")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("op", "attrs"), [OPS[0], OPS[4]], ids=["linear", "linear_w4"])
+def test_one_step_gemv_and_configs_without_prologues(op: str, attrs: dict, kind: str) -> None:
+    """K in one step, and configs that cannot read a prologue (a GEMM; PyTorch; more rows than a
+    gemv takes): the prologue runs first, as the unfused graph ran it."""
+    _check(kind, op, attrs, 1, torch.float32, "gemv_16x2048_w8")
+    _check(kind, op, attrs, 3, torch.float32, matmul.GEMM_CONFIGS[0].name)
+    _check(kind, op, attrs, 5, torch.float32, "gemv_32x512_w4")
+    _check(kind, op, attrs, 1, torch.float32, matmul.TORCH)
+
+
+def test_autotuned_launcher_fuses_after_the_first_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unpinned: the first call runs the prologue and autotunes the linear on its output; later
+    calls of one row take the chosen gemv with the prologue fused."""
+    g, vals = _graph("add_rms_norm", "linear_w8", OPS[2][1], 1, 70, 300, torch.float32)
+    (group,) = _fused(g).nodes
+    launcher = prologue_kernel(group)
+    cls = quant_matmul.QuantLinearLauncher
+    monkeypatch.setattr(cls, "candidates", lambda self, m, *a: ["gemv_32x512_w4"])
+    refs = ir.run_graph(g, [v.cpu() for v in vals])
+    calls = []
+    real = cls.run_with_prologue
+    monkeypatch.setattr(cls, "run_with_prologue", lambda self, *a: calls.append(a[0]) or real(self, *a))
+    for _ in range(3):
+        s, y = launcher(*vals)
+        assert _err(y, refs[1]) <= 1e-5 and torch.equal(s.cpu(), refs[0])
+    assert calls == ["gemv_32x512_w4"] * 2
+
+
+def _llama(layers: int = 2) -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, use_cache=False)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_llama_layers_fuse_every_norm_and_silu_mul_into_its_projection() -> None:
+    """Per layer: the input norm into q/k/v (layer 0: rms_norm; later: add + rms_norm), the post-
+    attention add + norm into gate/up, SiLU-mul into down; the final add + norm into lm_head."""
+    layers = 3
+    model = _llama(layers)
+    ids = torch.randint(0, 128, (1, 8))
+    compiled = kiln.compile(model, {"input_ids": ids})
+    g = compiled.plan.graph
+    groups = [n.subgraph.nodes[0].op.name for n in g.nodes if n.op.name == "fusion_group" and n.attrs["kind"] == "prologue"]
+    assert sorted(groups) == sorted(["rms_norm"] + ["add_rms_norm"] * (2 * layers) + ["split"] * layers)
+    assert not any(n.op.name in ("rms_norm", "add_rms_norm") for n in g.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_prologue_pass_can_be_disabled() -> None:
+    model = _llama(1)
+    ids = torch.randint(0, 128, (1, 8))
+    g = kiln.compile(model, {"input_ids": ids}, options=CompileOptions(disable_passes={"fuse_prologues"})).plan.graph
+    assert not any(n.op.name == "fusion_group" and n.attrs["kind"] == "prologue" for n in g.nodes)
+
+
+def test_llm_decode_with_triton_prologues_matches_the_reference_greedy() -> None:
+    """kiln.LLM on the Triton backend (interpreted on CPU): int8 weights, greedy tokens equal
+    the reference backend's, and the decode graph carries the prologue groups (the final norm
+    feeds lm_head through the last-token select, so it stays a norm)."""
+    model = _llama(2)
+    prompts = [[1, 5, 9, 3], [7, 2]]
+    params = kiln.SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    outs = {}
+    for backend in ("reference", "triton"):
+        llm = kiln.LLM(model, max_model_len=64, quantization="int8", options=CompileOptions(backend=backend))
+        outs[backend] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+        assert sum(n.op.name == "fusion_group" and n.attrs["kind"] == "prologue" for n in llm.runner.graph.nodes) == 6
+    assert outs["triton"] == outs["reference"]
+
+
+def test_quant_launcher_reports_which_configs_take_a_prologue() -> None:
+    g, _ = _graph("rms_norm", "linear_w8", OPS[2][1], 1, 16, 64, torch.float32)
+    lin = g.nodes[-1]
+    q = quant_matmul.quant_linear_kernel(lin)
+    x1, x9 = torch.zeros(1, 64), torch.zeros(9, 64)
+    assert q.takes_prologue("gemv_32x512_w4", x1) and not q.takes_prologue("gemv_32x512_w4", x9)
+    assert not q.takes_prologue(quant_matmul.GEMM_CONFIGS[0].name, x1) and not q.takes_prologue(matmul.TORCH, x1)
+    assert not q.takes_prologue(quant_matmul.HGEMV_W4[0].name, x1)  # CUDA only
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("config", [c.name for c in quant_matmul.HGEMV_W4] + ["gemv_16x1024_w4_pdl"])
+def test_hgemv_and_pdl_gemv_read_the_prologue_on_cuda(config: str, kind: str, dtype: torch.dtype,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """hgemv_w4 (inline PTX, CUDA only) and a PDL int4 gemv, symmetric int4 g128 with the prologue
+    fused: one row, K = 5632 (a ragged last hgemv step), x scaled so f16 must rescale."""
+    monkeypatch.setattr(prologue.PrologueLinearLauncher, "materialize",
+                        lambda *a: pytest.fail("materialized the prologue instead of fusing it"))
+    attrs = {"activation": "none", "asymmetric": False, "group_size": 128}
+    g, vals = _graph(kind, "linear_w4", attrs, 1, 1000, 5632, dtype)
+    vals[0] = vals[0] * 300  # large activations: the f16 products must be rescaled
+    (group,) = _fused(g).nodes
+    launcher = prologue_kernel(group, config)
+    refs = ir.run_graph(g, [v.cpu() for v in vals])
+    got = launcher(*vals)
+    got = got if isinstance(got, tuple) else (got,)
+    for a, b in zip(got, refs):
+        assert _err(a, b) <= 1e-2, _err(a, b)
