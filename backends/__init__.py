@@ -20,10 +20,23 @@ def kernel_hook(backend: str, device: Any) -> Any:
         return cuda.kernel_for(device)
     from . import triton as tb
 
-    on_cuda = device is not None and device.type == "cuda"
-    if backend == "triton" or (backend == "auto" and on_cuda and tb.available()):
+    if runs_triton(backend, device):
         return tb.kernel_for(device)
     return None
 
 
-__all__ = ["kernel_hook"]
+def runs_triton(backend: str, device: Any) -> bool:
+    """Whether `backend` on `device` (a torch.device, a name, or None) is the Triton backend:
+    passes that only pay off with its kernels (fuse_prologues) ask this."""
+    if backend == "triton":
+        return True
+    if backend != "auto" or device is None:
+        return False
+    import torch
+
+    from . import triton as tb
+
+    return torch.device(device).type == "cuda" and tb.available()
+
+
+__all__ = ["kernel_hook", "runs_triton"]

@@ -51,20 +51,36 @@ class Phases:
         self.t.clear()
 
 
+def print_prologue_choices() -> None:
+    """How the decode step's prologue groups (passes/fuse_prologues.py) run: per prologue kind
+    (1 SiLU-mul, 2 RMSNorm, 3 add + RMSNorm), the chosen candidate ("unfused": the prologue first)."""
+    import gc
+    from collections import Counter
+
+    from kiln.backends.triton.prologue import PrologueLinearLauncher
+
+    picks = Counter((lau.kind, name) for lau in gc.get_objects() if isinstance(lau, PrologueLinearLauncher)
+                    for name in lau._by_shape.values())
+    print("prologue groups (kind, choice): count:", dict(sorted(picks.items())))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--quant", default=None, help="int8 | int4 | w8a8 | fp8")
+    p.add_argument("--disable-passes", nargs="*", default=[], help="kiln passes to turn off (A/B runs)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     model = build()
-    llm = kiln.LLM(model, max_model_len=2048, kv_cache_memory=4 << 30, quantization=args.quant)
+    llm = kiln.LLM(model, max_model_len=2048, kv_cache_memory=4 << 30, quantization=args.quant,
+                   options=kiln.CompileOptions(disable_passes=frozenset(args.disable_passes)))
     prompts = torch.randint(1, 32000, (args.batch, 16), generator=torch.Generator().manual_seed(0)).tolist()
     warm = kiln.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     llm.generate(prompts, warm)
     llm.generate(prompts, warm)
     run = llm.runner.run  # before the timers wrap it
+    print_prologue_choices()
     phases = Phases(llm)
     params = kiln.SamplingParams(max_tokens=args.steps, temperature=0.0, ignore_eos=True)
     eng = llm.engine

@@ -93,6 +93,9 @@ def ttft(llm: kiln.LLM, prompt: list[int]) -> float:
     return t
 
 
+DISABLED: frozenset[str] = frozenset()  # --disable-passes
+
+
 def make_llm(model: torch.nn.Module, **kw) -> tuple[kiln.LLM, float, float]:
     """(llm, build seconds, first-generate seconds)."""
     t0 = sync_time()
@@ -199,7 +202,8 @@ def section_quant(model: torch.nn.Module, new: int, schemes: tuple[str, ...] = S
     base_toks = None
     for scheme in [None if s == "bf16" else s for s in schemes if s != "gpt-fast"]:
         try:
-            kw = {"options": kiln.CompileOptions(pruning="2:4")} if scheme == "2:4" else {"quantization": scheme}
+            opts = kiln.CompileOptions(pruning="2:4" if scheme == "2:4" else None, disable_passes=DISABLED)
+            kw = {"options": opts} if scheme == "2:4" else {"quantization": scheme, "options": opts}
             llm, build_s, _ = make_llm(model, kv_cache_memory=4 << 30, **kw)
             tps = statistics.median(kiln_decode(llm, prompt, new)[0] for _ in range(3))
             toks = kiln_decode(llm, prompt, new)[1]
@@ -230,8 +234,11 @@ def main() -> None:
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--shape", default="1b", choices=list(SHAPES))
     p.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES, help="the quant section's rows (bf16 first)")
+    p.add_argument("--disable-passes", nargs="*", default=[], help="kiln passes to turn off in the quant section (A/B runs)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
+    global DISABLED
+    DISABLED = frozenset(args.disable_passes)
     model = build(args.shape)
     print(f"kiln LLM bench | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {torch.cuda.get_device_name()} | "
           f"torch {torch.__version__} | transformers {transformers.__version__} | Llama {'1.1B' if args.shape == '1b' else args.shape.upper()} shape, random bf16, greedy\n", flush=True)

@@ -109,7 +109,9 @@ def fuse_prologues(g: Graph, ctx: PassContext) -> Graph:
     """A linear whose only input producer is an RMSNorm, an add + RMSNorm or a SwiGLU SiLU-mul
     becomes one `fusion_group` of kind "prologue" with it, emitted at the linear: at batch-1
     decode the gemv computes the prologue as it reads x (backends/triton/prologue.py), one kernel
-    where there were two. Elsewhere the group runs the same two steps as before.
+    where there were two. Elsewhere the group runs the same two steps as before. Only for the
+    Triton backend (backends.runs_triton): the reference and CUDA backends gain nothing from it,
+    and their graphs keep every linear at the top level for the reports.
 
     Guarantees: the absorbed nodes' results are read by the linear alone, except the sum of an
     add + RMSNorm, which becomes a group output and whose readers all come after the linear; the
@@ -119,6 +121,10 @@ def fuse_prologues(g: Graph, ctx: PassContext) -> Graph:
         %y = linear(%h, %wq)               ->        graph(...) { add_rms_norm; linear }
                                                    }
     """
+    from ..backends import runs_triton  # lazily: backends import passes' modules
+
+    if not runs_triton(ctx.options.backend, ctx.device):
+        return g  # the grouped pair would run the same two PyTorch ops: keep the graph as it is
     uses = _uses(g)
     plan = _plan(g, uses)
     if not plan:

@@ -14,18 +14,21 @@ int4, fp8: `load_x` in matmul.GEMV_COMMON) compute it as they read x, so it cost
 
 Every other case (more rows than a gemv takes, a config that is not a gemv, a backend choice of
 PyTorch) runs the prologue first, with the same kernels the unfused graph ran (the row kernel of
-norms.py; PyTorch's SiLU and mul), then the linear's launcher as before.
+norms.py; `silu_mul` here, the generated SiLU-mul group's arithmetic), then the linear's launcher.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from .autotune import choose
+from .cache import load_module
 from .norms import RowLauncher
+from .pdl import launch_flags, with_pdl
 
 PRO_NONE, PRO_GLU, PRO_RMS, PRO_ADD_RMS = 0, 1, 2, 3
 KINDS = {"glu": PRO_GLU, "rms_norm": PRO_RMS, "add_rms_norm": PRO_ADD_RMS}
@@ -54,17 +57,61 @@ def no_prologue(y: torch.Tensor) -> tuple:
     return (y, y, y, 0.0)
 
 
+_SILU_MUL = """import triton
+import triton.language as tl
+
+
+@triton.jit
+def silu_mul(x, y, K, BLOCK: tl.constexpr):
+    # y[row] = silu(x[row, :K]) * x[row, K:] in fp32, rounded once (x [rows, 2K], y [rows, K])
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < K
+    a = tl.load(x + row * 2 * K + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(x + row * 2 * K + K + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y + row * K + cols, (a * tl.sigmoid(a) * u).to(y.dtype.element_ty), mask=mask)
+"""
+
+
+@functools.cache
+def _silu_mul_kernel() -> Any:
+    return load_module(with_pdl(_SILU_MUL, trigger=("silu_mul",), wait=("silu_mul",))).silu_mul
+
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    """silu(x[..., :K]) * x[..., K:] for x [..., 2K] as one kernel (PDL where it runs)."""
+    x = x.contiguous()
+    k = x.shape[-1] // 2
+    y = torch.empty((*x.shape[:-1], k), dtype=x.dtype, device=x.device)
+    rows = x.numel() // max(x.shape[-1], 1)
+    block = min(1024, max(16, 1 << (k - 1).bit_length()))
+    if rows and k:
+        _silu_mul_kernel()[(rows, -(-k // block))](x, y, k, BLOCK=block, **launch_flags())
+    return y
+
+
+UNFUSED = "unfused"  # the candidate that runs the prologue first, then the linear's own choice
+
+
 class PrologueLinearLauncher:
     """Runs a "prologue" fusion group: inputs (x[, residual][, norm weight], the linear's other
     inputs in IR order), outputs ([sum,] y). `inner` is the linear's launcher (matmul.LinearLauncher
-    or quant_matmul.QuantLinearLauncher), whose `run` takes a Prologue for its gemv configs."""
+    or quant_matmul.QuantLinearLauncher): its gemv configs take a Prologue (`run_with_prologue`).
 
-    __slots__ = ("kind", "eps", "inner", "returns_sum", "_norm")
+    The first call per shape runs the prologue and then the linear (which autotunes itself on the
+    prologue's output), then times the group whole: each gemv config that can read the prologue
+    against UNFUSED (the prologue, then the linear's choice). The prologue is not free inside a
+    gemv (every program reads all of x, and a norm's residual and weight with it), so small tiles
+    may lose to the unfused pair. On CPU the first fused candidate wins untimed."""
+
+    __slots__ = ("kind", "eps", "inner", "returns_sum", "chosen", "_norm", "_by_shape")
 
     def __init__(self, kind: str, eps: float, inner: Any, returns_sum: bool, out_dtype: torch.dtype):
         self.kind, self.eps, self.inner, self.returns_sum = KINDS[kind], eps, inner, returns_sum
         self._norm = RowLauncher("add_rms" if self.kind == PRO_ADD_RMS else "rms", eps, out_dtype) \
             if self.kind != PRO_GLU else None
+        self.chosen: dict[str, str] = {}  # autotune key -> candidate name
+        self._by_shape: dict[tuple, str] = {}  # (x shape, dtype) -> candidate name
 
     def _split(self, ins: tuple) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple]:
         x = ins[0]
@@ -75,27 +122,53 @@ class PrologueLinearLauncher:
         return x, ins[1], ins[2], ins[3:]
 
     def materialize(self, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None) -> tuple:
-        """(sum or None, the linear's input): the prologue on its own, as the unfused graph ran it."""
+        """(sum or None, the linear's input): the prologue on its own, one kernel as the unfused
+        graph ran it (the norm's row kernel; SiLU-mul in one pass, rounded once)."""
         if self.kind == PRO_GLU:
-            k = x.shape[-1] // 2
-            return None, F.silu(x[..., :k]) * x[..., k:]
+            return None, silu_mul(x)
         if self.kind == PRO_RMS:
             return None, self._norm(x, weight)
         return self._norm(x, residual, weight)
 
     def __call__(self, *ins: torch.Tensor) -> Any:
-        x, residual, weight, rest = self._split(ins)
-        k = x.shape[-1] // 2 if self.kind == PRO_GLU else x.shape[-1]
-        name = self.inner.config or self.inner._by_shape.get((x.shape[:-1] + (k,), x.dtype))
-        if name is not None and self.inner.takes_prologue(name, x):
+        parts = self._split(ins)
+        x = parts[0]
+        name = self.inner.config or self._by_shape.get((x.shape, x.dtype)) or self._choose(*parts)
+        return self.run(name, *parts)
+
+    def run(self, name: str, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
+            rest: tuple) -> Any:
+        """One call with candidate `name`: a gemv config reading the prologue, or UNFUSED (any
+        other name, and a config that cannot read it here: the prologue first)."""
+        if name != UNFUSED and self.inner.takes_prologue(name, x):
+            k = x.shape[-1] // 2 if self.kind == PRO_GLU else x.shape[-1]
             pro = Prologue(self.kind, k, weight, residual.contiguous() if residual is not None else None, self.eps)
             if self.kind == PRO_ADD_RMS:
                 pro.sum_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
             y = self.inner.run_with_prologue(name, (x, *rest), pro)
             return (pro.sum_out, y) if self.returns_sum else y
-        s, xin = self.materialize(x, residual, weight)  # first call (autotunes the linear), or not a gemv
-        y = self.inner(xin, *rest)
+        s, xin = self.materialize(x, residual, weight)
+        y = self.inner(xin, *rest)  # the linear's own choice (or its pinned config)
         return (s, y) if self.returns_sum else y
+
+    def _choose(self, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None, rest: tuple) -> str:
+        parts = (x, residual, weight, rest)
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            return UNFUSED  # never time inside graph capture; not remembered, so a later call tunes
+        self.run(UNFUSED, *parts)  # the linear tunes itself on the prologue's output first
+        fused = self.inner.prologue_candidates(x, rest[0])
+        if not fused:
+            choice = UNFUSED
+        else:
+            m = x.numel() // max(x.shape[-1], 1)
+            k = x.shape[-1] // 2 if self.kind == PRO_GLU else x.shape[-1]
+            key = f"prologue|{self.kind}|" + self.inner.problem_key(m, k, x.dtype, rest[0])
+            choice = self.chosen.get(key)
+            if choice is None:
+                cands = {name: (lambda name=name: self.run(name, *parts)) for name in fused + [UNFUSED]}
+                choice = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
+        self._by_shape[(x.shape, x.dtype)] = choice
+        return choice
 
 
 _LINEARS = ("linear", "linear_add", "linear_w8", "linear_w4", "linear_fp8")

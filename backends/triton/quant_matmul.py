@@ -440,11 +440,20 @@ class QuantLinearLauncher:
             return (gemv + dmv if on_cuda else dmv + gemv) + [TORCH]
         return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
 
+    def problem_key(self, m: int, k: int, dtype: torch.dtype, q: torch.Tensor) -> str:
+        """The autotune key of this linear at M rows of K."""
+        return (f"{self.op}|{str(dtype).removeprefix('torch.')}|{self.activation}|g{self.group_size}|"
+                f"asym={int(self.asymmetric)}|static={int(self.act_scale > 0)}|bias={int(self.has_bias)}|M{bucket(m)}|N{q.shape[0]}|K{k}")
+
+    def prologue_candidates(self, x: torch.Tensor, q: torch.Tensor) -> list[str]:
+        """The candidates that can read the prologue's input x themselves (prologue.py)."""
+        m = x.numel() // max(x.shape[-1], 1)
+        return [name for name in self.candidates(m, x.is_cuda) if self.takes_prologue(name, x)]
+
     def _choose(self, ins: tuple) -> str:
         x, q = ins[0], ins[1]
         m = x.numel() // max(x.shape[-1], 1)
-        key = (f"{self.op}|{str(x.dtype).removeprefix('torch.')}|{self.activation}|g{self.group_size}|"
-               f"asym={int(self.asymmetric)}|static={int(self.act_scale > 0)}|bias={int(self.has_bias)}|M{bucket(m)}|N{q.shape[0]}|K{x.shape[-1]}")
+        key = self.problem_key(m, x.shape[-1], x.dtype, q)
         hit = self.chosen.get(key)
         if hit is None:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
