@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ...passes.fuse_prologues import LINEARS
 from .autotune import choose
 from .cache import load_module
 from .norms import RowLauncher
@@ -36,11 +37,10 @@ KINDS = {"glu": PRO_GLU, "rms_norm": PRO_RMS, "add_rms_norm": PRO_ADD_RMS}
 
 @dataclass(slots=True)
 class Prologue:
-    """One call's prologue: its kind (PRO_*), the norm weight, the residual, eps, and the sum's
-    output (add + RMSNorm); `k` is the linear's K."""
+    """One call's prologue: its kind (PRO_*), the norm weight, the residual ([M, K], contiguous),
+    eps, and the sum's output (add + RMSNorm)."""
 
     kind: int
-    k: int
     weight: torch.Tensor | None = None
     residual: torch.Tensor | None = None
     eps: float = 0.0
@@ -141,8 +141,8 @@ class PrologueLinearLauncher:
         """One call with candidate `name`: a gemv config reading the prologue, or UNFUSED (any
         other name, and a config that cannot read it here: the prologue first)."""
         if name != UNFUSED and self.inner.takes_prologue(name, x):
-            k = x.shape[-1] // 2 if self.kind == PRO_GLU else x.shape[-1]
-            pro = Prologue(self.kind, k, weight, residual.contiguous() if residual is not None else None, self.eps)
+            pro = Prologue(self.kind, weight.contiguous() if weight is not None else None,
+                           residual.contiguous() if residual is not None else None, self.eps)
             if self.kind == PRO_ADD_RMS:
                 pro.sum_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
             y = self.inner.run_with_prologue(name, (x, *rest), pro)
@@ -171,15 +171,12 @@ class PrologueLinearLauncher:
         return choice
 
 
-_LINEARS = ("linear", "linear_add", "linear_w8", "linear_w4", "linear_fp8")
-
-
 def prologue_form(body: Any) -> tuple[str, int] | None:
     """(prologue kind, how many group inputs the prologue takes) of a "prologue" group's body as
     fuse_prologues builds it, else None: the prologue's nodes, then one linear whose x is their
     result and whose other operands are the group's last inputs, in order."""
     nodes = body.nodes
-    if len(nodes) < 2 or nodes[-1].op.name not in _LINEARS:
+    if len(nodes) < 2 or nodes[-1].op.name not in LINEARS:
         return None
     lin, first = nodes[-1], nodes[0].op.name
     kind = "glu" if first == "split" else first
