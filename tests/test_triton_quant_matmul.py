@@ -156,7 +156,7 @@ def test_gemv_kernels_match_the_reference_in_one_step_and_over_a_ragged_k_loop(
 
 
 @pytest.mark.parametrize(("op", "config", "k"), [("linear_w8", "gemv_4x4096_w2", 300), ("linear_w8", "gemv_8x1024_w2", 1100),
-                                                  ("linear_w4", "gemv_16x1024_w4", 1280)])
+                                                  ("linear_w8", "gemv_4x8192_w4", 5000), ("linear_w4", "gemv_16x1024_w4", 1280)])
 def test_the_tilings_only_the_quantized_gemvs_offer_match_the_reference(op: str, config: str, k: int, no_torch_fallback: None) -> None:
     """GEMV_W8 / GEMV_W4's own tilings: N = 70 ragged for their BLOCK_N, K in one ragged tile or
     over a loop with a ragged last step."""

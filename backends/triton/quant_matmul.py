@@ -101,12 +101,16 @@ DMV_W4 = (DotMatvecConfig(32, 128, 8, 4, 3), DotMatvecConfig(64, 128, 8, 4, 3), 
 # 4096 with 2 warps (1.1B down 7.90 -> 6.70 us, 7B q/k/v 16.66 -> 14.81, gate/up 27.0 -> 24.8,
 # down 18.2 -> 15.6) and 8 x 1024 with 2 warps (1.1B gate/up 9.01 -> 8.67); int4 g128: 16 x 1024
 # with 4 warps (1.1B gate/up 11.3 -> 9.0 us, 7B q/k/v 20.2 -> 19.6, gate/up 34.8 -> 32.3). More
-# programs of fewer registers each: more of a matvec's loads are in flight at once.
-GEMV_W8 = gemv_configs(GEMV_TILINGS + ((4, 4096, 2), (8, 1024, 2)))
+# programs of fewer registers each: more of a matvec's loads are in flight at once. int8 4 x 8192
+# with 4 warps: all of a 1.1B down projection's K (5632) in one step, every code loaded before the
+# PDL wait (7.01 -> 5.22 us; bench/tiling_probe.py, 2026-11-22, session 3).
+GEMV_W8 = gemv_configs(GEMV_TILINGS + ((4, 4096, 2), (8, 1024, 2), (4, 8192, 4)))
 GEMV_W4 = gemv_configs(GEMV_TILINGS + ((16, 1024, 4),))
 # the two that won among seven tilings on an H200 (bench/gemv_sweep.py --quant int4, 2026-11-22):
-# 16 x 512 at 1.1B q/k/v and gate/up, 7B q/k/v and gate/up; 8 x 1024 at 1.1B o and down, 7B o and down
-HGEMV_W4 = tuple(HalfGemvConfig(n, k, w, f, pdl) for pdl in (True, False) for n, k, w, f in ((16, 512, 4, 4), (8, 1024, 4, 4)))
+# 16 x 512 at 1.1B q/k/v and gate/up, 7B q/k/v and gate/up; 8 x 1024 at 1.1B o and down, 7B o and
+# down; then 16 x 2048 with 8 warps at 1.1B down (7.28 -> 6.18 us; bench/tiling_probe.py, session 3)
+HGEMV_W4 = tuple(HalfGemvConfig(n, k, w, f, pdl) for pdl in (True, False)
+                 for n, k, w, f in ((16, 512, 4, 4), (8, 1024, 4, 4), (16, 2048, 8, 4)))
 # hgemv_w4 only where every nonzero group scale is within this of the largest: scaled to [1, 2) at
 # the top, the smallest stays an f16 normal (>= 2^-14) with its full 11-bit precision
 HALF_SCALE_RANGE = 2.0**-13
