@@ -60,7 +60,7 @@ def print_prologue_choices() -> None:
     from kiln.backends.triton.prologue import PrologueLinearLauncher
 
     picks = Counter((lau.kind, name) for lau in gc.get_objects() if isinstance(lau, PrologueLinearLauncher)
-                    for name in lau._by_shape.values())
+                    for name in lau.choices().values())
     print("prologue groups (kind, choice): count:", dict(sorted(picks.items())))
 
 

@@ -20,9 +20,9 @@ def _uses(g: Graph) -> dict[Value, list[int]]:
     return out
 
 
-def _glu_members(group: Node, index: dict[Node, int], uses: dict) -> list[Node] | None:
-    """[split, silu, mul] of a SwiGLU SiLU-mul that fuse_elementwise grouped: the group reads the
-    two equal halves of one last-dim split, each once, and computes silu(first) * second."""
+def _glu_split(group: Node, index: dict[Node, int], uses: dict) -> Node | None:
+    """The split before a SwiGLU SiLU-mul that fuse_elementwise grouped: the group reads the two
+    equal halves of one last-dim split, each once, and computes silu(first) * second."""
     body = group.subgraph
     if group.attrs.get("kind") != "elementwise" or len(group.inputs) != 2 or len(body.nodes) != 2:
         return None
@@ -41,7 +41,7 @@ def _glu_members(group: Node, index: dict[Node, int], uses: dict) -> list[Node] 
         return None
     if any(uses.get(v, []) != [index[group]] for v in split.outputs):
         return None
-    return [split, silu, mul]
+    return split
 
 
 def _plan(g: Graph, uses: dict[Value, list[int]]) -> dict[int, tuple[str, list[int]]]:
@@ -62,9 +62,9 @@ def _plan(g: Graph, uses: dict[Value, list[int]]) -> dict[int, tuple[str, list[i
             if all(u > i for u in uses.get(src.outputs[0], [])):
                 plan[i] = ("add_rms_norm", [index[src]])
         elif src.op.name == "fusion_group" and list(src.outputs) == [x]:
-            members = _glu_members(src, index, uses)
-            if members is not None:
-                plan[i] = ("glu", [index[members[0]], index[src]])
+            split = _glu_split(src, index, uses)
+            if split is not None:
+                plan[i] = ("glu", [index[split], index[src]])
     return plan
 
 
@@ -73,32 +73,23 @@ def _group(rb: Rebuilder, kind: str, lin: Node, absorbed: list[Node], uses: dict
     [, norm weight], the linear's other operands), outputs ([sum,] y)."""
     body = Graph()
     inner: dict[Value, Value] = {}
-    if kind == "glu":
-        split, group = absorbed
-        ext = [split.inputs[0]]
-    else:
-        norm = absorbed[0]
-        ext = list(norm.inputs)
-    ext += list(lin.inputs[1:])
+    ext = list(absorbed[0].inputs) + list(lin.inputs[1:])  # the split's or the norm's inputs, then the linear's operands
     for k, v in enumerate(ext):
         inner[v] = body.add_input(f"x{k}", v.type)
-    if kind == "glu":
-        m = body.add_node(split.op, [inner[split.inputs[0]]], dict(split.attrs), [o.type for o in split.outputs], split.source)
-        inner.update(zip(split.outputs, m.outputs))
-        sub = group.subgraph
-        local = dict(zip(sub.inputs, (inner[v] for v in group.inputs)))
-        for n in sub.nodes:
-            m = body.add_node(n.op, [local[v] for v in n.inputs], dict(n.attrs), [o.type for o in n.outputs], n.source)
-            local.update(zip(n.outputs, m.outputs))
-        inner[group.outputs[0]] = local[sub.outputs[0]]
-    else:
-        m = body.add_node(norm.op, [inner[v] for v in norm.inputs], dict(norm.attrs), [o.type for o in norm.outputs], norm.source)
-        inner.update(zip(norm.outputs, m.outputs))
-    y = body.add_node(lin.op, [inner[v] for v in lin.inputs], dict(lin.attrs), [o.type for o in lin.outputs], lin.source)
+    for n in absorbed + [lin]:  # the absorbed nodes, then the linear
+        if n.subgraph is not None:  # the SiLU-mul group, flattened (a group's body holds no groups)
+            local = dict(zip(n.subgraph.inputs, (inner[v] for v in n.inputs)))
+            for e in n.subgraph.nodes:
+                m = body.add_node(e.op, [local[v] for v in e.inputs], dict(e.attrs), [o.type for o in e.outputs], e.source)
+                local.update(zip(e.outputs, m.outputs))
+            inner[n.outputs[0]] = local[n.subgraph.outputs[0]]
+            continue
+        m = body.add_node(n.op, [inner[v] for v in n.inputs], dict(n.attrs), [o.type for o in n.outputs], n.source)
+        inner.update(zip(n.outputs, m.outputs))
     outs = [lin.outputs[0]]
     if kind == "add_rms_norm" and uses.get(absorbed[0].outputs[0]):  # the sum, read after the linear
         outs.insert(0, absorbed[0].outputs[0])
-    body.outputs = [inner[v] if v is not lin.outputs[0] else y.outputs[0] for v in outs]
+    body.outputs = [inner[v] for v in outs]
     node = rb.out.add_node("fusion_group", [rb.get(v) for v in ext], {"kind": "prologue"}, source=lin.source, subgraph=body)
     rb.map.update(zip(outs, node.outputs))
     return node

@@ -86,12 +86,17 @@ def run_pipeline(
     g: Graph, passes: list[Pass], options: CompileOptions, dump_dir: str | None = None, prefix: str = "",
     symbol_values: dict | None = None, device: object = None, calibration: CalibrationFeed | None = None,
 ) -> tuple[Graph, list[PassRecord]]:
-    """Run enabled passes in order; returns the final graph and one record per pass run."""
+    """Run enabled passes in order; returns the final graph and one record per pass run.
+    `options.disable_passes` may name any pass of these or of the pipeline (a caller such as
+    kiln.LLM runs the pipeline in parts); another name raises ValueError."""
+    from .pipeline import PIPELINE  # lazily: pipeline imports this module
+
     records: list[PassRecord] = []
     enabled = [p for p in passes if p.name not in options.disable_passes]
-    unknown = set(options.disable_passes) - {p.name for p in passes}
+    known = list(dict.fromkeys(p.name for p in list(passes) + PIPELINE))
+    unknown = set(options.disable_passes) - set(known)
     if unknown:
-        raise ValueError(f"unknown pass name(s) in disable_passes: {sorted(unknown)}; known: {[p.name for p in passes]}")
+        raise ValueError(f"unknown pass name(s) in disable_passes: {sorted(unknown)}; known: {known}")
     if dump_dir:
         _dump(dump_dir, f"{prefix}000_captured.txt", g)
     for i, p in enumerate(enabled, start=1):

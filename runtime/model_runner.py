@@ -130,15 +130,10 @@ class PagedModelRunner:
         if "use_cache" in inspect.signature(model.forward).parameters or hasattr(getattr(model, "config", None), "use_cache"):
             kwargs["use_cache"] = False  # the cache is kiln's: trace the model without its own
         traced = trace_export(model, (), kwargs)
-        unknown = set(self.options.disable_passes) - {p.name for p in PIPELINE}
-        if unknown:
-            raise ValueError(f"unknown pass name(s) in disable_passes: {sorted(unknown)}; known: {[p.name for p in PIPELINE]}")
         passes = [p for p in PIPELINE if p.name not in self.options.disable_passes]
         # the KV cache goes in after fuse_patterns and after tensor-parallel sharding (sized by this rank's heads)
         split = max(i for i, p in enumerate(passes) if p.name in ("fuse_patterns", "shard_tensor_parallel")) + 1
-        # the two runs below each see part of the pipeline: the names were checked against all of it
-        run_options = dataclasses.replace(self.options, disable_passes=frozenset())
-        g, _ = run_pipeline(traced.graph, passes[:split], run_options, device=device)
+        g, _ = run_pipeline(traced.graph, passes[:split], self.options, device=device)
         sites = find_attention_sites(g)
         geometry = {(s.kv_heads, s.head_dim, s.dtype) for s in sites}
         if len(geometry) != 1:
@@ -156,7 +151,7 @@ class PagedModelRunner:
         else:  # stand-ins of the right shape that own no memory; split_pipeline keeps this stage's
             stand_in = torch.zeros((1, block_size, heads, dim), dtype=dtype, device=device).expand(n, -1, -1, -1)
             caches = [(stand_in, stand_in)] * len(sites)
-        g, _ = run_pipeline(g, [kv_cache_pass(caches)] + passes[split:], run_options, device=device, calibration=feed)
+        g, _ = run_pipeline(g, [kv_cache_pass(caches)] + passes[split:], self.options, device=device, calibration=feed)
         if stages > 1:
             sites, self.pool = _bind_stage_caches(g, sites, config, n)
         self.kv_cache = [(self.pool.key_cache(i), self.pool.value_cache(i)) for i in range(len(sites))]

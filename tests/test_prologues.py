@@ -24,8 +24,7 @@ from kiln.passes import PassContext, fuse_elementwise, fuse_prologues  # noqa: E
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 3e-3}
 # (op, attrs): dense (with a bias, and linear_add's residual epilogue), int8 and int4 in both
-# formats, fp8 (its own tolerance: x is quantized per token, and the prologue's unrounded input
-# can round to a neighbouring e4m3 code)
+# formats, fp8
 OPS = [
     ("linear", {"activation": "none"}),
     ("linear_add", {"activation": "none"}),
@@ -113,7 +112,10 @@ def _check(kind: str, op: str, attrs: dict, m: int, dtype: torch.dtype, config: 
     for _ in range(2):  # the first call may time or materialize; the second takes the chosen path
         got = launcher(*vals)
     got = got if isinstance(got, tuple) else (got,)
-    tol = 0.05 if op == "linear_fp8" else TOL[dtype]
+    # fp8 in bf16: the reference quantizes the bf16-rounded norm / SiLU-mul output to e4m3 per
+    # token, the kernel the unrounded fp32 value, so a few codes land one e4m3 step (2^-3) apart
+    # (observed up to 1.6e-2 on the interpreter); in fp32 both round the same values (< 2e-7)
+    tol = 2e-2 if op == "linear_fp8" and dtype == torch.bfloat16 else TOL[dtype]
     assert len(got) == len(refs)
     for a, b in zip(got, refs):
         assert a.shape == b.shape and a.dtype == b.dtype
@@ -201,6 +203,15 @@ def test_prologue_pass_runs_for_the_triton_backend_only_and_can_be_disabled() ->
         assert sum(n.op.name == "linear" for n in g.nodes) == 5  # q/k/v, o, gate/up, down, lm_head
 
 
+def test_llm_takes_disable_passes_for_passes_after_its_kv_cache_split() -> None:
+    """kiln.LLM runs the pipeline in two parts (the KV cache goes in between); a name from either
+    part is known to both runs, a name from neither still raises."""
+    llm = kiln.LLM(_llama(1), max_model_len=64, options=CompileOptions(backend="triton", disable_passes={"fuse_prologues"}))
+    assert not any(n.op.name == "fusion_group" and n.attrs["kind"] == "prologue" for n in llm.runner.graph.nodes)
+    with pytest.raises(ValueError, match="unknown pass name"):
+        kiln.LLM(_llama(1), max_model_len=64, options=CompileOptions(disable_passes={"fuse_everything"}))
+
+
 def test_llm_decode_with_triton_prologues_matches_the_reference_greedy() -> None:
     """kiln.LLM on the Triton backend (interpreted on CPU): int8 weights, greedy tokens equal
     the reference backend's, and the decode graph carries the prologue groups (the final norm
@@ -215,6 +226,19 @@ def test_llm_decode_with_triton_prologues_matches_the_reference_greedy() -> None
         prologues = sum(n.op.name == "fusion_group" and n.attrs["kind"] == "prologue" for n in llm.runner.graph.nodes)
         assert prologues == (6 if backend == "triton" else 0)
     assert outs["triton"] == outs["reference"]
+
+
+def test_a_config_that_cannot_read_the_prologue_raises_instead_of_dropping_it() -> None:
+    """The launchers' `run` with a Prologue only takes gemv configs at a gemv's row count."""
+    g, vals = _graph("rms_norm", "linear_w8", OPS[2][1], 1, 16, 64, torch.float32)
+    q = quant_matmul.quant_linear_kernel(g.nodes[-1])
+    pro = prologue.Prologue(prologue.PRO_RMS, vals[1], None, 1e-5)
+    with pytest.raises(ValueError, match="cannot read a prologue"):
+        q.run_with_prologue(quant_matmul.GEMM_CONFIGS[0].name, (vals[0], *vals[2:]), pro)
+    g, vals = _graph("rms_norm", "linear", OPS[0][1], 5, 16, 64, torch.float32)
+    dense = matmul.linear_kernel(g.nodes[-1])
+    with pytest.raises(ValueError, match="cannot read a prologue"):
+        dense.run_with_prologue("gemv_32x512_w4", (vals[0], *vals[2:]), pro)  # 5 rows: more than a gemv takes
 
 
 def test_quant_launcher_reports_which_configs_take_a_prologue() -> None:

@@ -430,20 +430,33 @@ class LinearLauncher:
         self._by_shape: dict[tuple, str] = {}  # (x shape, dtype) -> choice: no key string per call
         self.sparse = SparseWeight()  # the weight's 2:4-compressed form, built on first use
 
+    def _operands(self, ins: tuple) -> tuple:
+        """(x, w, bias, residual) of inputs in IR order (x, weight[, residual][, bias])."""
+        return ins[0], ins[1], ins[-1] if self.has_bias else None, ins[2] if self.has_residual else None
+
     def __call__(self, *ins: torch.Tensor) -> torch.Tensor:
-        x, w = ins[0], ins[1]
-        residual = ins[2] if self.has_residual else None
-        bias = ins[-1] if self.has_bias else None
+        x, w, bias, residual = self._operands(ins)
         name = self.config or self._by_shape.get((x.shape, x.dtype)) or self._choose(x, w, bias, residual)
         return self.run(name, x, w, bias, residual)
 
-    def run(self, name: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None) -> torch.Tensor:
-        """One launch of candidate `name` (a config name, "torch" or "sparse24")."""
+    def run_with_prologue(self, name: str, ins: tuple, pro: Any) -> torch.Tensor:
+        """One launch of gemv config `name` (where `takes_prologue`) on inputs in IR order whose x
+        is the prologue's input (x [..., K], or [..., 2K] for SiLU-mul)."""
+        return self.run(name, *self._operands(ins), pro)
+
+    def run(self, name: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+            pro: Any = None) -> torch.Tensor:
+        """One launch of candidate `name` (a config name, "torch" or "sparse24"); x is read through
+        `pro` (a prologue.Prologue) when given, which only the gemv configs take (`takes_prologue`)."""
+        if pro is not None and not self.takes_prologue(name, x):  # it would be silently dropped below
+            raise ValueError(f"matmul config {name!r} cannot read a prologue for x {tuple(x.shape)}; see takes_prologue")
         if name == SPARSE24:
             y = self.sparse.linear(x, w, bias) if self._fits(x, w) else None
             if y is not None:
                 return torch_epilogue(y, residual, self.activation)
         if name in (TORCH, SPARSE24) or not self._fits(x, w):
+            if pro is not None:
+                raise ValueError(f"matmul config {name!r} does not apply to these operands and cannot read the prologue")
             return torch_linear(x, w, bias, residual, self.activation)
         k, n = x.shape[-1], w.shape[0]
         x2 = x.reshape(-1, k)
@@ -455,7 +468,7 @@ class LinearLauncher:
         elif isinstance(cfg, GemvConfig):
             if x2.shape[0] > GEMV_M:  # one pass over the weights per row: more rows are matvec's job
                 return torch_linear(x, w, bias, residual, self.activation)
-            self._gemv(cfg, x2, w, bias, r2, y, cfg.pdl and self._pdl_ok(x2.is_cuda))
+            self._gemv(cfg, x2, w, bias, r2, y, cfg.pdl and self._pdl_ok(x2.is_cuda), pro)
         else:
             self._matvec(cfg, x2, w, bias, r2, y)
         return y.view(*x.shape[:-1], n)
@@ -529,20 +542,6 @@ class LinearLauncher:
         m = x.numel() // max(x.shape[-1], 1)
         return isinstance(CONFIGS.get(name), GemvConfig) and m <= GEMV_M and x.dtype in _DTYPES and 0 < m \
             and x.numel() < _INT32
-
-    def run_with_prologue(self, name: str, ins: tuple, pro: Any) -> torch.Tensor:
-        """One launch of gemv config `name` (where `takes_prologue`) on inputs in IR order whose x
-        is the prologue's input (x [..., K], or [..., 2K] for SiLU-mul)."""
-        x, w = ins[0], ins[1]
-        residual = ins[2] if self.has_residual else None
-        bias = ins[-1] if self.has_bias else None
-        n = w.shape[0]
-        x2 = x.reshape(-1, x.shape[-1])
-        y = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
-        cfg = CONFIGS[name]
-        self._gemv(cfg, x2, w, bias, residual.reshape(-1, n) if residual is not None else None, y,
-                   cfg.pdl and self._pdl_ok(x2.is_cuda), pro)
-        return y.view(*x.shape[:-1], n)
 
     def _pdl_ok(self, on_cuda: bool) -> bool:
         return on_cuda and self.constant_weights and pdl_available()

@@ -183,12 +183,17 @@ class QuantLinearLauncher:
         name = self.config or self._by_shape.get((x.shape, x.dtype)) or self._choose(ins)
         return self.run(name, ins)
 
-    def run(self, name: str, ins: tuple) -> torch.Tensor:
-        """One launch of candidate `name` (a config name or "torch")."""
+    def run(self, name: str, ins: tuple, pro: Prologue | None = None) -> torch.Tensor:
+        """One launch of candidate `name` (a config name or "torch"); x is read through `pro` (a
+        prologue.Prologue) when given, which only the gemv configs take (`takes_prologue`)."""
         x, q = ins[0], ins[1]
+        if pro is not None and not self.takes_prologue(name, x):  # it would be silently dropped below
+            raise ValueError(f"quantized matmul config {name!r} cannot read a prologue for x {tuple(x.shape)}; see takes_prologue")
         cfg = CONFIGS.get(name)
         if cfg is None or not self._fits(x, q) or (self.op == "linear_w8a8" and not isinstance(cfg, GemmConfig)) \
                 or (self.op == "linear_fp8" and not isinstance(cfg, GemvConfig)):
+            if pro is not None:
+                raise ValueError(f"quantized matmul config {name!r} does not apply to these operands and cannot read the prologue")
             return torch_reference(self.op, ins, self._attrs)
         k, n = x.shape[-1], q.shape[0]
         x2 = x.reshape(-1, k)
@@ -206,15 +211,18 @@ class QuantLinearLauncher:
             self._dot_matvec(cfg, x2, q, scale, zeros, bias, y)
         elif isinstance(cfg, HalfGemvConfig):
             half = self._half(x2, q, scale)
-            if half is None:  # not a shape, dtype or scale range it takes: the reference, as any config that does not apply
+            if half is not None:
+                self._hgemv(cfg, x2, q, *half, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda), pro)
+            elif pro is None:  # not a shape, dtype or scale range it takes: the reference, as any config that does not apply
                 return torch_reference(self.op, ins, self._attrs)
-            self._hgemv(cfg, x2, q, *half, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda))
+            else:  # group scales outside its range, and a prologue to read: the int4 gemv reads it
+                self._gemv(GEMV_W4[0], x2, q, scale, zeros, bias, y, False, pro)
         elif isinstance(cfg, GemvConfig):
             if x2.shape[0] > GEMV_M:  # one pass over the weights per row: more rows are dmv's job
                 return torch_reference(self.op, ins, self._attrs)
             # PDL reads scales and zeros before the wait: not a copy .contiguous() just launched
             copied = scale is not ins[2] or (self.asymmetric and zeros is not ins[3])
-            self._gemv(cfg, x2, q, scale, zeros, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda) and not copied)
+            self._gemv(cfg, x2, q, scale, zeros, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda) and not copied, pro)
         else:
             self._matvec(cfg, x2, q, scale, zeros, bias, y)
         return y.view(*x.shape[:-1], n)
@@ -374,28 +382,8 @@ class QuantLinearLauncher:
             and x.numel() < _INT32
 
     def run_with_prologue(self, name: str, ins: tuple, pro: Prologue) -> torch.Tensor:
-        """One launch of gemv config `name` (where `takes_prologue`) on inputs in IR order whose x
-        is the prologue's input (x [..., K], or [..., 2K] for SiLU-mul); where hgemv_w4 turns out
-        not to apply (group scales outside its range) the int4 gemv runs, with the same prologue."""
-        x, q = ins[0], ins[1]
-        cfg = CONFIGS[name]
-        n = q.shape[0]
-        x2 = x.reshape(-1, x.shape[-1])
-        scale = ins[2].contiguous()
-        zeros = ins[3].contiguous() if self.asymmetric else scale
-        bias = ins[-1] if self.has_bias else None
-        y = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
-        pdl = cfg.pdl and self._pdl_ok(x2.is_cuda)
-        if isinstance(cfg, HalfGemvConfig):
-            half = self._half(x2, q, scale)
-            if half is not None:
-                self._hgemv(cfg, x2, q, *half, bias, y, pdl, pro)
-                return y.view(*x.shape[:-1], n)
-            cfg = GEMV_W4[0]  # scales outside hgemv's range: the int4 gemv, same prologue
-            pdl = cfg.pdl and self._pdl_ok(x2.is_cuda)
-        copied = scale is not ins[2] or (self.asymmetric and zeros is not ins[3])
-        self._gemv(cfg, x2, q, scale, zeros, bias, y, pdl and not copied, pro)
-        return y.view(*x.shape[:-1], n)
+        """`run` with x read through `pro` (the interface prologue.py shares with matmul's launcher)."""
+        return self.run(name, ins, pro)
 
     def _pdl_ok(self, on_cuda: bool) -> bool:
         return on_cuda and self.constant_weights and pdl_available()
