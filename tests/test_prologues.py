@@ -248,26 +248,30 @@ def test_quant_launcher_reports_which_configs_take_a_prologue() -> None:
     x1, x9 = torch.zeros(1, 64), torch.zeros(9, 64)
     assert q.takes_prologue("gemv_32x512_w4", x1) and not q.takes_prologue("gemv_32x512_w4", x9)
     assert not q.takes_prologue(quant_matmul.GEMM_CONFIGS[0].name, x1) and not q.takes_prologue(matmul.TORCH, x1)
-    assert not q.takes_prologue(quant_matmul.HGEMV_W4[0].name, x1)  # CUDA only
+    assert not q.takes_prologue(quant_matmul.HGEMV_W4[0].name, x1)  # never: see takes_prologue
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("config", [c.name for c in quant_matmul.HGEMV_W4] + ["gemv_16x1024_w4_pdl"])
-def test_hgemv_and_pdl_gemv_read_the_prologue_on_cuda(config: str, kind: str, dtype: torch.dtype,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """hgemv_w4 (inline PTX, CUDA only) and a PDL int4 gemv, symmetric int4 g128 with the prologue
-    fused: one row, K = 5632 (a ragged last hgemv step), x scaled so f16 must rescale."""
+@pytest.mark.parametrize(("op", "attrs", "config"), [
+    ("linear_w4", {"activation": "none", "asymmetric": False, "group_size": 128}, "gemv_16x1024_w4_pdl"),
+    ("linear_w8", {"activation": "none", "asymmetric": False}, "gemv_4x8192_w4_pdl"),
+    ("linear", {"activation": "none"}, "gemv_16x2048_w8_pdl"),
+], ids=["int4", "int8", "dense"])
+def test_pdl_gemvs_read_the_prologue_on_cuda(op: str, attrs: dict, config: str, kind: str, dtype: torch.dtype,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """PDL gemvs (weights loaded before the wait, the prologue's operands after it) with the
+    prologue fused: one row, K = 5632 (the 1.1B down projection's; one ragged step for int8's
+    4 x 8192), large activations."""
     monkeypatch.setattr(prologue.PrologueLinearLauncher, "materialize",
                         lambda *a: pytest.fail("materialized the prologue instead of fusing it"))
-    attrs = {"activation": "none", "asymmetric": False, "group_size": 128}
-    g, vals = _graph(kind, "linear_w4", attrs, 1, 1000, 5632, dtype)
-    vals[0] = vals[0] * (3 if kind == "glu" else 300)  # large activations (f16 must rescale); SiLU-mul squares its scale
+    g, vals = _graph(kind, op, attrs, 1, 1000, 5632, dtype)
+    vals[0] = vals[0] * (3 if kind == "glu" else 300)  # SiLU-mul squares its scale: keep f16 finite
     (group,) = _fused(g).nodes
     launcher = prologue_kernel(group, config)
-    launcher.inner.constant_weights = True  # as in a compiled model (hgemv needs constant weights)
+    launcher.inner.constant_weights = True  # as in a compiled model: PDL reads the weights before the wait
     refs = ir.run_graph(g, [v.cpu() for v in vals])
     got = launcher(*vals)
     got = got if isinstance(got, tuple) else (got,)

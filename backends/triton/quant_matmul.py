@@ -211,12 +211,9 @@ class QuantLinearLauncher:
             self._dot_matvec(cfg, x2, q, scale, zeros, bias, y)
         elif isinstance(cfg, HalfGemvConfig):
             half = self._half(x2, q, scale)
-            if half is not None:
-                self._hgemv(cfg, x2, q, *half, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda), pro)
-            elif pro is None:  # not a shape, dtype or scale range it takes: the reference, as any config that does not apply
+            if half is None:  # not a shape, dtype or scale range it takes: the reference, as any config that does not apply
                 return torch_reference(self.op, ins, self._attrs)
-            else:  # group scales outside its range, and a prologue to read: the int4 gemv reads it
-                self._gemv(GEMV_W4[0], x2, q, scale, zeros, bias, y, False, pro)
+            self._hgemv(cfg, x2, q, *half, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda))
         elif isinstance(cfg, GemvConfig):
             if x2.shape[0] > GEMV_M:  # one pass over the weights per row: more rows are dmv's job
                 return torch_reference(self.op, ins, self._attrs)
@@ -352,20 +349,17 @@ class QuantLinearLauncher:
             and not debug.TRITON_INTERPRET
 
     def _hgemv(self, cfg: HalfGemvConfig, x2: torch.Tensor, q: torch.Tensor, s16: torch.Tensor, rescale: float,
-               bias: Any, y: torch.Tensor, pdl: bool, pro: Prologue | None = None) -> None:
-        """One launch of `hgemv_w4` (x read through `pro` when given): BLOCK_K is cfg.block_k, at
-        most K rounded up to a power of two and at least the group (a ragged last step masks
-        whole groups)."""
-        k, n = self._k(q), q.shape[0]
+               bias: Any, y: torch.Tensor, pdl: bool) -> None:
+        """One launch of `hgemv_w4`: BLOCK_K is cfg.block_k, at most K rounded up to a power of two
+        and at least the group (a ragged last step masks whole groups)."""
+        k, n = x2.shape[1], q.shape[0]
         block_k = max(min(cfg.block_k, _pow2(k)), self.group_size)
-        flags: dict[str, Any] = {"K": k, "KP": _pow2(k), "HAS_BIAS": bias is not None, "PDL": pdl,
-                                 "PRO": pro.kind if pro is not None else PRO_NONE, "GS": self.group_size,
+        flags: dict[str, Any] = {"K": k, "KP": _pow2(k), "HAS_BIAS": bias is not None, "PDL": pdl, "GS": self.group_size,
                                  "BLOCK_N": cfg.block_n, "BLOCK_K": block_k, "FLUSH": cfg.flush, "num_warps": cfg.warps}
         if pdl:
             flags["launch_pdl"] = True
         self._module(x2).hgemv_w4[(-(-n // cfg.block_n),)](
-            x2, q, s16, bias if bias is not None else y, y, *(pro.args(y) if pro is not None else no_prologue(y)), n,
-            rescale, x2.stride(1), q.stride(0), s16.stride(0), **flags)
+            x2, q, s16, bias if bias is not None else y, y, n, rescale, x2.stride(1), q.stride(0), s16.stride(0), **flags)
 
     def _k(self, q: torch.Tensor) -> int:
         """The weight's K (int4 packs two columns per byte)."""
@@ -373,11 +367,12 @@ class QuantLinearLauncher:
 
     def takes_prologue(self, name: str, x: torch.Tensor) -> bool:
         """Candidate `name` can read x through a prologue (prologue.py): a gemv config (int8, int4,
-        fp8) or hgemv_w4 where it applies, at most GEMV_M rows, a dtype and size the kernels take."""
+        fp8), at most GEMV_M rows, a dtype and size the kernels take. Not hgemv_w4: its f16 scaling
+        pass reads all of x before its steps read it again, so every program computed the
+        prologue twice; reading the norms and SiLU-mul made the 1.1B int4 decode step slower in
+        the graph (H200 replays 721 -> 763-837 us) though its isolated timings won."""
         cfg = CONFIGS.get(name)
         m = x.numel() // max(x.shape[-1], 1)
-        if isinstance(cfg, HalfGemvConfig):
-            return self._hgemv_offered(m, x.is_cuda) and x.dtype in (torch.bfloat16, torch.float16)
         return isinstance(cfg, GemvConfig) and self.op != "linear_w8a8" and 0 < m <= GEMV_M and x.dtype in _DTYPES \
             and x.numel() < _INT32
 
