@@ -6,6 +6,7 @@ every kernel config is pinned explicitly so the interpreter really runs each Tri
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -300,7 +301,8 @@ def test_cuda_pdl_gemv_chained_twice_in_a_cuda_graph_reads_each_input_after_its_
     launcher = linear_kernel(node, "gemv_16x2048_w8_pdl")
     launches: list[bool] = []
     gemv = matmul.LinearLauncher._gemv
-    monkeypatch.setattr(matmul.LinearLauncher, "_gemv", lambda self, *a: (launches.append(a[-1]), gemv(self, *a)))
+    pdl_of = lambda self, *a: inspect.signature(gemv).bind(self, *a).arguments["pdl"]  # noqa: E731
+    monkeypatch.setattr(matmul.LinearLauncher, "_gemv", lambda self, *a: (launches.append(pdl_of(self, *a)), gemv(self, *a)))
     x, r = _rand((1, d), dtype, 1), _rand((1, d), dtype, 3)
     launcher(x, params[0], r, params[1])  # compiles outside the capture
     torch.cuda.synchronize()

@@ -7,6 +7,8 @@ fp32 -> bf16 casts (the GPU rounds to nearest even), hence bf16's looser toleran
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -189,7 +191,7 @@ def test_gemv_pdl_configs_are_offered_only_on_sm90_cuda_for_constant_weights(mon
     assert const.candidates(1) == dmv + plain + [TORCH]
 
     launches: list[bool] = []
-    monkeypatch.setattr(QuantLinearLauncher, "_gemv", lambda self, *a: launches.append(a[-1]))
+    monkeypatch.setattr(QuantLinearLauncher, "_gemv", lambda self, cfg, x2, q, scale, zeros, bias, y, pdl, pro=None: launches.append(pdl))
     g, node, vals = _node("linear_w8", _variant("linear_w8", False, 0), 1, 8, 32, torch.float32, False)
     assert not quant_linear_kernel(node).constant_weights  # graph inputs, not constants
     const.run(pdl[0], tuple(v.cpu() for v in vals))
@@ -369,7 +371,8 @@ def test_cuda_pdl_gemv_chained_twice_in_a_cuda_graph_reads_each_input_after_its_
     launcher = quant_linear_kernel(node, "gemv_16x2048_w8_pdl")
     launches: list[bool] = []
     gemv = quant_matmul.QuantLinearLauncher._gemv
-    monkeypatch.setattr(quant_matmul.QuantLinearLauncher, "_gemv", lambda self, *a: (launches.append(a[-1]), gemv(self, *a)))
+    pdl_of = lambda self, *a: inspect.signature(gemv).bind(self, *a).arguments["pdl"]  # noqa: E731
+    monkeypatch.setattr(quant_matmul.QuantLinearLauncher, "_gemv", lambda self, *a: (launches.append(pdl_of(self, *a)), gemv(self, *a)))
     launcher(x, *params)  # compiles outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
