@@ -1,0 +1,399 @@
+"""The persistent decode step of `megastep_probe.py`, with the weight stream in shared memory.
+
+`megastep_probe.py` keeps the next two tiles in registers, so at every grid barrier the weight
+stream drains to two tiles per SM. Here (Gluon, CUDA sm80+ only) every program keeps NBUF - 1
+tiles in flight through `cp.async` into a ring of shared-memory buffers: the copies run on while
+the program waits at a barrier, so the DRAM stream need not stop at the five barriers of a layer.
+
+Same model, streams, reference and variants as `megastep_probe.py`; gate and up rows are stored
+raw and the down stage's activation read applies the SiLU-mul.
+
+    python3 bench/megastep_gluon.py [--schemes bf16 int8 int4] [--nbuf 6] [--programs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import triton
+from megastep_probe import SHAPES, Model, build_streams, reference, time_us
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+
+
+@gluon.jit
+def grid_sync(bar, target, SYNC: gl.constexpr):
+    if SYNC:
+        gl.thread_barrier()
+        gl.atomic_add(bar, 1, sem="release", scope="gpu")
+        seen = gl.atomic_add(bar, 0, sem="acquire", scope="gpu")
+        while seen < target:
+            seen = gl.atomic_add(bar, 0, sem="acquire", scope="gpu")
+        gl.thread_barrier()
+
+
+@gluon.jit
+def issue(ring, sring, stream, sscale, t, t_end, offs, soffs, TILE: gl.constexpr, STILE: gl.constexpr,
+          NBUF: gl.constexpr, HAS_S: gl.constexpr, LOAD: gl.constexpr):
+    # start copying tile t (if this program has it) into its ring slot; one commit group per tile
+    gl.thread_barrier()  # every thread has read the slot this copy overwrites
+    ok = (t < t_end) & LOAD
+    slot = (t % NBUF).to(gl.int32)
+    cp.async_copy_global_to_shared(ring.index(slot), stream + t * TILE + offs, mask=(offs >= 0) & ok)
+    if HAS_S:
+        cp.async_copy_global_to_shared(sring.index(slot), sscale + t * STILE + soffs, mask=(soffs >= 0) & ok)
+    cp.commit_group()
+
+
+@gluon.jit
+def take(ring, sring, t, NBUF: gl.constexpr, L3: gl.constexpr, HAS_S: gl.constexpr):
+    cp.wait_group(NBUF - 1)  # tile t's group is done (NBUF - 1 younger ones may still run)
+    gl.thread_barrier()
+    slot = (t % NBUF).to(gl.int32)
+    w = ring.index(slot).load(L3)
+    if HAS_S:
+        s = sring.index(slot).load(gl.SliceLayout(2, L3))
+    else:
+        s = 0.0
+    return w, s
+
+
+@gluon.jit
+def tile_dot(w, s, xa, xb, QUANT: gl.constexpr):
+    # (BN,) products of a [BN, G, GW] tile with its x chunk ([G, GW]; int4: even / odd columns)
+    if QUANT == 0:
+        return gl.sum(gl.sum(w.to(gl.float32) * xa[None, :, :], axis=2), axis=1)
+    elif QUANT == 1:
+        return gl.sum(gl.sum(w.to(gl.float32) * xa[None, :, :], axis=2) * s, axis=1)
+    else:
+        b = w.to(gl.int32) & 0xFF
+        lo = (b & 0xF).to(gl.float32) - 8.0
+        hi = (b >> 4).to(gl.float32) - 8.0
+        return gl.sum(gl.sum(lo * xa[None, :, :] + hi * xb[None, :, :], axis=2) * s, axis=1)
+
+
+@gluon.jit
+def x_index(c, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, KC: gl.constexpr, QUANT: gl.constexpr):
+    # element index of chunk c's x, [G, GW] (int4: the even columns; the odd ones are + 1)
+    g = gl.arange(0, G, gl.SliceLayout(1, XL))
+    j = gl.arange(0, GW, gl.SliceLayout(0, XL))
+    k = g[:, None] * GW + j[None, :]
+    if QUANT == 2:
+        k = 2 * k
+    return c * KC + k
+
+
+@gluon.jit
+def rms_x(resid, nw, eps, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, H: gl.constexpr, QUANT: gl.constexpr):
+    k = x_index(0, G, GW, XL, H, QUANT)
+    ra = gl.load(resid + k, cache_modifier=".cg")
+    if QUANT == 2:
+        rb = gl.load(resid + k + 1, cache_modifier=".cg")
+        ss = gl.sum(gl.sum(ra * ra + rb * rb, axis=1), axis=0)
+    else:
+        rb = ra
+        ss = gl.sum(gl.sum(ra * ra, axis=1), axis=0)
+    inv = gl.rsqrt(ss / H + eps)
+    xa = ra * inv * gl.load(nw + k).to(gl.float32)
+    if QUANT == 2:
+        xb = rb * inv * gl.load(nw + k + 1).to(gl.float32)
+    else:
+        xb = xa
+    return xa, xb
+
+
+@gluon.jit
+def plain_x(buf, c, K, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, KC: gl.constexpr, QUANT: gl.constexpr):
+    k = x_index(c, G, GW, XL, KC, QUANT)
+    xa = gl.load(buf + k, mask=k < K, other=0.0, cache_modifier=".cg")
+    if QUANT == 2:
+        xb = gl.load(buf + k + 1, mask=k + 1 < K, other=0.0, cache_modifier=".cg")
+    else:
+        xb = xa
+    return xa, xb
+
+
+@gluon.jit
+def silu_mul(gu, k, K):
+    g = gl.load(gu + 2 * k, mask=k < K, other=0.0, cache_modifier=".cg")
+    u = gl.load(gu + 2 * k + 1, mask=k < K, other=0.0, cache_modifier=".cg")
+    return g / (1.0 + gl.exp(-g)) * u
+
+
+@gluon.jit
+def act_x(gu, c, K, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, KC: gl.constexpr, QUANT: gl.constexpr):
+    # chunk c of silu(gate) * up (gate / up rows interleaved in gu)
+    k = x_index(c, G, GW, XL, KC, QUANT)
+    xa = silu_mul(gu, k, K)
+    if QUANT == 2:
+        xb = silu_mul(gu, k + 1, K)
+    else:
+        xb = xa
+    return xa, xb
+
+
+@gluon.jit
+def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2, kc, vc, cos, sin, bar, bar_base,
+               pos, eps, L: gl.constexpr, H: gl.constexpr, NH: gl.constexpr, NKV: gl.constexpr, D: gl.constexpr,
+               I: gl.constexpr, TMAX: gl.constexpr, KC: gl.constexpr, BN: gl.constexpr, G: gl.constexpr,
+               GW: gl.constexpr, QUANT: gl.constexpr, NBUF: gl.constexpr, NW: gl.constexpr, WB: gl.constexpr, SYNC: gl.constexpr,
+               WORK: gl.constexpr, STREAM: gl.constexpr):
+    pid = gl.program_id(0)
+    P = gl.num_programs(0)
+    dt: gl.constexpr = stream.dtype.element_ty
+    V: gl.constexpr = 16 // dt.primitive_bitwidth * 8  # elements per 16-byte copy
+    TW: gl.constexpr = GW // V
+    # warps split between rows (WB) and groups (NW // WB): x chunks spread over the warps, not copied in each
+    L3: gl.constexpr = gl.BlockedLayout([1, 1, V], [1, 32 // TW, TW], [WB, NW // WB, 1], [2, 1, 0])
+    XL: gl.constexpr = gl.SliceLayout(0, L3)  # [G, GW] x chunks
+    RL: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, L3))  # [BN] row results
+    SL: gl.constexpr = gl.BlockedLayout([1, 1], [32 // G, G], [NW, 1], [1, 0])  # [BN, G] scale copies
+    SM3: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
+    SM2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    TILE: gl.constexpr = BN * G * GW
+    STILE: gl.constexpr = BN * G
+    HAS_S: gl.constexpr = QUANT != 0
+    ring = gl.allocate_shared_memory(dt, [NBUF, BN, G, GW], SM3)
+    sring = gl.allocate_shared_memory(gl.float32, [NBUF, BN, G], SM2)
+    rb = gl.arange(0, BN, gl.SliceLayout(1, gl.SliceLayout(2, L3)))
+    rg = gl.arange(0, G, gl.SliceLayout(0, gl.SliceLayout(2, L3)))
+    rw = gl.arange(0, GW, gl.SliceLayout(0, gl.SliceLayout(1, L3)))
+    offs = (rb[:, None, None] * G + rg[None, :, None]) * GW + rw[None, None, :]
+    sb = gl.arange(0, BN, gl.SliceLayout(1, SL))
+    sg = gl.arange(0, G, gl.SliceLayout(0, SL))
+    soffs = sb[:, None] * G + sg[None, :]
+    QKV: gl.constexpr = (NH + 2 * NKV) * D
+    NCD: gl.constexpr = (I + KC - 1) // KC
+    t = gl.load(first_tile + pid)
+    t_end = t + gl.load(n_tiles + pid)
+    nq = gl.cdiv(gl.maximum(QKV // BN - pid, 0), P)
+    no = gl.cdiv(gl.maximum(H // BN - pid, 0), P)
+    ng = gl.cdiv(gl.maximum(2 * I // BN - pid, 0), P)
+    for i in gl.static_range(NBUF - 1):
+        issue(ring, sring, stream, sscale, t + i, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
+    nbar = 0
+    for layer in range(L):
+        # --- q/k/v
+        xa, xb = rms_x(resid, n1 + layer * H, eps, G, GW, XL, H, QUANT)
+        j = 0
+        while j < nq:
+            issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
+            w, s = take(ring, sring, t, NBUF, L3, HAS_S)
+            if WORK:
+                gl.store(qkv + (pid + j * P) * BN + rb, tile_dot(w, s, xa, xb, QUANT))
+            elif STREAM:
+                gl.store(qkv + pid * BN + rb, gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1))
+            t += 1
+            j += 1
+        nbar += 1
+        grid_sync(bar, bar_base + nbar * P, SYNC)
+        # --- attention, one query head per program at a time
+        if WORK:
+            LA: gl.constexpr = gl.BlockedLayout([1, D // 8], [4, 8], [NW, 1], [1, 0])
+            h = pid
+            while h < NH:
+                g = h // (NH // NKV)
+                d = gl.arange(0, D, gl.SliceLayout(0, LA))
+                dr = (d + D // 2) % D
+                sign = gl.where(d < D // 2, -1.0, 1.0)
+                cs = gl.load(cos + pos * (D // 2) + d % (D // 2))
+                sn = gl.load(sin + pos * (D // 2) + d % (D // 2))
+                q = gl.load(qkv + h * D + d, cache_modifier=".cg") * cs + sign * gl.load(qkv + h * D + dr, cache_modifier=".cg") * sn
+                kb = qkv + NH * D + g * D
+                k = gl.load(kb + d, cache_modifier=".cg") * cs + sign * gl.load(kb + dr, cache_modifier=".cg") * sn
+                v = gl.load(qkv + (NH + NKV) * D + g * D + d, cache_modifier=".cg")
+                base = (layer * NKV + g) * TMAX * D
+                if h % (NH // NKV) == 0:
+                    gl.store(kc + base + pos * D + d, k.to(kc.dtype.element_ty))
+                    gl.store(vc + base + pos * D + d, v.to(vc.dtype.element_ty))
+                tt = gl.arange(0, TMAX, gl.SliceLayout(1, LA))
+                km = (tt < pos)[:, None]
+                kt = gl.load(kc + base + tt[:, None] * D + d[None, :], mask=km, other=0.0).to(gl.float32)
+                vt = gl.load(vc + base + tt[:, None] * D + d[None, :], mask=km, other=0.0).to(gl.float32)
+                scale = 1.0 / gl.sqrt(D * 1.0)
+                sc = gl.where(tt < pos, gl.sum(kt * q[None, :], axis=1) * scale, float("-inf"))
+                snew = gl.sum(k * q, axis=0) * scale
+                m = gl.maximum(gl.max(sc, axis=0), snew)
+                p = gl.exp(sc - m)
+                pnew = gl.exp(snew - m)
+                o = (gl.sum(p[:, None] * vt, axis=0) + pnew * v) / (gl.sum(p, axis=0) + pnew)
+                gl.store(attn + h * D + d, o)
+                h += P
+        nbar += 1
+        grid_sync(bar, bar_base + nbar * P, SYNC)
+        # --- resid += attn @ Wo
+        xa, xb = plain_x(attn, 0, H, G, GW, XL, KC, QUANT)
+        j = 0
+        while j < no:
+            issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
+            w, s = take(ring, sring, t, NBUF, L3, HAS_S)
+            if WORK:
+                rows = (pid + j * P) * BN + rb
+                y = tile_dot(w, s, xa, xb, QUANT)
+                gl.store(resid + rows, gl.load(resid + rows, cache_modifier=".cg") + y)
+            elif STREAM:
+                gl.store(qkv + pid * BN + rb, gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1))
+            t += 1
+            j += 1
+        nbar += 1
+        grid_sync(bar, bar_base + nbar * P, SYNC)
+        # --- gate / up rows (raw; the down stage applies the SiLU-mul as it reads them)
+        xa, xb = rms_x(resid, n2 + layer * H, eps, G, GW, XL, H, QUANT)
+        j = 0
+        while j < ng:
+            issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
+            w, s = take(ring, sring, t, NBUF, L3, HAS_S)
+            if WORK:
+                gl.store(gu + (pid + j * P) * BN + rb, tile_dot(w, s, xa, xb, QUANT))
+            elif STREAM:
+                gl.store(qkv + pid * BN + rb, gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1))
+            t += 1
+            j += 1
+        nbar += 1
+        grid_sync(bar, bar_base + nbar * P, SYNC)
+        # --- resid += silu(gate) * up @ Wdown, K in NCD <= 4 chunks
+        gl.static_assert(NCD <= 4)
+        xa0, xb0 = act_x(gu, 0, I, G, GW, XL, KC, QUANT)
+        if NCD > 1:
+            xa1, xb1 = act_x(gu, 1, I, G, GW, XL, KC, QUANT)
+        if NCD > 2:
+            xa2, xb2 = act_x(gu, 2, I, G, GW, XL, KC, QUANT)
+        if NCD > 3:
+            xa3, xb3 = act_x(gu, 3, I, G, GW, XL, KC, QUANT)
+        j = 0
+        while j < no:
+            y = gl.zeros([BN], gl.float32, RL)
+            for c in gl.static_range(NCD):
+                issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
+                w, s = take(ring, sring, t, NBUF, L3, HAS_S)
+                if WORK:
+                    if c == 0:
+                        y += tile_dot(w, s, xa0, xb0, QUANT)
+                    elif c == 1:
+                        y += tile_dot(w, s, xa1, xb1, QUANT)
+                    elif c == 2:
+                        y += tile_dot(w, s, xa2, xb2, QUANT)
+                    else:
+                        y += tile_dot(w, s, xa3, xb3, QUANT)
+                elif STREAM:
+                    y += gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1)
+                t += 1
+            rows = (pid + j * P) * BN + rb
+            if WORK:
+                gl.store(resid + rows, gl.load(resid + rows, cache_modifier=".cg") + y)
+            elif STREAM:
+                gl.store(qkv + pid * BN + rb, y)
+            j += 1
+        nbar += 1
+        grid_sync(bar, bar_base + nbar * P, SYNC)
+    cp.wait_group(0)
+
+
+class GluonStep:
+    """One scheme's shared-memory-ring persistent step."""
+
+    GW = {"bf16": 64, "int8": 128, "int4": 64}  # stored elements per group column (int4: bytes, one group)
+
+    def __init__(self, m: Model, scheme: str, P: int, KC: int, TMAX: int, warps: int, pos: int, tile_rows: int, nbuf: int):
+        if m.H != KC:
+            raise ValueError(f"the probe reads the hidden vector as one chunk: hidden {m.H} != --kc {KC}")
+        self.m, self.scheme, self.P, self.KC, self.TMAX, self.warps, self.pos, self.nbuf = m, scheme, P, KC, TMAX, warps, pos, nbuf
+        per_byte = 2 if scheme == "int4" else 1
+        esize = 2 if scheme == "bf16" else 1
+        self.BN = KC * 2 * tile_rows // (KC // per_byte * esize)
+        kb = KC // per_byte
+        self.GWv = min(self.GW[scheme], kb)
+        self.G = kb // self.GWv
+        self.GS = 2 * self.GWv if scheme == "int4" else self.GWv  # scale group (int8: its channel scale repeated)
+        self.quant = {"bf16": 0, "int8": 1, "int4": 2}[scheme]
+        tw = self.GWv // (16 // esize)  # threads of a warp along a group's columns
+        self.WB = warps // max(1, min(warps, self.G // (32 // tw)))
+        dev = m.wo.device
+        self.stream, sscale, self.n_tiles, self.first, self.deq = build_streams(m, scheme, P, KC, self.BN, self.GS)
+        if scheme == "int8":  # one scale per row and tile -> per (row, group) as the kernel reads it
+            sscale = sscale.reshape(-1, self.BN, 1).expand(-1, self.BN, self.G).contiguous()
+        self.sscale = sscale
+        H, NH, NKV = m.H, m.NH, m.NKV
+        D = H // NH
+        g = torch.Generator(device="cpu").manual_seed(1)
+        self.resid0 = torch.randn(H, generator=g).to(dev)
+        self.kc0 = (torch.randn(m.L, NKV, TMAX, D, generator=g) * 0.5).to(dev, torch.bfloat16)
+        self.vc0 = torch.randn(m.L, NKV, TMAX, D, generator=g).to(dev, torch.bfloat16)
+        ang = torch.arange(TMAX)[:, None].float() / (10000 ** (torch.arange(D // 2).float() * 2 / D))[None, :]
+        self.cos, self.sin = ang.cos().to(dev), ang.sin().to(dev)
+        self.qkv = torch.zeros((NH + 2 * NKV) * D, device=dev)
+        self.attn = torch.zeros(H, device=dev)
+        self.gu = torch.zeros(2 * m.I, device=dev)
+        self.bar = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.launches = 0
+        self.n1, self.n2 = m.n1.to(torch.bfloat16), m.n2.to(torch.bfloat16)
+
+    def launch(self, resid, kc, vc, variant: str = "full"):
+        m = self.m
+        nbar = 5 * m.L
+        base = self.launches * nbar * self.P
+        self.launches += 1
+        if base + nbar * self.P >= 2**31 - 1:
+            self.bar.zero_()
+            self.launches, base = 1, 0
+        self.compiled = megastep_g[(self.P,)](
+            self.stream, self.sscale, self.n_tiles, self.first, resid, self.qkv, self.attn, self.gu, self.n1, self.n2,
+            kc, vc, self.cos, self.sin, self.bar, base, self.pos, 1e-5, L=m.L, H=m.H, NH=m.NH, NKV=m.NKV,
+            D=m.H // m.NH, I=m.I, TMAX=self.TMAX, KC=self.KC, BN=self.BN, G=self.G, GW=self.GWv, QUANT=self.quant,
+            NBUF=self.nbuf, NW=self.warps, WB=self.WB, SYNC=variant != "stream", WORK=variant == "full", STREAM=variant != "sync",
+            num_warps=self.warps)
+
+    def check(self) -> tuple[float, float]:
+        resid, kc, vc = self.resid0.clone(), self.kc0.clone(), self.vc0.clone()
+        self.launch(resid, kc, vc)
+        r_ref, kc_ref, _ = reference(self.m, self.deq, self.resid0, self.kc0, self.vc0, self.cos, self.sin, self.pos, 1e-5)
+        err = ((resid - r_ref).abs().max() / r_ref.abs().max()).item()
+        kerr = ((kc.float() - kc_ref).abs().max() / kc_ref.abs().max()).item()
+        arrivals = int(self.bar.item()) - (self.launches - 1) * 5 * self.m.L * self.P
+        if arrivals != 5 * self.m.L * self.P:
+            raise RuntimeError(f"grid barrier counted {arrivals} arrivals, expected {5 * self.m.L * self.P}")
+        return err, kerr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="1b", choices=sorted(SHAPES))
+    ap.add_argument("--schemes", nargs="+", default=["bf16", "int8", "int4"])
+    ap.add_argument("--programs", type=int, default=0, help="programs (default: one per SM)")
+    ap.add_argument("--warps", type=int, default=8)
+    ap.add_argument("--kc", type=int, default=2048)
+    ap.add_argument("--tile-rows", type=int, default=8, help="a tile holds the bytes of this many bf16 rows of KC")
+    ap.add_argument("--nbuf", type=int, default=6, help="shared-memory ring slots (tiles in flight + 1)")
+    ap.add_argument("--pos", type=int, default=144)
+    ap.add_argument("--variants", nargs="+", default=["full", "sync", "stream"])
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    P = args.programs or torch.cuda.get_device_properties(0).multi_processor_count
+    m = Model.random(args.shape, dev)
+    TMAX = triton.next_power_of_2(args.pos + 1)
+    print(f"persistent decode step, cp.async ring | {torch.cuda.get_device_name()} | torch {torch.__version__} | "
+          f"triton {triton.__version__} | shape {args.shape}, {P} programs x {args.warps} warps, tile {args.tile_rows} "
+          f"bf16 rows of {args.kc}, {args.nbuf} slots, position {args.pos}")
+    print("| scheme | weight MB | regs / spills | rel err vs fp32 ref (residual / k cache) | "
+          + " | ".join(f"{v} (us)" for v in args.variants) + " | GB/s (full) |")
+    print("|---|---|---|---|" + "---|" * len(args.variants) + "---|")
+    for scheme in args.schemes:
+        st = GluonStep(m, scheme, P, args.kc, TMAX, args.warps, args.pos, args.tile_rows, args.nbuf)
+        mb = (st.stream.numel() * st.stream.element_size() + st.sscale.numel() * 4) / 1e6
+        err, kerr = st.check()
+        regs = f"{getattr(st.compiled, 'n_regs', '-')} / {getattr(st.compiled, 'n_spills', '-')}"
+        times = []
+        for v in args.variants:
+            resid, kc, vc = st.resid0.clone(), st.kc0.clone(), st.vc0.clone()
+            times.append(time_us(lambda v=v: st.launch(resid, kc, vc, v)))
+        gbs = mb * 1e3 / times[0] if times and not math.isnan(times[0]) else float("nan")
+        print(f"| {scheme} | {mb:.1f} | {regs} | {err:.1e} / {kerr:.1e} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {gbs:.0f} |")
+        del st
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
