@@ -62,8 +62,13 @@ def take(ring, sring, t, NBUF: gl.constexpr, L3: gl.constexpr, HAS_S: gl.constex
 
 
 @gluon.jit
-def tile_dot(w, s, xa, xb, QUANT: gl.constexpr):
+def tile_dot(w, s, xa, xb, QUANT: gl.constexpr, DIAG: gl.constexpr):
     # (BN,) products of a [BN, G, GW] tile with its x chunk ([G, GW]; int4: even / odd columns)
+    # DIAG (diagnosis only): 1 = leave out the scales, 2 = leave out x
+    if DIAG == 1:
+        return gl.sum(gl.sum(w.to(gl.float32) * xa[None, :, :], axis=2), axis=1)
+    if DIAG == 2:
+        return gl.sum(gl.sum(w.to(gl.float32), axis=2) * s, axis=1)
     if QUANT == 0:
         return gl.sum(gl.sum(w.to(gl.float32) * xa[None, :, :], axis=2), axis=1)
     elif QUANT == 1:
@@ -140,7 +145,7 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
                pos, eps, L: gl.constexpr, H: gl.constexpr, NH: gl.constexpr, NKV: gl.constexpr, D: gl.constexpr,
                I: gl.constexpr, TMAX: gl.constexpr, KC: gl.constexpr, BN: gl.constexpr, G: gl.constexpr,
                GW: gl.constexpr, QUANT: gl.constexpr, NBUF: gl.constexpr, NW: gl.constexpr, WB: gl.constexpr, SYNC: gl.constexpr,
-               WORK: gl.constexpr, STREAM: gl.constexpr):
+               WORK: gl.constexpr, STREAM: gl.constexpr, ATT: gl.constexpr, DIAG: gl.constexpr):
     pid = gl.program_id(0)
     P = gl.num_programs(0)
     dt: gl.constexpr = stream.dtype.element_ty
@@ -183,7 +188,7 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
             issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
             w, s = take(ring, sring, t, NBUF, L3, HAS_S)
             if WORK:
-                gl.store(qkv + (pid + j * P) * BN + rb, tile_dot(w, s, xa, xb, QUANT))
+                gl.store(qkv + (pid + j * P) * BN + rb, tile_dot(w, s, xa, xb, QUANT, DIAG))
             elif STREAM:
                 gl.store(qkv + pid * BN + rb, gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1))
             t += 1
@@ -191,7 +196,7 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- attention, one query head per program at a time
-        if WORK:
+        if WORK and ATT:
             LA: gl.constexpr = gl.BlockedLayout([1, D // 8], [4, 8], [NW, 1], [1, 0])
             h = pid
             while h < NH:
@@ -232,7 +237,7 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
             w, s = take(ring, sring, t, NBUF, L3, HAS_S)
             if WORK:
                 rows = (pid + j * P) * BN + rb
-                y = tile_dot(w, s, xa, xb, QUANT)
+                y = tile_dot(w, s, xa, xb, QUANT, DIAG)
                 gl.store(resid + rows, gl.load(resid + rows, cache_modifier=".cg") + y)
             elif STREAM:
                 gl.store(qkv + pid * BN + rb, gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1))
@@ -247,7 +252,7 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
             issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
             w, s = take(ring, sring, t, NBUF, L3, HAS_S)
             if WORK:
-                gl.store(gu + (pid + j * P) * BN + rb, tile_dot(w, s, xa, xb, QUANT))
+                gl.store(gu + (pid + j * P) * BN + rb, tile_dot(w, s, xa, xb, QUANT, DIAG))
             elif STREAM:
                 gl.store(qkv + pid * BN + rb, gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1))
             t += 1
@@ -271,13 +276,13 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
                 w, s = take(ring, sring, t, NBUF, L3, HAS_S)
                 if WORK:
                     if c == 0:
-                        y += tile_dot(w, s, xa0, xb0, QUANT)
+                        y += tile_dot(w, s, xa0, xb0, QUANT, DIAG)
                     elif c == 1:
-                        y += tile_dot(w, s, xa1, xb1, QUANT)
+                        y += tile_dot(w, s, xa1, xb1, QUANT, DIAG)
                     elif c == 2:
-                        y += tile_dot(w, s, xa2, xb2, QUANT)
+                        y += tile_dot(w, s, xa2, xb2, QUANT, DIAG)
                     else:
-                        y += tile_dot(w, s, xa3, xb3, QUANT)
+                        y += tile_dot(w, s, xa3, xb3, QUANT, DIAG)
                 elif STREAM:
                     y += gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1)
                 t += 1
@@ -343,8 +348,8 @@ class GluonStep:
             self.stream, self.sscale, self.n_tiles, self.first, resid, self.qkv, self.attn, self.gu, self.n1, self.n2,
             kc, vc, self.cos, self.sin, self.bar, base, self.pos, 1e-5, L=m.L, H=m.H, NH=m.NH, NKV=m.NKV,
             D=m.H // m.NH, I=m.I, TMAX=self.TMAX, KC=self.KC, BN=self.BN, G=self.G, GW=self.GWv, QUANT=self.quant,
-            NBUF=self.nbuf, NW=self.warps, WB=self.WB, SYNC=variant != "stream", WORK=variant == "full", STREAM=variant != "sync",
-            num_warps=self.warps)
+            NBUF=self.nbuf, NW=self.warps, WB=self.WB, SYNC=variant != "stream", WORK=variant in ("full", "noatt", "nos", "nox"), STREAM=variant != "sync",
+            ATT=variant != "noatt", DIAG={"nos": 1, "nox": 2}.get(variant, 0), num_warps=self.warps)
 
     def check(self) -> tuple[float, float]:
         resid, kc, vc = self.resid0.clone(), self.kc0.clone(), self.vc0.clone()
