@@ -81,6 +81,15 @@ def tile_dot(w, s, xa, xb, QUANT: gl.constexpr, DIAG: gl.constexpr):
 
 
 @gluon.jit
+def diag_x(xa, xb, DIAG: gl.constexpr):
+    # DIAG 3 (diagnosis only): x from registers, no activation loads
+    if DIAG == 3:
+        xa = gl.full(xa.shape, 0.01, gl.float32, xa.type.layout)
+        xb = xa
+    return xa, xb
+
+
+@gluon.jit
 def x_index(c, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, KC: gl.constexpr, QUANT: gl.constexpr):
     # element index of chunk c's x, [G, GW] (int4: the even columns; the odd ones are + 1)
     g = gl.arange(0, G, gl.SliceLayout(1, XL))
@@ -143,7 +152,7 @@ def act_x(gu, c, K, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, KC: gl.
 @gluon.jit
 def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2, kc, vc, cos, sin, bar, bar_base,
                pos, eps, L: gl.constexpr, H: gl.constexpr, NH: gl.constexpr, NKV: gl.constexpr, D: gl.constexpr,
-               I: gl.constexpr, TMAX: gl.constexpr, KC: gl.constexpr, BN: gl.constexpr, G: gl.constexpr,
+               FF: gl.constexpr, TMAX: gl.constexpr, KC: gl.constexpr, BN: gl.constexpr, G: gl.constexpr,
                GW: gl.constexpr, QUANT: gl.constexpr, NBUF: gl.constexpr, NW: gl.constexpr, WB: gl.constexpr, SYNC: gl.constexpr,
                WORK: gl.constexpr, STREAM: gl.constexpr, ATT: gl.constexpr, DIAG: gl.constexpr):
     pid = gl.program_id(0)
@@ -171,18 +180,19 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
     sg = gl.arange(0, G, gl.SliceLayout(0, SL))
     soffs = sb[:, None] * G + sg[None, :]
     QKV: gl.constexpr = (NH + 2 * NKV) * D
-    NCD: gl.constexpr = (I + KC - 1) // KC
+    NCD: gl.constexpr = (FF + KC - 1) // KC
     t = gl.load(first_tile + pid)
     t_end = t + gl.load(n_tiles + pid)
     nq = gl.cdiv(gl.maximum(QKV // BN - pid, 0), P)
     no = gl.cdiv(gl.maximum(H // BN - pid, 0), P)
-    ng = gl.cdiv(gl.maximum(2 * I // BN - pid, 0), P)
+    ng = gl.cdiv(gl.maximum(2 * FF // BN - pid, 0), P)
     for i in gl.static_range(NBUF - 1):
         issue(ring, sring, stream, sscale, t + i, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
     nbar = 0
     for layer in range(L):
         # --- q/k/v
         xa, xb = rms_x(resid, n1 + layer * H, eps, G, GW, XL, H, QUANT)
+        xa, xb = diag_x(xa, xb, DIAG)
         j = 0
         while j < nq:
             issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
@@ -231,6 +241,7 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- resid += attn @ Wo
         xa, xb = plain_x(attn, 0, H, G, GW, XL, KC, QUANT)
+        xa, xb = diag_x(xa, xb, DIAG)
         j = 0
         while j < no:
             issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
@@ -247,6 +258,7 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- gate / up rows (raw; the down stage applies the SiLU-mul as it reads them)
         xa, xb = rms_x(resid, n2 + layer * H, eps, G, GW, XL, H, QUANT)
+        xa, xb = diag_x(xa, xb, DIAG)
         j = 0
         while j < ng:
             issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
@@ -261,13 +273,17 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- resid += silu(gate) * up @ Wdown, K in NCD <= 4 chunks
         gl.static_assert(NCD <= 4)
-        xa0, xb0 = act_x(gu, 0, I, G, GW, XL, KC, QUANT)
+        xa0, xb0 = act_x(gu, 0, FF, G, GW, XL, KC, QUANT)
+        xa0, xb0 = diag_x(xa0, xb0, DIAG)
         if NCD > 1:
-            xa1, xb1 = act_x(gu, 1, I, G, GW, XL, KC, QUANT)
+            xa1, xb1 = act_x(gu, 1, FF, G, GW, XL, KC, QUANT)
+            xa1, xb1 = diag_x(xa1, xb1, DIAG)
         if NCD > 2:
-            xa2, xb2 = act_x(gu, 2, I, G, GW, XL, KC, QUANT)
+            xa2, xb2 = act_x(gu, 2, FF, G, GW, XL, KC, QUANT)
+            xa2, xb2 = diag_x(xa2, xb2, DIAG)
         if NCD > 3:
-            xa3, xb3 = act_x(gu, 3, I, G, GW, XL, KC, QUANT)
+            xa3, xb3 = act_x(gu, 3, FF, G, GW, XL, KC, QUANT)
+            xa3, xb3 = diag_x(xa3, xb3, DIAG)
         j = 0
         while j < no:
             y = gl.zeros([BN], gl.float32, RL)
@@ -331,7 +347,7 @@ class GluonStep:
         self.cos, self.sin = ang.cos().to(dev), ang.sin().to(dev)
         self.qkv = torch.zeros((NH + 2 * NKV) * D, device=dev)
         self.attn = torch.zeros(H, device=dev)
-        self.gu = torch.zeros(2 * m.I, device=dev)
+        self.gu = torch.zeros(2 * m.FF, device=dev)
         self.bar = torch.zeros(1, dtype=torch.int32, device=dev)
         self.launches = 0
         self.n1, self.n2 = m.n1.to(torch.bfloat16), m.n2.to(torch.bfloat16)
@@ -347,9 +363,9 @@ class GluonStep:
         self.compiled = megastep_g[(self.P,)](
             self.stream, self.sscale, self.n_tiles, self.first, resid, self.qkv, self.attn, self.gu, self.n1, self.n2,
             kc, vc, self.cos, self.sin, self.bar, base, self.pos, 1e-5, L=m.L, H=m.H, NH=m.NH, NKV=m.NKV,
-            D=m.H // m.NH, I=m.I, TMAX=self.TMAX, KC=self.KC, BN=self.BN, G=self.G, GW=self.GWv, QUANT=self.quant,
-            NBUF=self.nbuf, NW=self.warps, WB=self.WB, SYNC=variant != "stream", WORK=variant in ("full", "noatt", "nos", "nox"), STREAM=variant != "sync",
-            ATT=variant != "noatt", DIAG={"nos": 1, "nox": 2}.get(variant, 0), num_warps=self.warps)
+            D=m.H // m.NH, FF=m.FF, TMAX=self.TMAX, KC=self.KC, BN=self.BN, G=self.G, GW=self.GWv, QUANT=self.quant,
+            NBUF=self.nbuf, NW=self.warps, WB=self.WB, SYNC=variant != "stream", WORK=variant in ("full", "noatt", "nos", "nox", "constx"), STREAM=variant != "sync",
+            ATT=variant != "noatt", DIAG={"nos": 1, "nox": 2, "constx": 3}.get(variant, 0), num_warps=self.warps)
 
     def check(self) -> tuple[float, float]:
         resid, kc, vc = self.resid0.clone(), self.kc0.clone(), self.vc0.clone()
@@ -393,7 +409,7 @@ def main() -> None:
         times = []
         for v in args.variants:
             resid, kc, vc = st.resid0.clone(), st.kc0.clone(), st.vc0.clone()
-            times.append(time_us(lambda v=v: st.launch(resid, kc, vc, v)))
+            times.append(time_us(lambda v=v, launch=st.launch, resid=resid, kc=kc, vc=vc: launch(resid, kc, vc, v)))
         gbs = mb * 1e3 / times[0] if times and not math.isnan(times[0]) else float("nan")
         print(f"| {scheme} | {mb:.1f} | {regs} | {err:.1e} / {kerr:.1e} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {gbs:.0f} |")
         del st

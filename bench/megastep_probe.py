@@ -104,7 +104,7 @@ def rms(resid, nw, H: tl.constexpr, eps, QUANT: tl.constexpr):
 @triton.jit
 def megastep(stream, sscale, n_tiles, first_tile, resid, xbuf, qkv, attn, act, n1, n2, kc, vc, cos, sin, bar,
              bar_base, pos, eps, L: tl.constexpr, H: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr,
-             I: tl.constexpr, TMAX: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr, QUANT: tl.constexpr,
+             FF: tl.constexpr, TMAX: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr, QUANT: tl.constexpr,
              GS: tl.constexpr, SYNC: tl.constexpr, WORK: tl.constexpr, STREAM: tl.constexpr):
     pid = tl.program_id(0)
     P = tl.num_programs(0)
@@ -113,13 +113,13 @@ def megastep(stream, sscale, n_tiles, first_tile, resid, xbuf, qkv, attn, act, n
     cb = tl.arange(0, KB)
     cg = tl.arange(0, KC // GS if QUANT == 2 else 1)
     QKV: tl.constexpr = (NH + 2 * NKV) * D
-    NCD: tl.constexpr = (I + KC - 1) // KC  # chunks of the down projection's K
+    NCD: tl.constexpr = (FF + KC - 1) // KC  # chunks of the down projection's K
     t = tl.load(first_tile + pid)
     t_end = t + tl.load(n_tiles + pid)
     # this program's row blocks of each projection: p, p + P, ...
     nq = tl.cdiv(tl.maximum(QKV // BN - pid, 0), P)
     no = tl.cdiv(tl.maximum(H // BN - pid, 0), P)
-    ng = tl.cdiv(tl.maximum(2 * I // BN - pid, 0), P)
+    ng = tl.cdiv(tl.maximum(2 * FF // BN - pid, 0), P)
     w, s = load_tile(stream, sscale, t, t_end, rb, cb, cg, QUANT, BN, KB, GS, STREAM)
     wn, sn = load_tile(stream, sscale, t + 1, t_end, rb, cb, cg, QUANT, BN, KB, GS, STREAM)
     nbar = 0
@@ -204,13 +204,13 @@ def megastep(stream, sscale, n_tiles, first_tile, resid, xbuf, qkv, attn, act, n
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- resid += act @ Wdown, K in NCD <= 4 chunks of KC (all read once, before the tiles)
         tl.static_assert(NCD <= 4)
-        x0, xe0, xo0 = x_chunk(act, 0, KC, I, QUANT)
+        x0, xe0, xo0 = x_chunk(act, 0, KC, FF, QUANT)
         if NCD > 1:
-            x1, xe1, xo1 = x_chunk(act, 1, KC, I, QUANT)
+            x1, xe1, xo1 = x_chunk(act, 1, KC, FF, QUANT)
         if NCD > 2:
-            x2, xe2, xo2 = x_chunk(act, 2, KC, I, QUANT)
+            x2, xe2, xo2 = x_chunk(act, 2, KC, FF, QUANT)
         if NCD > 3:
-            x3, xe3, xo3 = x_chunk(act, 3, KC, I, QUANT)
+            x3, xe3, xo3 = x_chunk(act, 3, KC, FF, QUANT)
         j = 0
         while j < no:
             y = tl.zeros((BN,), dtype=tl.float32)
@@ -245,7 +245,7 @@ class Model:
     L: int
     NH: int
     NKV: int
-    I: int
+    FF: int
     wqkv: torch.Tensor
     wo: torch.Tensor
     wg: torch.Tensor
@@ -256,7 +256,7 @@ class Model:
 
     @classmethod
     def random(cls, shape: str, device: torch.device, seed: int = 0) -> Model:
-        H, L, NH, NKV, I = SHAPES[shape]
+        H, L, NH, NKV, FF = SHAPES[shape]
         D = H // NH
         g = torch.Generator(device="cpu").manual_seed(seed)
 
@@ -266,7 +266,7 @@ class Model:
         def nw() -> torch.Tensor:  # bf16-exact, as the kernel reads them
             return (1 + 0.1 * torch.randn(L, H, generator=g)).to(torch.bfloat16).float().to(device)
 
-        return cls(H, L, NH, NKV, I, w((NH + 2 * NKV) * D, H), w(H, H), w(I, H), w(I, H), w(H, I), nw(), nw())
+        return cls(H, L, NH, NKV, FF, w((NH + 2 * NKV) * D, H), w(H, H), w(FF, H), w(FF, H), w(H, FF), nw(), nw())
 
 
 def quantize(w: torch.Tensor, scheme: str, gs: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -297,7 +297,7 @@ def pad_k(w: torch.Tensor, kc: int, per_byte: int) -> torch.Tensor:
 def build_streams(m: Model, scheme: str, P: int, KC: int, BN: int, GS: int):
     """Every program's tiles in consumption order: (stream [T, BN, KB], scales, n_tiles[P], first[P], deq weights)."""
     per_byte = 2 if scheme == "int4" else 1
-    gate_up = torch.stack([m.wg, m.wu], dim=2).reshape(m.L, 2 * m.I, m.H)  # rows interleaved gate, up
+    gate_up = torch.stack([m.wg, m.wu], dim=2).reshape(m.L, 2 * m.FF, m.H)  # rows interleaved gate, up
     projs = [m.wqkv, m.wo, gate_up, m.wd]
     tiles, scales, deq = [], [], []
     for w in projs:
@@ -388,7 +388,7 @@ class Step:
         ang = torch.arange(TMAX)[:, None].float() / (10000 ** (torch.arange(D // 2).float() * 2 / D))[None, :]
         self.cos, self.sin = ang.cos().to(dev), ang.sin().to(dev)
         self.bufs = dict(xbuf=torch.zeros(H, device=dev), qkv=torch.zeros((NH + 2 * NKV) * D, device=dev),
-                         attn=torch.zeros(H, device=dev), act=torch.zeros(m.I, device=dev))
+                         attn=torch.zeros(H, device=dev), act=torch.zeros(m.FF, device=dev))
         self.bar = torch.zeros(1, dtype=torch.int32, device=dev)
         self.launches = 0
         self.n1 = m.n1.to(torch.bfloat16)
@@ -405,7 +405,7 @@ class Step:
         self.compiled = megastep[(self.P,)](
             self.stream, self.sscale, self.n_tiles, self.first, resid, self.bufs["xbuf"], self.bufs["qkv"],
             self.bufs["attn"], self.bufs["act"], self.n1, self.n2, kc, vc, self.cos, self.sin, self.bar,
-            base, self.pos, 1e-5, L=m.L, H=m.H, NH=m.NH, NKV=m.NKV, D=m.H // m.NH, I=m.I, TMAX=self.TMAX,
+            base, self.pos, 1e-5, L=m.L, H=m.H, NH=m.NH, NKV=m.NKV, D=m.H // m.NH, FF=m.FF, TMAX=self.TMAX,
             KC=self.KC, BN=self.BN, QUANT=self.quant, GS=self.GS, SYNC=variant != "stream",
             WORK=variant == "full", STREAM=variant != "sync", num_warps=self.warps)
 
@@ -467,7 +467,7 @@ def main() -> None:
                 times.append(float("nan"))
                 continue
             resid, kc, vc = st.resid0.clone(), st.kc0.clone(), st.vc0.clone()
-            times.append(time_us(lambda v=v: st.launch(resid, kc, vc, v)))
+            times.append(time_us(lambda v=v, launch=st.launch, resid=resid, kc=kc, vc=vc: launch(resid, kc, vc, v)))
         gbs = mb * 1e3 / times[0] if times and not math.isnan(times[0]) else float("nan")
         print(f"| {scheme} | {mb:.1f} | {regs} | {err:.1e} / {kerr:.1e} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {gbs:.0f} |")
         del st
