@@ -150,11 +150,51 @@ def act_x(gu, c, K, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, KC: gl.
 
 
 @gluon.jit
+def fill_x(xs, src, nw, eps, c, K, MODE: gl.constexpr, KC: gl.constexpr, NPAR: gl.constexpr, L1: gl.constexpr):
+    # chunk c of a stage's activation vector into shared memory, read once per program with plain
+    # coalesced loads: MODE 0 src itself, 1 the RMSNorm of src (one chunk) times nw, 2 the SiLU-mul of
+    # the interleaved gate / up rows in src. int4 (NPAR 2) keeps even and odd columns apart.
+    i = gl.arange(0, KC // NPAR, L1)
+    k0 = c * KC + i * NPAR
+    if MODE == 2:
+        v0 = silu_mul(src, k0, K)
+    else:
+        v0 = gl.load(src + k0, mask=k0 < K, other=0.0, cache_modifier=".cg")
+    if NPAR == 2:
+        if MODE == 2:
+            v1 = silu_mul(src, k0 + 1, K)
+        else:
+            v1 = gl.load(src + k0 + 1, mask=k0 + 1 < K, other=0.0, cache_modifier=".cg")
+    if MODE == 1:
+        ss = gl.sum(v0 * v0, axis=0)
+        if NPAR == 2:
+            ss += gl.sum(v1 * v1, axis=0)
+        inv = gl.rsqrt(ss / K + eps)
+        v0 = v0 * inv * gl.load(nw + k0).to(gl.float32)
+        if NPAR == 2:
+            v1 = v1 * inv * gl.load(nw + k0 + 1).to(gl.float32)
+    xs.index(0).store(v0)
+    if NPAR == 2:
+        xs.index(1).store(v1)
+
+
+@gluon.jit
+def read_x(xs, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, NPAR: gl.constexpr):
+    xa = xs.index(0).reshape([G, GW]).load(XL)
+    if NPAR == 2:
+        xb = xs.index(1).reshape([G, GW]).load(XL)
+    else:
+        xb = xa
+    return xa, xb
+
+
+@gluon.jit
 def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2, kc, vc, cos, sin, bar, bar_base,
                pos, eps, L: gl.constexpr, H: gl.constexpr, NH: gl.constexpr, NKV: gl.constexpr, D: gl.constexpr,
                FF: gl.constexpr, TMAX: gl.constexpr, KC: gl.constexpr, BN: gl.constexpr, G: gl.constexpr,
                GW: gl.constexpr, QUANT: gl.constexpr, NBUF: gl.constexpr, NW: gl.constexpr, WB: gl.constexpr, SYNC: gl.constexpr,
-               WORK: gl.constexpr, STREAM: gl.constexpr, ATT: gl.constexpr, DIAG: gl.constexpr):
+               WORK: gl.constexpr, STREAM: gl.constexpr, ATT: gl.constexpr, DIAG: gl.constexpr,
+               XSMEM: gl.constexpr):
     pid = gl.program_id(0)
     P = gl.num_programs(0)
     dt: gl.constexpr = stream.dtype.element_ty
@@ -167,10 +207,25 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
     SL: gl.constexpr = gl.BlockedLayout([1, 1], [32 // G, G], [NW, 1], [1, 0])  # [BN, G] scale copies
     SM3: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
     SM2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    SM1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     TILE: gl.constexpr = BN * G * GW
     STILE: gl.constexpr = BN * G
     HAS_S: gl.constexpr = QUANT != 0
     ring = gl.allocate_shared_memory(dt, [NBUF, BN, G, GW], SM3)
+    NPAR: gl.constexpr = 2 if QUANT == 2 else 1
+    L1: gl.constexpr = gl.BlockedLayout([4], [32], [NW], [0])
+    NCX: gl.constexpr = (FF + KC - 1) // KC
+    # one [NPAR, KC / NPAR] buffer per chunk of the longest activation (shapes must be powers of two)
+    xs0 = gl.allocate_shared_memory(gl.float32, [NPAR, KC // NPAR], SM1)
+    xs1 = xs0
+    xs2 = xs0
+    xs3 = xs0
+    if NCX > 1:
+        xs1 = gl.allocate_shared_memory(gl.float32, [NPAR, KC // NPAR], SM1)
+    if NCX > 2:
+        xs2 = gl.allocate_shared_memory(gl.float32, [NPAR, KC // NPAR], SM1)
+    if NCX > 3:
+        xs3 = gl.allocate_shared_memory(gl.float32, [NPAR, KC // NPAR], SM1)
     sring = gl.allocate_shared_memory(gl.float32, [NBUF, BN, G], SM2)
     rb = gl.arange(0, BN, gl.SliceLayout(1, gl.SliceLayout(2, L3)))
     rg = gl.arange(0, G, gl.SliceLayout(0, gl.SliceLayout(2, L3)))
@@ -191,7 +246,12 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
     nbar = 0
     for layer in range(L):
         # --- q/k/v
-        xa, xb = rms_x(resid, n1 + layer * H, eps, G, GW, XL, H, QUANT)
+        if XSMEM:
+            fill_x(xs0, resid, n1 + layer * H, eps, 0, H, 1, KC, NPAR, L1)
+            gl.thread_barrier()
+            xa, xb = read_x(xs0, G, GW, XL, NPAR)
+        else:
+            xa, xb = rms_x(resid, n1 + layer * H, eps, G, GW, XL, H, QUANT)
         xa, xb = diag_x(xa, xb, DIAG)
         j = 0
         while j < nq:
@@ -240,7 +300,13 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- resid += attn @ Wo
-        xa, xb = plain_x(attn, 0, H, G, GW, XL, KC, QUANT)
+        if XSMEM:
+            gl.thread_barrier()
+            fill_x(xs0, attn, n1, eps, 0, H, 0, KC, NPAR, L1)
+            gl.thread_barrier()
+            xa, xb = read_x(xs0, G, GW, XL, NPAR)
+        else:
+            xa, xb = plain_x(attn, 0, H, G, GW, XL, KC, QUANT)
         xa, xb = diag_x(xa, xb, DIAG)
         j = 0
         while j < no:
@@ -257,7 +323,13 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- gate / up rows (raw; the down stage applies the SiLU-mul as it reads them)
-        xa, xb = rms_x(resid, n2 + layer * H, eps, G, GW, XL, H, QUANT)
+        if XSMEM:
+            gl.thread_barrier()
+            fill_x(xs0, resid, n2 + layer * H, eps, 0, H, 1, KC, NPAR, L1)
+            gl.thread_barrier()
+            xa, xb = read_x(xs0, G, GW, XL, NPAR)
+        else:
+            xa, xb = rms_x(resid, n2 + layer * H, eps, G, GW, XL, H, QUANT)
         xa, xb = diag_x(xa, xb, DIAG)
         j = 0
         while j < ng:
@@ -273,24 +345,45 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- resid += silu(gate) * up @ Wdown, K in NCD <= 4 chunks
         gl.static_assert(NCD <= 4)
-        xa0, xb0 = act_x(gu, 0, FF, G, GW, XL, KC, QUANT)
-        xa0, xb0 = diag_x(xa0, xb0, DIAG)
-        if NCD > 1:
-            xa1, xb1 = act_x(gu, 1, FF, G, GW, XL, KC, QUANT)
-            xa1, xb1 = diag_x(xa1, xb1, DIAG)
-        if NCD > 2:
-            xa2, xb2 = act_x(gu, 2, FF, G, GW, XL, KC, QUANT)
-            xa2, xb2 = diag_x(xa2, xb2, DIAG)
-        if NCD > 3:
-            xa3, xb3 = act_x(gu, 3, FF, G, GW, XL, KC, QUANT)
-            xa3, xb3 = diag_x(xa3, xb3, DIAG)
+        if XSMEM:
+            gl.thread_barrier()
+            fill_x(xs0, gu, n1, eps, 0, FF, 2, KC, NPAR, L1)
+            if NCD > 1:
+                fill_x(xs1, gu, n1, eps, 1, FF, 2, KC, NPAR, L1)
+            if NCD > 2:
+                fill_x(xs2, gu, n1, eps, 2, FF, 2, KC, NPAR, L1)
+            if NCD > 3:
+                fill_x(xs3, gu, n1, eps, 3, FF, 2, KC, NPAR, L1)
+            gl.thread_barrier()
+        else:
+            xa0, xb0 = act_x(gu, 0, FF, G, GW, XL, KC, QUANT)
+            xa0, xb0 = diag_x(xa0, xb0, DIAG)
+            if NCD > 1:
+                xa1, xb1 = act_x(gu, 1, FF, G, GW, XL, KC, QUANT)
+                xa1, xb1 = diag_x(xa1, xb1, DIAG)
+            if NCD > 2:
+                xa2, xb2 = act_x(gu, 2, FF, G, GW, XL, KC, QUANT)
+                xa2, xb2 = diag_x(xa2, xb2, DIAG)
+            if NCD > 3:
+                xa3, xb3 = act_x(gu, 3, FF, G, GW, XL, KC, QUANT)
+                xa3, xb3 = diag_x(xa3, xb3, DIAG)
         j = 0
         while j < no:
             y = gl.zeros([BN], gl.float32, RL)
             for c in gl.static_range(NCD):
                 issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
                 w, s = take(ring, sring, t, NBUF, L3, HAS_S)
-                if WORK:
+                if WORK and XSMEM:
+                    if c == 0:
+                        xa, xb = read_x(xs0, G, GW, XL, NPAR)
+                    elif c == 1:
+                        xa, xb = read_x(xs1, G, GW, XL, NPAR)
+                    elif c == 2:
+                        xa, xb = read_x(xs2, G, GW, XL, NPAR)
+                    else:
+                        xa, xb = read_x(xs3, G, GW, XL, NPAR)
+                    y += tile_dot(w, s, xa, xb, QUANT, DIAG)
+                elif WORK:
                     if c == 0:
                         y += tile_dot(w, s, xa0, xb0, QUANT, DIAG)
                     elif c == 1:
@@ -364,8 +457,9 @@ class GluonStep:
             self.stream, self.sscale, self.n_tiles, self.first, resid, self.qkv, self.attn, self.gu, self.n1, self.n2,
             kc, vc, self.cos, self.sin, self.bar, base, self.pos, 1e-5, L=m.L, H=m.H, NH=m.NH, NKV=m.NKV,
             D=m.H // m.NH, FF=m.FF, TMAX=self.TMAX, KC=self.KC, BN=self.BN, G=self.G, GW=self.GWv, QUANT=self.quant,
-            NBUF=self.nbuf, NW=self.warps, WB=self.WB, SYNC=variant != "stream", WORK=variant in ("full", "noatt", "nos", "nox", "constx"), STREAM=variant != "sync",
-            ATT=variant != "noatt", DIAG={"nos": 1, "nox": 2, "constx": 3}.get(variant, 0), num_warps=self.warps)
+            NBUF=self.nbuf, NW=self.warps, WB=self.WB, SYNC=variant != "stream", WORK=variant in ("full", "noatt", "nos", "nox", "constx", "smemx"), STREAM=variant != "sync",
+            ATT=variant != "noatt", DIAG={"nos": 1, "nox": 2, "constx": 3}.get(variant, 0),
+            XSMEM=variant in ("smemx", "sync", "stream"), num_warps=self.warps)
 
     def check(self) -> tuple[float, float]:
         resid, kc, vc = self.resid0.clone(), self.kc0.clone(), self.vc0.clone()
