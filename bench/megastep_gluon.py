@@ -18,7 +18,7 @@ import math
 
 import torch
 import triton
-from megastep_probe import SHAPES, Model, build_streams, reference, time_us
+from megastep_probe import SHAPES, Model, StepState, build_streams, time_us
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
@@ -406,15 +406,14 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
     cp.wait_group(0)
 
 
-class GluonStep:
+class GluonStep(StepState):
     """One scheme's shared-memory-ring persistent step."""
 
     GW = {"bf16": 64, "int8": 128, "int4": 64}  # stored elements per group column (int4: bytes, one group)
 
     def __init__(self, m: Model, scheme: str, P: int, KC: int, TMAX: int, warps: int, pos: int, tile_rows: int, nbuf: int):
-        if m.H != KC:
-            raise ValueError(f"the probe reads the hidden vector as one chunk: hidden {m.H} != --kc {KC}")
-        self.m, self.scheme, self.P, self.KC, self.TMAX, self.warps, self.pos, self.nbuf = m, scheme, P, KC, TMAX, warps, pos, nbuf
+        super().__init__(m, P, KC, TMAX, pos)
+        self.scheme, self.warps, self.nbuf = scheme, warps, nbuf
         per_byte = 2 if scheme == "int4" else 1
         esize = 2 if scheme == "bf16" else 1
         self.BN = KC * 2 * tile_rows // (KC // per_byte * esize)
@@ -425,52 +424,22 @@ class GluonStep:
         self.quant = {"bf16": 0, "int8": 1, "int4": 2}[scheme]
         tw = self.GWv // (16 // esize)  # threads of a warp along a group's columns
         self.WB = warps // max(1, min(warps, self.G // (32 // tw)))
-        dev = m.wo.device
         self.stream, sscale, self.n_tiles, self.first, self.deq = build_streams(m, scheme, P, KC, self.BN, self.GS)
         if scheme == "int8":  # one scale per row and tile -> per (row, group) as the kernel reads it
             sscale = sscale.reshape(-1, self.BN, 1).expand(-1, self.BN, self.G).contiguous()
         self.sscale = sscale
-        H, NH, NKV = m.H, m.NH, m.NKV
-        D = H // NH
-        g = torch.Generator(device="cpu").manual_seed(1)
-        self.resid0 = torch.randn(H, generator=g).to(dev)
-        self.kc0 = (torch.randn(m.L, NKV, TMAX, D, generator=g) * 0.5).to(dev, torch.bfloat16)
-        self.vc0 = torch.randn(m.L, NKV, TMAX, D, generator=g).to(dev, torch.bfloat16)
-        ang = torch.arange(TMAX)[:, None].float() / (10000 ** (torch.arange(D // 2).float() * 2 / D))[None, :]
-        self.cos, self.sin = ang.cos().to(dev), ang.sin().to(dev)
-        self.qkv = torch.zeros((NH + 2 * NKV) * D, device=dev)
-        self.attn = torch.zeros(H, device=dev)
-        self.gu = torch.zeros(2 * m.FF, device=dev)
-        self.bar = torch.zeros(1, dtype=torch.int32, device=dev)
-        self.launches = 0
-        self.n1, self.n2 = m.n1.to(torch.bfloat16), m.n2.to(torch.bfloat16)
+        self.gu = torch.zeros(2 * m.FF, device=m.wo.device)
 
     def launch(self, resid, kc, vc, variant: str = "full"):
         m = self.m
-        nbar = 5 * m.L
-        base = self.launches * nbar * self.P
-        self.launches += 1
-        if base + nbar * self.P >= 2**31 - 1:
-            self.bar.zero_()
-            self.launches, base = 1, 0
         self.compiled = megastep_g[(self.P,)](
             self.stream, self.sscale, self.n_tiles, self.first, resid, self.qkv, self.attn, self.gu, self.n1, self.n2,
-            kc, vc, self.cos, self.sin, self.bar, base, self.pos, 1e-5, L=m.L, H=m.H, NH=m.NH, NKV=m.NKV,
-            D=m.H // m.NH, FF=m.FF, TMAX=self.TMAX, KC=self.KC, BN=self.BN, G=self.G, GW=self.GWv, QUANT=self.quant,
-            NBUF=self.nbuf, NW=self.warps, WB=self.WB, SYNC=variant != "stream", WORK=variant in ("full", "noatt", "nos", "nox", "constx", "smemx"), STREAM=variant != "sync",
+            kc, vc, self.cos, self.sin, self.bar, self.barrier_base(), self.pos, 1e-5, L=m.L, H=m.H, NH=m.NH,
+            NKV=m.NKV, D=m.H // m.NH, FF=m.FF, TMAX=self.TMAX, KC=self.KC, BN=self.BN, G=self.G, GW=self.GWv,
+            QUANT=self.quant, NBUF=self.nbuf, NW=self.warps, WB=self.WB, SYNC=variant != "stream",
+            WORK=variant in ("full", "noatt", "nos", "nox", "constx", "smemx"), STREAM=variant != "sync",
             ATT=variant != "noatt", DIAG={"nos": 1, "nox": 2, "constx": 3}.get(variant, 0),
             XSMEM=variant in ("smemx", "sync", "stream"), num_warps=self.warps)
-
-    def check(self) -> tuple[float, float]:
-        resid, kc, vc = self.resid0.clone(), self.kc0.clone(), self.vc0.clone()
-        self.launch(resid, kc, vc)
-        r_ref, kc_ref, _ = reference(self.m, self.deq, self.resid0, self.kc0, self.vc0, self.cos, self.sin, self.pos, 1e-5)
-        err = ((resid - r_ref).abs().max() / r_ref.abs().max()).item()
-        kerr = ((kc.float() - kc_ref).abs().max() / kc_ref.abs().max()).item()
-        arrivals = int(self.bar.item()) - (self.launches - 1) * 5 * self.m.L * self.P
-        if arrivals != 5 * self.m.L * self.P:
-            raise RuntimeError(f"grid barrier counted {arrivals} arrivals, expected {5 * self.m.L * self.P}")
-        return err, kerr
 
 
 def main() -> None:

@@ -367,18 +367,15 @@ def reference(m: Model, deq, resid, kc, vc, cos, sin, pos, eps):
     return r, kc, vc
 
 
-class Step:
-    """One scheme's persistent step: streams, buffers, and launch(variant)."""
+class StepState:
+    """What both probes' steps share: the inputs (residual, caches, rotary tables), the barrier
+    counter and its per-launch base, and the check against the fp32 reference."""
 
-    def __init__(self, m: Model, scheme: str, P: int, KC: int, GS: int, TMAX: int, warps: int, pos: int, tile_rows: int):
+    def __init__(self, m: Model, P: int, KC: int, TMAX: int, pos: int):
         if m.H != KC:
             raise ValueError(f"the probe reads the hidden vector as one chunk: hidden {m.H} != --kc {KC}")
-        self.m, self.scheme, self.P, self.KC, self.GS, self.TMAX, self.warps, self.pos = m, scheme, P, KC, GS, TMAX, warps, pos
-        tile_bytes = KC * 2 * tile_rows  # a tile is the bytes of `tile_rows` bf16 rows of KC
-        self.BN = tile_bytes // {"bf16": 2 * KC, "int8": KC, "int4": KC // 2}[scheme]
-        self.quant = {"bf16": 0, "int8": 1, "int4": 2}[scheme]
+        self.m, self.P, self.KC, self.TMAX, self.pos = m, P, KC, TMAX, pos
         dev = m.wo.device
-        self.stream, self.sscale, self.n_tiles, self.first, self.deq = build_streams(m, scheme, P, KC, self.BN, GS)
         H, NH, NKV = m.H, m.NH, m.NKV
         D = H // NH
         g = torch.Generator(device="cpu").manual_seed(1)
@@ -387,29 +384,27 @@ class Step:
         self.vc0 = torch.randn(m.L, NKV, TMAX, D, generator=g).to(dev, torch.bfloat16)
         ang = torch.arange(TMAX)[:, None].float() / (10000 ** (torch.arange(D // 2).float() * 2 / D))[None, :]
         self.cos, self.sin = ang.cos().to(dev), ang.sin().to(dev)
-        self.bufs = dict(xbuf=torch.zeros(H, device=dev), qkv=torch.zeros((NH + 2 * NKV) * D, device=dev),
-                         attn=torch.zeros(H, device=dev), act=torch.zeros(m.FF, device=dev))
+        self.qkv = torch.zeros((NH + 2 * NKV) * D, device=dev)
+        self.attn = torch.zeros(H, device=dev)
         self.bar = torch.zeros(1, dtype=torch.int32, device=dev)
         self.launches = 0
-        self.n1 = m.n1.to(torch.bfloat16)
-        self.n2 = m.n2.to(torch.bfloat16)
+        self.n1, self.n2 = m.n1.to(torch.bfloat16), m.n2.to(torch.bfloat16)
+        self.deq: list[torch.Tensor] = []
 
-    def launch(self, resid, kc, vc, variant: str = "full"):
-        m = self.m
-        nbar = 5 * m.L
-        base = self.launches * nbar * self.P
+    def barrier_base(self) -> int:
+        """The counter's value at this launch's start (it only grows; reset before int32 overflows)."""
+        per_launch = 5 * self.m.L * self.P
+        base = self.launches * per_launch
         self.launches += 1
-        if base + nbar * self.P >= 2**31 - 1:
+        if base + per_launch >= 2**31 - 1:
             self.bar.zero_()
             self.launches, base = 1, 0
-        self.compiled = megastep[(self.P,)](
-            self.stream, self.sscale, self.n_tiles, self.first, resid, self.bufs["xbuf"], self.bufs["qkv"],
-            self.bufs["attn"], self.bufs["act"], self.n1, self.n2, kc, vc, self.cos, self.sin, self.bar,
-            base, self.pos, 1e-5, L=m.L, H=m.H, NH=m.NH, NKV=m.NKV, D=m.H // m.NH, FF=m.FF, TMAX=self.TMAX,
-            KC=self.KC, BN=self.BN, QUANT=self.quant, GS=self.GS, SYNC=variant != "stream",
-            WORK=variant == "full", STREAM=variant != "sync", num_warps=self.warps)
+        return base
 
-    def check(self) -> float:
+    def launch(self, resid, kc, vc, variant: str = "full"):
+        raise NotImplementedError
+
+    def check(self) -> tuple[float, float]:
         resid, kc, vc = self.resid0.clone(), self.kc0.clone(), self.vc0.clone()
         self.launch(resid, kc, vc)
         r_ref, kc_ref, _ = reference(self.m, self.deq, self.resid0, self.kc0, self.vc0, self.cos, self.sin, self.pos, 1e-5)
@@ -419,6 +414,28 @@ class Step:
         if arrivals != 5 * self.m.L * self.P:
             raise RuntimeError(f"grid barrier counted {arrivals} arrivals, expected {5 * self.m.L * self.P}")
         return err, kerr
+
+
+class Step(StepState):
+    """The Triton probe's step: streams with the next two tiles in registers."""
+
+    def __init__(self, m: Model, scheme: str, P: int, KC: int, GS: int, TMAX: int, warps: int, pos: int, tile_rows: int):
+        super().__init__(m, P, KC, TMAX, pos)
+        self.scheme, self.GS, self.warps = scheme, GS, warps
+        tile_bytes = KC * 2 * tile_rows  # a tile is the bytes of `tile_rows` bf16 rows of KC
+        self.BN = tile_bytes // {"bf16": 2 * KC, "int8": KC, "int4": KC // 2}[scheme]
+        self.quant = {"bf16": 0, "int8": 1, "int4": 2}[scheme]
+        self.stream, self.sscale, self.n_tiles, self.first, self.deq = build_streams(m, scheme, P, KC, self.BN, GS)
+        self.xbuf = torch.zeros(m.H, device=m.wo.device)
+        self.act = torch.zeros(m.FF, device=m.wo.device)
+
+    def launch(self, resid, kc, vc, variant: str = "full"):
+        m = self.m
+        self.compiled = megastep[(self.P,)](
+            self.stream, self.sscale, self.n_tiles, self.first, resid, self.xbuf, self.qkv, self.attn, self.act,
+            self.n1, self.n2, kc, vc, self.cos, self.sin, self.bar, self.barrier_base(), self.pos, 1e-5, L=m.L, H=m.H,
+            NH=m.NH, NKV=m.NKV, D=m.H // m.NH, FF=m.FF, TMAX=self.TMAX, KC=self.KC, BN=self.BN, QUANT=self.quant,
+            GS=self.GS, SYNC=variant != "stream", WORK=variant == "full", STREAM=variant != "sync", num_warps=self.warps)
 
 
 def time_us(fn, reps: int = 50) -> float:
