@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
 import time
 import warnings
 from typing import Any, Callable
 
 import torch
 import transformers
+from probe_common import timed
 
 import kiln
 
@@ -35,19 +35,6 @@ def build(name: str) -> torch.nn.Module:
         model = GPT2LMHeadModel(GPT2Config(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, use_cache=False,
                                            n_positions=2048, bos_token_id=0, eos_token_id=0))
     return model.to("cuda", torch.bfloat16).eval()
-
-
-def timed(fn: Callable[[], Any], iters: int) -> float:
-    """Median ms over `iters` calls, each between CUDA events."""
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def make(system: str, model: torch.nn.Module) -> Callable[..., Any]:

@@ -1,5 +1,5 @@
-# one device call: the persistent-step probes (bench/megastep_probe.py, bench/megastep_gluon.py)
+# the device run behind bench/RESULTS.md "2026-11-22 (session 4)": both persistent-step probes
 site=$(mktemp -d); ln -s $PWD $site/kiln; export PYTHONPATH=$site
 cd bench
-timeout 250 python3 megastep_gluon.py --nbuf 5 --schemes bf16 int8 int4 --variants smemx full sync stream 2>&1 | tail -4
-timeout 200 python3 megastep_gluon.py --nbuf 6 --schemes bf16 int8 --variants smemx 2>&1 | tail -2
+timeout 250 python3 megastep_gluon.py --nbuf 5 2>&1 | tail -5
+timeout 250 python3 megastep_probe.py 2>&1 | tail -5

@@ -5,20 +5,20 @@ stream drains to two tiles per SM. Here (Gluon, CUDA sm80+ only) every program k
 tiles in flight through `cp.async` into a ring of shared-memory buffers: the copies run on while
 the program waits at a barrier, so the DRAM stream need not stop at the five barriers of a layer.
 
-Same model, streams, reference and variants as `megastep_probe.py`; gate and up rows are stored
-raw and the down stage's activation read applies the SiLU-mul.
+Each stage's activation vector is read once per program, with coalesced loads, into shared memory
+(the RMSNorm, and the SiLU-mul of the raw gate / up rows, applied there once); every tile then
+reads its x chunk from shared memory. Same model, streams and reference as `megastep_probe.py`.
+Variants: `full`; `sync` (barriers and the activation reads, no weights); `stream` (weights and the
+activation reads, no barriers). The diagnosis variants that found the activation reads to be the
+cost (x from L2 in registers, x constant, no scales) are in this file at commit 30a0ffc.
 
-    python3 bench/megastep_gluon.py [--schemes bf16 int8 int4] [--nbuf 6] [--programs N]
+    python3 bench/megastep_gluon.py [--schemes bf16 int8 int4] [--nbuf 5] [--programs N]
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-
 import torch
-import triton
-from megastep_probe import SHAPES, Model, StepState, build_streams, time_us
+from megastep_probe import Model, StepState, build_streams, parse_args, report
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
@@ -62,13 +62,8 @@ def take(ring, sring, t, NBUF: gl.constexpr, L3: gl.constexpr, HAS_S: gl.constex
 
 
 @gluon.jit
-def tile_dot(w, s, xa, xb, QUANT: gl.constexpr, DIAG: gl.constexpr):
+def tile_dot(w, s, xa, xb, QUANT: gl.constexpr):
     # (BN,) products of a [BN, G, GW] tile with its x chunk ([G, GW]; int4: even / odd columns)
-    # DIAG (diagnosis only): 1 = leave out the scales, 2 = leave out x
-    if DIAG == 1:
-        return gl.sum(gl.sum(w.to(gl.float32) * xa[None, :, :], axis=2), axis=1)
-    if DIAG == 2:
-        return gl.sum(gl.sum(w.to(gl.float32), axis=2) * s, axis=1)
     if QUANT == 0:
         return gl.sum(gl.sum(w.to(gl.float32) * xa[None, :, :], axis=2), axis=1)
     elif QUANT == 1:
@@ -81,72 +76,10 @@ def tile_dot(w, s, xa, xb, QUANT: gl.constexpr, DIAG: gl.constexpr):
 
 
 @gluon.jit
-def diag_x(xa, xb, DIAG: gl.constexpr):
-    # DIAG 3 (diagnosis only): x from registers, no activation loads
-    if DIAG == 3:
-        xa = gl.full(xa.shape, 0.01, gl.float32, xa.type.layout)
-        xb = xa
-    return xa, xb
-
-
-@gluon.jit
-def x_index(c, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, KC: gl.constexpr, QUANT: gl.constexpr):
-    # element index of chunk c's x, [G, GW] (int4: the even columns; the odd ones are + 1)
-    g = gl.arange(0, G, gl.SliceLayout(1, XL))
-    j = gl.arange(0, GW, gl.SliceLayout(0, XL))
-    k = g[:, None] * GW + j[None, :]
-    if QUANT == 2:
-        k = 2 * k
-    return c * KC + k
-
-
-@gluon.jit
-def rms_x(resid, nw, eps, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, H: gl.constexpr, QUANT: gl.constexpr):
-    k = x_index(0, G, GW, XL, H, QUANT)
-    ra = gl.load(resid + k, cache_modifier=".cg")
-    if QUANT == 2:
-        rb = gl.load(resid + k + 1, cache_modifier=".cg")
-        ss = gl.sum(gl.sum(ra * ra + rb * rb, axis=1), axis=0)
-    else:
-        rb = ra
-        ss = gl.sum(gl.sum(ra * ra, axis=1), axis=0)
-    inv = gl.rsqrt(ss / H + eps)
-    xa = ra * inv * gl.load(nw + k).to(gl.float32)
-    if QUANT == 2:
-        xb = rb * inv * gl.load(nw + k + 1).to(gl.float32)
-    else:
-        xb = xa
-    return xa, xb
-
-
-@gluon.jit
-def plain_x(buf, c, K, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, KC: gl.constexpr, QUANT: gl.constexpr):
-    k = x_index(c, G, GW, XL, KC, QUANT)
-    xa = gl.load(buf + k, mask=k < K, other=0.0, cache_modifier=".cg")
-    if QUANT == 2:
-        xb = gl.load(buf + k + 1, mask=k + 1 < K, other=0.0, cache_modifier=".cg")
-    else:
-        xb = xa
-    return xa, xb
-
-
-@gluon.jit
 def silu_mul(gu, k, K):
     g = gl.load(gu + 2 * k, mask=k < K, other=0.0, cache_modifier=".cg")
     u = gl.load(gu + 2 * k + 1, mask=k < K, other=0.0, cache_modifier=".cg")
     return g / (1.0 + gl.exp(-g)) * u
-
-
-@gluon.jit
-def act_x(gu, c, K, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, KC: gl.constexpr, QUANT: gl.constexpr):
-    # chunk c of silu(gate) * up (gate / up rows interleaved in gu)
-    k = x_index(c, G, GW, XL, KC, QUANT)
-    xa = silu_mul(gu, k, K)
-    if QUANT == 2:
-        xb = silu_mul(gu, k + 1, K)
-    else:
-        xb = xa
-    return xa, xb
 
 
 @gluon.jit
@@ -189,12 +122,54 @@ def read_x(xs, G: gl.constexpr, GW: gl.constexpr, XL: gl.constexpr, NPAR: gl.con
 
 
 @gluon.jit
-def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2, kc, vc, cos, sin, bar, bar_base,
-               pos, eps, L: gl.constexpr, H: gl.constexpr, NH: gl.constexpr, NKV: gl.constexpr, D: gl.constexpr,
+def stage(ring, sring, stream, sscale, t, t_end, offs, soffs, nblk, out, sink, xs0, xs1, xs2, xs3, pid, P,
+          NCH: gl.constexpr, ADD: gl.constexpr, TILE: gl.constexpr, STILE: gl.constexpr, NBUF: gl.constexpr,
+          HAS_S: gl.constexpr, L3: gl.constexpr, G: gl.constexpr, GW: gl.constexpr, NPAR: gl.constexpr,
+          QUANT: gl.constexpr, BN: gl.constexpr, WORK: gl.constexpr, STREAM: gl.constexpr):
+    # one projection: this program's nblk row blocks of BN rows, each NCH tiles along K (x chunk c in
+    # xs<c>); out[rows] = y, or out[rows] += y (ADD). Returns the next tile of the stream.
+    XL: gl.constexpr = gl.SliceLayout(0, L3)
+    RL: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, L3))
+    rb = gl.arange(0, BN, RL)
+    if NCH == 1:
+        xa, xb = read_x(xs0, G, GW, XL, NPAR)
+    j = 0
+    while j < nblk:
+        y = gl.zeros([BN], gl.float32, RL)
+        for c in gl.static_range(NCH):
+            issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
+            w, s = take(ring, sring, t, NBUF, L3, HAS_S)
+            if WORK:
+                if NCH > 1:
+                    if c == 0:
+                        xa, xb = read_x(xs0, G, GW, XL, NPAR)
+                    elif c == 1:
+                        xa, xb = read_x(xs1, G, GW, XL, NPAR)
+                    elif c == 2:
+                        xa, xb = read_x(xs2, G, GW, XL, NPAR)
+                    else:
+                        xa, xb = read_x(xs3, G, GW, XL, NPAR)
+                y += tile_dot(w, s, xa, xb, QUANT)
+            else:
+                y += gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1)
+            t += 1
+        if WORK:
+            rows = (pid + j * P) * BN + rb
+            if ADD:
+                y += gl.load(out + rows, cache_modifier=".cg")
+            gl.store(out + rows, y)
+        elif STREAM:  # keep the loads alive: one sink slot per program
+            gl.store(sink + pid * BN + rb, y)
+        j += 1
+    return t
+
+
+@gluon.jit
+def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, sink, n1, n2, kc, vc, cos, sin, bar,
+               bar_base, pos, eps, L: gl.constexpr, H: gl.constexpr, NH: gl.constexpr, NKV: gl.constexpr, D: gl.constexpr,
                FF: gl.constexpr, TMAX: gl.constexpr, KC: gl.constexpr, BN: gl.constexpr, G: gl.constexpr,
                GW: gl.constexpr, QUANT: gl.constexpr, NBUF: gl.constexpr, NW: gl.constexpr, WB: gl.constexpr, SYNC: gl.constexpr,
-               WORK: gl.constexpr, STREAM: gl.constexpr, ATT: gl.constexpr, DIAG: gl.constexpr,
-               XSMEM: gl.constexpr):
+               WORK: gl.constexpr, STREAM: gl.constexpr):
     pid = gl.program_id(0)
     P = gl.num_programs(0)
     dt: gl.constexpr = stream.dtype.element_ty
@@ -202,8 +177,6 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
     TW: gl.constexpr = GW // V
     # warps split between rows (WB) and groups (NW // WB): x chunks spread over the warps, not copied in each
     L3: gl.constexpr = gl.BlockedLayout([1, 1, V], [1, 32 // TW, TW], [WB, NW // WB, 1], [2, 1, 0])
-    XL: gl.constexpr = gl.SliceLayout(0, L3)  # [G, GW] x chunks
-    RL: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, L3))  # [BN] row results
     SL: gl.constexpr = gl.BlockedLayout([1, 1], [32 // G, G], [NW, 1], [1, 0])  # [BN, G] scale copies
     SM3: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
     SM2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -214,17 +187,17 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
     ring = gl.allocate_shared_memory(dt, [NBUF, BN, G, GW], SM3)
     NPAR: gl.constexpr = 2 if QUANT == 2 else 1
     L1: gl.constexpr = gl.BlockedLayout([4], [32], [NW], [0])
-    NCX: gl.constexpr = (FF + KC - 1) // KC
+    NCD: gl.constexpr = (FF + KC - 1) // KC  # chunks of the down projection's K
     # one [NPAR, KC / NPAR] buffer per chunk of the longest activation (shapes must be powers of two)
     xs0 = gl.allocate_shared_memory(gl.float32, [NPAR, KC // NPAR], SM1)
     xs1 = xs0
     xs2 = xs0
     xs3 = xs0
-    if NCX > 1:
+    if NCD > 1:
         xs1 = gl.allocate_shared_memory(gl.float32, [NPAR, KC // NPAR], SM1)
-    if NCX > 2:
+    if NCD > 2:
         xs2 = gl.allocate_shared_memory(gl.float32, [NPAR, KC // NPAR], SM1)
-    if NCX > 3:
+    if NCD > 3:
         xs3 = gl.allocate_shared_memory(gl.float32, [NPAR, KC // NPAR], SM1)
     sring = gl.allocate_shared_memory(gl.float32, [NBUF, BN, G], SM2)
     rb = gl.arange(0, BN, gl.SliceLayout(1, gl.SliceLayout(2, L3)))
@@ -235,7 +208,6 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
     sg = gl.arange(0, G, gl.SliceLayout(0, SL))
     soffs = sb[:, None] * G + sg[None, :]
     QKV: gl.constexpr = (NH + 2 * NKV) * D
-    NCD: gl.constexpr = (FF + KC - 1) // KC
     t = gl.load(first_tile + pid)
     t_end = t + gl.load(n_tiles + pid)
     nq = gl.cdiv(gl.maximum(QKV // BN - pid, 0), P)
@@ -245,28 +217,16 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
         issue(ring, sring, stream, sscale, t + i, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
     nbar = 0
     for layer in range(L):
-        # --- q/k/v
-        if XSMEM:
-            fill_x(xs0, resid, n1 + layer * H, eps, 0, H, 1, KC, NPAR, L1)
-            gl.thread_barrier()
-            xa, xb = read_x(xs0, G, GW, XL, NPAR)
-        else:
-            xa, xb = rms_x(resid, n1 + layer * H, eps, G, GW, XL, H, QUANT)
-        xa, xb = diag_x(xa, xb, DIAG)
-        j = 0
-        while j < nq:
-            issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
-            w, s = take(ring, sring, t, NBUF, L3, HAS_S)
-            if WORK:
-                gl.store(qkv + (pid + j * P) * BN + rb, tile_dot(w, s, xa, xb, QUANT, DIAG))
-            elif STREAM:
-                gl.store(qkv + pid * BN + rb, gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1))
-            t += 1
-            j += 1
+        # --- q/k/v = norm(resid) @ Wqkv. Each stage's x is read once per program into shared memory.
+        gl.thread_barrier()
+        fill_x(xs0, resid, n1 + layer * H, eps, 0, H, 1, KC, NPAR, L1)
+        gl.thread_barrier()
+        t = stage(ring, sring, stream, sscale, t, t_end, offs, soffs, nq, qkv, sink, xs0, xs1, xs2, xs3, pid, P,
+                  1, False, TILE, STILE, NBUF, HAS_S, L3, G, GW, NPAR, QUANT, BN, WORK, STREAM)
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- attention, one query head per program at a time
-        if WORK and ATT:
+        if WORK:
             LA: gl.constexpr = gl.BlockedLayout([1, D // 8], [4, 8], [NW, 1], [1, 0])
             h = pid
             while h < NH:
@@ -300,107 +260,34 @@ def megastep_g(stream, sscale, n_tiles, first_tile, resid, qkv, attn, gu, n1, n2
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- resid += attn @ Wo
-        if XSMEM:
-            gl.thread_barrier()
-            fill_x(xs0, attn, n1, eps, 0, H, 0, KC, NPAR, L1)
-            gl.thread_barrier()
-            xa, xb = read_x(xs0, G, GW, XL, NPAR)
-        else:
-            xa, xb = plain_x(attn, 0, H, G, GW, XL, KC, QUANT)
-        xa, xb = diag_x(xa, xb, DIAG)
-        j = 0
-        while j < no:
-            issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
-            w, s = take(ring, sring, t, NBUF, L3, HAS_S)
-            if WORK:
-                rows = (pid + j * P) * BN + rb
-                y = tile_dot(w, s, xa, xb, QUANT, DIAG)
-                gl.store(resid + rows, gl.load(resid + rows, cache_modifier=".cg") + y)
-            elif STREAM:
-                gl.store(qkv + pid * BN + rb, gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1))
-            t += 1
-            j += 1
+        gl.thread_barrier()
+        fill_x(xs0, attn, n1, eps, 0, H, 0, KC, NPAR, L1)
+        gl.thread_barrier()
+        t = stage(ring, sring, stream, sscale, t, t_end, offs, soffs, no, resid, sink, xs0, xs1, xs2, xs3, pid, P,
+                  1, True, TILE, STILE, NBUF, HAS_S, L3, G, GW, NPAR, QUANT, BN, WORK, STREAM)
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
-        # --- gate / up rows (raw; the down stage applies the SiLU-mul as it reads them)
-        if XSMEM:
-            gl.thread_barrier()
-            fill_x(xs0, resid, n2 + layer * H, eps, 0, H, 1, KC, NPAR, L1)
-            gl.thread_barrier()
-            xa, xb = read_x(xs0, G, GW, XL, NPAR)
-        else:
-            xa, xb = rms_x(resid, n2 + layer * H, eps, G, GW, XL, H, QUANT)
-        xa, xb = diag_x(xa, xb, DIAG)
-        j = 0
-        while j < ng:
-            issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
-            w, s = take(ring, sring, t, NBUF, L3, HAS_S)
-            if WORK:
-                gl.store(gu + (pid + j * P) * BN + rb, tile_dot(w, s, xa, xb, QUANT, DIAG))
-            elif STREAM:
-                gl.store(qkv + pid * BN + rb, gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1))
-            t += 1
-            j += 1
+        # --- gate / up rows of norm(resid), stored raw (interleaved)
+        gl.thread_barrier()
+        fill_x(xs0, resid, n2 + layer * H, eps, 0, H, 1, KC, NPAR, L1)
+        gl.thread_barrier()
+        t = stage(ring, sring, stream, sscale, t, t_end, offs, soffs, ng, gu, sink, xs0, xs1, xs2, xs3, pid, P,
+                  1, False, TILE, STILE, NBUF, HAS_S, L3, G, GW, NPAR, QUANT, BN, WORK, STREAM)
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- resid += silu(gate) * up @ Wdown, K in NCD <= 4 chunks
         gl.static_assert(NCD <= 4)
-        if XSMEM:
-            gl.thread_barrier()
-            fill_x(xs0, gu, n1, eps, 0, FF, 2, KC, NPAR, L1)
-            if NCD > 1:
-                fill_x(xs1, gu, n1, eps, 1, FF, 2, KC, NPAR, L1)
-            if NCD > 2:
-                fill_x(xs2, gu, n1, eps, 2, FF, 2, KC, NPAR, L1)
-            if NCD > 3:
-                fill_x(xs3, gu, n1, eps, 3, FF, 2, KC, NPAR, L1)
-            gl.thread_barrier()
-        else:
-            xa0, xb0 = act_x(gu, 0, FF, G, GW, XL, KC, QUANT)
-            xa0, xb0 = diag_x(xa0, xb0, DIAG)
-            if NCD > 1:
-                xa1, xb1 = act_x(gu, 1, FF, G, GW, XL, KC, QUANT)
-                xa1, xb1 = diag_x(xa1, xb1, DIAG)
-            if NCD > 2:
-                xa2, xb2 = act_x(gu, 2, FF, G, GW, XL, KC, QUANT)
-                xa2, xb2 = diag_x(xa2, xb2, DIAG)
-            if NCD > 3:
-                xa3, xb3 = act_x(gu, 3, FF, G, GW, XL, KC, QUANT)
-                xa3, xb3 = diag_x(xa3, xb3, DIAG)
-        j = 0
-        while j < no:
-            y = gl.zeros([BN], gl.float32, RL)
-            for c in gl.static_range(NCD):
-                issue(ring, sring, stream, sscale, t + NBUF - 1, t_end, offs, soffs, TILE, STILE, NBUF, HAS_S, STREAM)
-                w, s = take(ring, sring, t, NBUF, L3, HAS_S)
-                if WORK and XSMEM:
-                    if c == 0:
-                        xa, xb = read_x(xs0, G, GW, XL, NPAR)
-                    elif c == 1:
-                        xa, xb = read_x(xs1, G, GW, XL, NPAR)
-                    elif c == 2:
-                        xa, xb = read_x(xs2, G, GW, XL, NPAR)
-                    else:
-                        xa, xb = read_x(xs3, G, GW, XL, NPAR)
-                    y += tile_dot(w, s, xa, xb, QUANT, DIAG)
-                elif WORK:
-                    if c == 0:
-                        y += tile_dot(w, s, xa0, xb0, QUANT, DIAG)
-                    elif c == 1:
-                        y += tile_dot(w, s, xa1, xb1, QUANT, DIAG)
-                    elif c == 2:
-                        y += tile_dot(w, s, xa2, xb2, QUANT, DIAG)
-                    else:
-                        y += tile_dot(w, s, xa3, xb3, QUANT, DIAG)
-                elif STREAM:
-                    y += gl.sum(gl.sum(w.to(gl.float32), axis=2), axis=1)
-                t += 1
-            rows = (pid + j * P) * BN + rb
-            if WORK:
-                gl.store(resid + rows, gl.load(resid + rows, cache_modifier=".cg") + y)
-            elif STREAM:
-                gl.store(qkv + pid * BN + rb, y)
-            j += 1
+        gl.thread_barrier()
+        fill_x(xs0, gu, n1, eps, 0, FF, 2, KC, NPAR, L1)
+        if NCD > 1:
+            fill_x(xs1, gu, n1, eps, 1, FF, 2, KC, NPAR, L1)
+        if NCD > 2:
+            fill_x(xs2, gu, n1, eps, 2, FF, 2, KC, NPAR, L1)
+        if NCD > 3:
+            fill_x(xs3, gu, n1, eps, 3, FF, 2, KC, NPAR, L1)
+        gl.thread_barrier()
+        t = stage(ring, sring, stream, sscale, t, t_end, offs, soffs, no, resid, sink, xs0, xs1, xs2, xs3, pid, P,
+                  NCD, True, TILE, STILE, NBUF, HAS_S, L3, G, GW, NPAR, QUANT, BN, WORK, STREAM)
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
     cp.wait_group(0)
@@ -429,54 +316,22 @@ class GluonStep(StepState):
             sscale = sscale.reshape(-1, self.BN, 1).expand(-1, self.BN, self.G).contiguous()
         self.sscale = sscale
         self.gu = torch.zeros(2 * m.FF, device=m.wo.device)
+        self.sink = torch.zeros(P * self.BN, device=m.wo.device)  # the stream variant's stores
 
     def launch(self, resid, kc, vc, variant: str = "full"):
         m = self.m
         self.compiled = megastep_g[(self.P,)](
-            self.stream, self.sscale, self.n_tiles, self.first, resid, self.qkv, self.attn, self.gu, self.n1, self.n2,
+            self.stream, self.sscale, self.n_tiles, self.first, resid, self.qkv, self.attn, self.gu, self.sink, self.n1, self.n2,
             kc, vc, self.cos, self.sin, self.bar, self.barrier_base(), self.pos, 1e-5, L=m.L, H=m.H, NH=m.NH,
             NKV=m.NKV, D=m.H // m.NH, FF=m.FF, TMAX=self.TMAX, KC=self.KC, BN=self.BN, G=self.G, GW=self.GWv,
             QUANT=self.quant, NBUF=self.nbuf, NW=self.warps, WB=self.WB, SYNC=variant != "stream",
-            WORK=variant in ("full", "noatt", "nos", "nox", "constx", "smemx"), STREAM=variant != "sync",
-            ATT=variant != "noatt", DIAG={"nos": 1, "nox": 2, "constx": 3}.get(variant, 0),
-            XSMEM=variant in ("smemx", "sync", "stream"), num_warps=self.warps)
+            WORK=variant == "full", STREAM=variant != "sync", num_warps=self.warps)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="1b", choices=sorted(SHAPES))
-    ap.add_argument("--schemes", nargs="+", default=["bf16", "int8", "int4"])
-    ap.add_argument("--programs", type=int, default=0, help="programs (default: one per SM)")
-    ap.add_argument("--warps", type=int, default=8)
-    ap.add_argument("--kc", type=int, default=2048)
-    ap.add_argument("--tile-rows", type=int, default=8, help="a tile holds the bytes of this many bf16 rows of KC")
-    ap.add_argument("--nbuf", type=int, default=6, help="shared-memory ring slots (tiles in flight + 1)")
-    ap.add_argument("--pos", type=int, default=144)
-    ap.add_argument("--variants", nargs="+", default=["full", "sync", "stream"])
-    args = ap.parse_args()
-    dev = torch.device("cuda")
-    P = args.programs or torch.cuda.get_device_properties(0).multi_processor_count
-    m = Model.random(args.shape, dev)
-    TMAX = triton.next_power_of_2(args.pos + 1)
-    print(f"persistent decode step, cp.async ring | {torch.cuda.get_device_name()} | torch {torch.__version__} | "
-          f"triton {triton.__version__} | shape {args.shape}, {P} programs x {args.warps} warps, tile {args.tile_rows} "
-          f"bf16 rows of {args.kc}, {args.nbuf} slots, position {args.pos}")
-    print("| scheme | weight MB | regs / spills | rel err vs fp32 ref (residual / k cache) | "
-          + " | ".join(f"{v} (us)" for v in args.variants) + " | GB/s (full) |")
-    print("|---|---|---|---|" + "---|" * len(args.variants) + "---|")
-    for scheme in args.schemes:
-        st = GluonStep(m, scheme, P, args.kc, TMAX, args.warps, args.pos, args.tile_rows, args.nbuf)
-        mb = (st.stream.numel() * st.stream.element_size() + st.sscale.numel() * 4) / 1e6
-        err, kerr = st.check()
-        regs = f"{getattr(st.compiled, 'n_regs', '-')} / {getattr(st.compiled, 'n_spills', '-')}"
-        times = []
-        for v in args.variants:
-            resid, kc, vc = st.resid0.clone(), st.kc0.clone(), st.vc0.clone()
-            times.append(time_us(lambda v=v, launch=st.launch, resid=resid, kc=kc, vc=vc: launch(resid, kc, vc, v)))
-        gbs = mb * 1e3 / times[0] if times and not math.isnan(times[0]) else float("nan")
-        print(f"| {scheme} | {mb:.1f} | {regs} | {err:.1e} / {kerr:.1e} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {gbs:.0f} |")
-        del st
-        torch.cuda.empty_cache()
+    args = parse_args(__doc__, {"nbuf": 5})
+    report(f"persistent decode step, cp.async ring of {args.nbuf}", args, lambda m, scheme, P, TMAX: GluonStep(
+        m, scheme, P, args.kc, TMAX, args.warps, args.pos, args.tile_rows, args.nbuf))
 
 
 if __name__ == "__main__":

@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import triton
 import triton.language as tl
+from probe_common import timed
 
 SHAPES = {  # hidden, layers, heads, kv heads, intermediate
     "1b": (2048, 22, 32, 4, 5632),
@@ -46,7 +48,7 @@ def grid_sync(bar, target, SYNC: tl.constexpr):
 
 @triton.jit
 def load_tile(stream, sscale, t, t_end, rb, cb, cg, QUANT: tl.constexpr, BN: tl.constexpr, KB: tl.constexpr,
-              GS: tl.constexpr, LOAD: tl.constexpr):
+              LOAD: tl.constexpr):
     # tile t of this program's stream: [BN, KB] stored elements (bytes for int4), and its scales
     ok = (t < t_end) & LOAD
     w = tl.load(stream + t * (BN * KB) + rb[:, None] * KB + cb[None, :], mask=ok, other=0)
@@ -76,33 +78,30 @@ def tile_dot(w, s, x, xe, xo, QUANT: tl.constexpr, BN: tl.constexpr, KB: tl.cons
 
 
 @triton.jit
-def x_chunk(xbuf, c, KC: tl.constexpr, K, QUANT: tl.constexpr):
+def with_halves(x, QUANT: tl.constexpr):
+    # (x, its even columns, its odd columns) for int4's packed pairs; x itself twice otherwise
+    if QUANT == 2:
+        xe, xo = tl.split(tl.reshape(x, (x.shape[0] // 2, 2)))
+        return x, xe, xo
+    return x, x, x
+
+
+@triton.jit
+def x_chunk(src, c, KC: tl.constexpr, K, QUANT: tl.constexpr):
     # chunk c of an fp32 activation vector (L2 reads: other programs wrote it), zero past K
     cols = c * KC + tl.arange(0, KC)
-    x = tl.load(xbuf + cols, mask=cols < K, other=0.0, cache_modifier=".cg")
-    if QUANT == 2:
-        xe, xo = tl.split(tl.reshape(x, (KC // 2, 2)))
-    else:
-        xe = x
-        xo = x
-    return x, xe, xo
+    return with_halves(tl.load(src + cols, mask=cols < K, other=0.0, cache_modifier=".cg"), QUANT)
 
 
 @triton.jit
 def rms(resid, nw, H: tl.constexpr, eps, QUANT: tl.constexpr):
     c = tl.arange(0, H)
     r = tl.load(resid + c, cache_modifier=".cg")
-    x = r * tl.rsqrt(tl.sum(r * r) / H + eps) * tl.load(nw + c).to(tl.float32)
-    if QUANT == 2:
-        xe, xo = tl.split(tl.reshape(x, (H // 2, 2)))
-    else:
-        xe = x
-        xo = x
-    return x, xe, xo
+    return with_halves(r * tl.rsqrt(tl.sum(r * r) / H + eps) * tl.load(nw + c).to(tl.float32), QUANT)
 
 
 @triton.jit
-def megastep(stream, sscale, n_tiles, first_tile, resid, xbuf, qkv, attn, act, n1, n2, kc, vc, cos, sin, bar,
+def megastep(stream, sscale, n_tiles, first_tile, resid, sink, qkv, attn, act, n1, n2, kc, vc, cos, sin, bar,
              bar_base, pos, eps, L: tl.constexpr, H: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr,
              FF: tl.constexpr, TMAX: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr, QUANT: tl.constexpr,
              GS: tl.constexpr, SYNC: tl.constexpr, WORK: tl.constexpr, STREAM: tl.constexpr):
@@ -120,20 +119,20 @@ def megastep(stream, sscale, n_tiles, first_tile, resid, xbuf, qkv, attn, act, n
     nq = tl.cdiv(tl.maximum(QKV // BN - pid, 0), P)
     no = tl.cdiv(tl.maximum(H // BN - pid, 0), P)
     ng = tl.cdiv(tl.maximum(2 * FF // BN - pid, 0), P)
-    w, s = load_tile(stream, sscale, t, t_end, rb, cb, cg, QUANT, BN, KB, GS, STREAM)
-    wn, sn = load_tile(stream, sscale, t + 1, t_end, rb, cb, cg, QUANT, BN, KB, GS, STREAM)
+    w, s = load_tile(stream, sscale, t, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
+    wn, sn = load_tile(stream, sscale, t + 1, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
     nbar = 0
     for layer in range(L):
         # --- q/k/v = norm(resid) @ Wqkv
         x, xe, xo = rms(resid, n1 + layer * H, H, eps, QUANT)
         j = 0
         while j < nq:  # (a while: the interpreter cannot range over a loaded count)
-            w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, GS, STREAM)
+            w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
             if WORK:
                 y = tile_dot(w, s, x, xe, xo, QUANT, BN, KB, GS)
                 tl.store(qkv + (pid + j * P) * BN + rb, y)
             elif STREAM:
-                tl.store(qkv + pid * BN + rb, tl.sum(w.to(tl.float32), axis=1))
+                tl.store(sink + pid * BN + rb, tl.sum(w.to(tl.float32), axis=1))
             w, s, wn, sn, t = wn, sn, w2, s2, t + 1
             j += 1
         nbar += 1
@@ -175,13 +174,13 @@ def megastep(stream, sscale, n_tiles, first_tile, resid, xbuf, qkv, attn, act, n
         x, xe, xo = x_chunk(attn, 0, KC, H, QUANT)
         j = 0
         while j < no:  # (a while: the interpreter cannot range over a loaded count)
-            w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, GS, STREAM)
+            w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
             if WORK:
                 rows = (pid + j * P) * BN + rb
                 y = tile_dot(w, s, x, xe, xo, QUANT, BN, KB, GS)
                 tl.store(resid + rows, tl.load(resid + rows, cache_modifier=".cg") + y)
             elif STREAM:
-                tl.store(qkv + pid * BN + rb, tl.sum(w.to(tl.float32), axis=1))
+                tl.store(sink + pid * BN + rb, tl.sum(w.to(tl.float32), axis=1))
             w, s, wn, sn, t = wn, sn, w2, s2, t + 1
             j += 1
         nbar += 1
@@ -190,14 +189,14 @@ def megastep(stream, sscale, n_tiles, first_tile, resid, xbuf, qkv, attn, act, n
         x, xe, xo = rms(resid, n2 + layer * H, H, eps, QUANT)
         j = 0
         while j < ng:  # (a while: the interpreter cannot range over a loaded count)
-            w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, GS, STREAM)
+            w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
             if WORK:
                 y = tile_dot(w, s, x, xe, xo, QUANT, BN, KB, GS)
                 gate, up = tl.split(tl.reshape(y, (BN // 2, 2)))
                 a = gate / (1.0 + tl.exp(-gate)) * up
                 tl.store(act + (pid + j * P) * (BN // 2) + tl.arange(0, BN // 2), a)
             elif STREAM:
-                tl.store(qkv + pid * BN + rb, tl.sum(w.to(tl.float32), axis=1))
+                tl.store(sink + pid * BN + rb, tl.sum(w.to(tl.float32), axis=1))
             w, s, wn, sn, t = wn, sn, w2, s2, t + 1
             j += 1
         nbar += 1
@@ -215,7 +214,7 @@ def megastep(stream, sscale, n_tiles, first_tile, resid, xbuf, qkv, attn, act, n
         while j < no:
             y = tl.zeros((BN,), dtype=tl.float32)
             for c in tl.static_range(NCD):
-                w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, GS, STREAM)
+                w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
                 if WORK:
                     if c == 0:
                         y += tile_dot(w, s, x0, xe0, xo0, QUANT, BN, KB, GS)
@@ -232,7 +231,7 @@ def megastep(stream, sscale, n_tiles, first_tile, resid, xbuf, qkv, attn, act, n
             if WORK:
                 tl.store(resid + rows, tl.load(resid + rows, cache_modifier=".cg") + y)
             elif STREAM:
-                tl.store(qkv + pid * BN + rb, y)
+                tl.store(sink + pid * BN + rb, y)
             j += 1
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
@@ -426,35 +425,21 @@ class Step(StepState):
         self.BN = tile_bytes // {"bf16": 2 * KC, "int8": KC, "int4": KC // 2}[scheme]
         self.quant = {"bf16": 0, "int8": 1, "int4": 2}[scheme]
         self.stream, self.sscale, self.n_tiles, self.first, self.deq = build_streams(m, scheme, P, KC, self.BN, GS)
-        self.xbuf = torch.zeros(m.H, device=m.wo.device)
+        self.sink = torch.zeros(P * self.BN, device=m.wo.device)  # the stream variant's stores
         self.act = torch.zeros(m.FF, device=m.wo.device)
 
     def launch(self, resid, kc, vc, variant: str = "full"):
         m = self.m
         self.compiled = megastep[(self.P,)](
-            self.stream, self.sscale, self.n_tiles, self.first, resid, self.xbuf, self.qkv, self.attn, self.act,
+            self.stream, self.sscale, self.n_tiles, self.first, resid, self.sink, self.qkv, self.attn, self.act,
             self.n1, self.n2, kc, vc, self.cos, self.sin, self.bar, self.barrier_base(), self.pos, 1e-5, L=m.L, H=m.H,
             NH=m.NH, NKV=m.NKV, D=m.H // m.NH, FF=m.FF, TMAX=self.TMAX, KC=self.KC, BN=self.BN, QUANT=self.quant,
             GS=self.GS, SYNC=variant != "stream", WORK=variant == "full", STREAM=variant != "sync", num_warps=self.warps)
 
 
-def time_us(fn, reps: int = 50) -> float:
-    start = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    end = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    for i in range(reps):
-        start[i].record()
-        fn()
-        end[i].record()
-    torch.cuda.synchronize()
-    ts = sorted(s.elapsed_time(e) * 1e3 for s, e in zip(start, end))
-    return ts[len(ts) // 2]
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str, extra: dict[str, int]) -> argparse.Namespace:
+    """Both probes' options (`extra`: more integer options and their defaults)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--shape", default="1b", choices=sorted(SHAPES))
     ap.add_argument("--schemes", nargs="+", default=["bf16", "int8", "int4"])
     ap.add_argument("--programs", type=int, default=0, help="programs (default: one per SM)")
@@ -463,33 +448,54 @@ def main() -> None:
     ap.add_argument("--tile-rows", type=int, default=8, help="a tile holds the bytes of this many bf16 rows of KC")
     ap.add_argument("--pos", type=int, default=144)
     ap.add_argument("--variants", nargs="+", default=["full", "sync", "stream"])
-    args = ap.parse_args()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    P = args.programs or (torch.cuda.get_device_properties(0).multi_processor_count if dev.type == "cuda" else 1)
+    for name, default in extra.items():
+        ap.add_argument(f"--{name}", type=int, default=default)
+    return ap.parse_args()
+
+
+def report(title: str, args: argparse.Namespace, make_step: Callable[[Model, str, int, int], StepState]) -> None:
+    """One table row per scheme: the check against the reference, then each variant's median step time
+    (CUDA events after warm-up; no times without CUDA). make_step(model, scheme, programs, TMAX)."""
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    P = args.programs or (torch.cuda.get_device_properties(0).multi_processor_count if cuda else 1)
     m = Model.random(args.shape, dev)
     TMAX = triton.next_power_of_2(args.pos + 1)
-    name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (interpreter)"
-    print(f"persistent decode step | {name} | torch {torch.__version__} | triton {triton.__version__} | "
-          f"shape {args.shape}, {P} programs x {args.warps} warps, tile KC {args.kc}, position {args.pos}")
-    print("| scheme | weight MB | regs / spills | rel err vs fp32 ref (residual / k cache) | " + " | ".join(f"{v} (us)" for v in args.variants) + " | GB/s (full) |")
+    name = torch.cuda.get_device_name() if cuda else "cpu (interpreter)"
+    print(f"{title} | {name} | torch {torch.__version__} | triton {triton.__version__} | shape {args.shape}, "
+          f"{P} programs x {args.warps} warps, tile {args.tile_rows} bf16 rows of {args.kc}, position {args.pos}")
+    print("| scheme | weight MB | regs / spills | rel err vs fp32 ref (residual / k cache) | "
+          + " | ".join(f"{v} (us)" for v in args.variants) + " | GB/s (full) |")
     print("|---|---|---|---|" + "---|" * len(args.variants) + "---|")
     for scheme in args.schemes:
-        st = Step(m, scheme, P, args.kc, 128 if args.shape == "1b" else 32, TMAX, args.warps, args.pos, args.tile_rows)
+        st = make_step(m, scheme, P, TMAX)
         mb = (st.stream.numel() * st.stream.element_size() + st.sscale.numel() * 4) / 1e6
         err, kerr = st.check()
         regs = f"{getattr(st.compiled, 'n_regs', '-')} / {getattr(st.compiled, 'n_spills', '-')}"
         times = []
         for v in args.variants:
-            if dev.type != "cuda":
+            if not cuda:
                 times.append(float("nan"))
                 continue
             resid, kc, vc = st.resid0.clone(), st.kc0.clone(), st.vc0.clone()
-            times.append(time_us(lambda v=v, launch=st.launch, resid=resid, kc=kc, vc=vc: launch(resid, kc, vc, v)))
+
+            def launch(v: str = v, step: StepState = st, resid=resid, kc=kc, vc=vc) -> None:
+                step.launch(resid, kc, vc, v)
+
+            for _ in range(5):
+                launch()
+            times.append(timed(launch, 50) * 1e3)
         gbs = mb * 1e3 / times[0] if times and not math.isnan(times[0]) else float("nan")
         print(f"| {scheme} | {mb:.1f} | {regs} | {err:.1e} / {kerr:.1e} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {gbs:.0f} |")
         del st
-        if dev.type == "cuda":
+        if cuda:
             torch.cuda.empty_cache()
+
+
+def main() -> None:
+    args = parse_args(__doc__, {})
+    report("persistent decode step, tiles in registers", args, lambda m, scheme, P, TMAX: Step(
+        m, scheme, P, args.kc, 128 if args.shape == "1b" else 32, TMAX, args.warps, args.pos, args.tile_rows))
 
 
 if __name__ == "__main__":

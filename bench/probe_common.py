@@ -1,6 +1,7 @@
 """What the kernel probes share (bench/int8_decode_probe.py, hgemv_probe.py, tmv_probe.py): weight
 copies past L2, autotune-style timing of candidates (kiln's own among them), trying tilings
-against a reference, and the table of one row per shape.
+against a reference, and the table of one row per shape; and `timed`, the median of calls between
+CUDA events (gpu_forward.py, the megastep probes).
 
 Each probe times one launch per weight copy in a CUDA graph, with enough copies (256 MB) that no
 copy is still in L2 when its turn comes, exactly as `autotune.time_ms` times kiln's candidates.
@@ -8,7 +9,8 @@ copy is still in L2 when its turn comes, exactly as `autotune.time_ms` times kil
 
 from __future__ import annotations
 
-from typing import Callable
+import statistics
+from typing import Any, Callable
 
 import torch
 
@@ -95,3 +97,16 @@ def table(shapes: list[str], row: Callable[[str, int, int, list[torch.Tensor]], 
         print(f"| {name} | " + " | ".join(row(name, n, k, copies)) + " |", flush=True)
         copies.clear()
         torch.cuda.empty_cache()
+
+
+def timed(fn: Callable[[], Any], iters: int) -> float:
+    """Median ms over `iters` calls, each between CUDA events."""
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
