@@ -82,8 +82,10 @@ def with_halves(x, QUANT: tl.constexpr):
     # (x, its even columns, its odd columns) for int4's packed pairs; x itself twice otherwise
     if QUANT == 2:
         xe, xo = tl.split(tl.reshape(x, (x.shape[0] // 2, 2)))
-        return x, xe, xo
-    return x, x, x
+    else:
+        xe = x
+        xo = x
+    return x, xe, xo
 
 
 @triton.jit
