@@ -103,6 +103,45 @@ def rms(resid, nw, H: tl.constexpr, eps, QUANT: tl.constexpr):
 
 
 @triton.jit
+def stage(stream, sscale, t, t_end, w, s, wn, sn, rb, cb, cg, nblk, out, sink, pid, P, x0, xe0, xo0, x1, xe1, xo1,
+          x2, xe2, xo2, x3, xe3, xo3, NCH: tl.constexpr, STORE: tl.constexpr, QUANT: tl.constexpr, BN: tl.constexpr,
+          KB: tl.constexpr, GS: tl.constexpr, WORK: tl.constexpr, STREAM: tl.constexpr):
+    # one projection: this program's nblk row blocks, each NCH tiles along K (x chunk c in x<c>);
+    # STORE 0: out[rows] = y, 1: out[rows] += y, 2: out = silu(gate) * up of the interleaved rows.
+    # w / wn hold the next two tiles; returns them and the next tile index after this stage's.
+    j = 0
+    while j < nblk:  # (a while: the interpreter cannot range over a loaded count)
+        y = tl.zeros((BN,), dtype=tl.float32)
+        for c in tl.static_range(NCH):
+            w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
+            if WORK:
+                if c == 0:
+                    y += tile_dot(w, s, x0, xe0, xo0, QUANT, BN, KB, GS)
+                elif c == 1:
+                    y += tile_dot(w, s, x1, xe1, xo1, QUANT, BN, KB, GS)
+                elif c == 2:
+                    y += tile_dot(w, s, x2, xe2, xo2, QUANT, BN, KB, GS)
+                else:
+                    y += tile_dot(w, s, x3, xe3, xo3, QUANT, BN, KB, GS)
+            else:
+                y += tl.sum(w.to(tl.float32), axis=1)
+            w, s, wn, sn, t = wn, sn, w2, s2, t + 1
+        if WORK:
+            if STORE == 2:
+                gate, up = tl.split(tl.reshape(y, (BN // 2, 2)))
+                tl.store(out + (pid + j * P) * (BN // 2) + tl.arange(0, BN // 2), gate / (1.0 + tl.exp(-gate)) * up)
+            else:
+                rows = (pid + j * P) * BN + rb
+                if STORE == 1:
+                    y += tl.load(out + rows, cache_modifier=".cg")
+                tl.store(out + rows, y)
+        elif STREAM:  # keep the loads alive: one sink slot per program
+            tl.store(sink + pid * BN + rb, y)
+        j += 1
+    return t, w, s, wn, sn
+
+
+@triton.jit
 def megastep(stream, sscale, n_tiles, first_tile, resid, sink, qkv, attn, act, n1, n2, kc, vc, cos, sin, bar,
              bar_base, pos, eps, L: tl.constexpr, H: tl.constexpr, NH: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr,
              FF: tl.constexpr, TMAX: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr, QUANT: tl.constexpr,
@@ -127,16 +166,8 @@ def megastep(stream, sscale, n_tiles, first_tile, resid, sink, qkv, attn, act, n
     for layer in range(L):
         # --- q/k/v = norm(resid) @ Wqkv
         x, xe, xo = rms(resid, n1 + layer * H, H, eps, QUANT)
-        j = 0
-        while j < nq:  # (a while: the interpreter cannot range over a loaded count)
-            w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
-            if WORK:
-                y = tile_dot(w, s, x, xe, xo, QUANT, BN, KB, GS)
-                tl.store(qkv + (pid + j * P) * BN + rb, y)
-            elif STREAM:
-                tl.store(sink + pid * BN + rb, tl.sum(w.to(tl.float32), axis=1))
-            w, s, wn, sn, t = wn, sn, w2, s2, t + 1
-            j += 1
+        t, w, s, wn, sn = stage(stream, sscale, t, t_end, w, s, wn, sn, rb, cb, cg, nq, qkv, sink, pid, P, x, xe, xo,
+                                x, xe, xo, x, xe, xo, x, xe, xo, 1, 0, QUANT, BN, KB, GS, WORK, STREAM)
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- attention: one program per query head (rotary on q and the new k, cache append)
@@ -174,67 +205,30 @@ def megastep(stream, sscale, n_tiles, first_tile, resid, sink, qkv, attn, act, n
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- resid += attn @ Wo
         x, xe, xo = x_chunk(attn, 0, KC, H, QUANT)
-        j = 0
-        while j < no:  # (a while: the interpreter cannot range over a loaded count)
-            w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
-            if WORK:
-                rows = (pid + j * P) * BN + rb
-                y = tile_dot(w, s, x, xe, xo, QUANT, BN, KB, GS)
-                tl.store(resid + rows, tl.load(resid + rows, cache_modifier=".cg") + y)
-            elif STREAM:
-                tl.store(sink + pid * BN + rb, tl.sum(w.to(tl.float32), axis=1))
-            w, s, wn, sn, t = wn, sn, w2, s2, t + 1
-            j += 1
+        t, w, s, wn, sn = stage(stream, sscale, t, t_end, w, s, wn, sn, rb, cb, cg, no, resid, sink, pid, P, x, xe, xo,
+                                x, xe, xo, x, xe, xo, x, xe, xo, 1, 1, QUANT, BN, KB, GS, WORK, STREAM)
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- act = silu(gate) * up of norm(resid); gate / up rows interleaved in the stream
         x, xe, xo = rms(resid, n2 + layer * H, H, eps, QUANT)
-        j = 0
-        while j < ng:  # (a while: the interpreter cannot range over a loaded count)
-            w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
-            if WORK:
-                y = tile_dot(w, s, x, xe, xo, QUANT, BN, KB, GS)
-                gate, up = tl.split(tl.reshape(y, (BN // 2, 2)))
-                a = gate / (1.0 + tl.exp(-gate)) * up
-                tl.store(act + (pid + j * P) * (BN // 2) + tl.arange(0, BN // 2), a)
-            elif STREAM:
-                tl.store(sink + pid * BN + rb, tl.sum(w.to(tl.float32), axis=1))
-            w, s, wn, sn, t = wn, sn, w2, s2, t + 1
-            j += 1
+        t, w, s, wn, sn = stage(stream, sscale, t, t_end, w, s, wn, sn, rb, cb, cg, ng, act, sink, pid, P, x, xe, xo,
+                                x, xe, xo, x, xe, xo, x, xe, xo, 1, 2, QUANT, BN, KB, GS, WORK, STREAM)
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
         # --- resid += act @ Wdown, K in NCD <= 4 chunks of KC (all read once, before the tiles)
         tl.static_assert(NCD <= 4)
         x0, xe0, xo0 = x_chunk(act, 0, KC, FF, QUANT)
+        x1, xe1, xo1 = x0, xe0, xo0
+        x2, xe2, xo2 = x0, xe0, xo0
+        x3, xe3, xo3 = x0, xe0, xo0
         if NCD > 1:
             x1, xe1, xo1 = x_chunk(act, 1, KC, FF, QUANT)
         if NCD > 2:
             x2, xe2, xo2 = x_chunk(act, 2, KC, FF, QUANT)
         if NCD > 3:
             x3, xe3, xo3 = x_chunk(act, 3, KC, FF, QUANT)
-        j = 0
-        while j < no:
-            y = tl.zeros((BN,), dtype=tl.float32)
-            for c in tl.static_range(NCD):
-                w2, s2 = load_tile(stream, sscale, t + 2, t_end, rb, cb, cg, QUANT, BN, KB, STREAM)
-                if WORK:
-                    if c == 0:
-                        y += tile_dot(w, s, x0, xe0, xo0, QUANT, BN, KB, GS)
-                    elif c == 1:
-                        y += tile_dot(w, s, x1, xe1, xo1, QUANT, BN, KB, GS)
-                    elif c == 2:
-                        y += tile_dot(w, s, x2, xe2, xo2, QUANT, BN, KB, GS)
-                    else:
-                        y += tile_dot(w, s, x3, xe3, xo3, QUANT, BN, KB, GS)
-                elif STREAM:
-                    y += tl.sum(w.to(tl.float32), axis=1)
-                w, s, wn, sn, t = wn, sn, w2, s2, t + 1
-            rows = (pid + j * P) * BN + rb
-            if WORK:
-                tl.store(resid + rows, tl.load(resid + rows, cache_modifier=".cg") + y)
-            elif STREAM:
-                tl.store(sink + pid * BN + rb, y)
-            j += 1
+        t, w, s, wn, sn = stage(stream, sscale, t, t_end, w, s, wn, sn, rb, cb, cg, no, resid, sink, pid, P, x0, xe0, xo0,
+                                x1, xe1, xo1, x2, xe2, xo2, x3, xe3, xo3, NCD, 1, QUANT, BN, KB, GS, WORK, STREAM)
         nbar += 1
         grid_sync(bar, bar_base + nbar * P, SYNC)
 
