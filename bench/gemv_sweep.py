@@ -9,13 +9,13 @@ launch per weight copy (enough copies for 256 MB, so L2 (50 MB) never holds the 
 the time is per launch (autotune also reads 2 x L2 before each call and subtracts that read's
 time). GB/s counts the weight, x and y bytes.
 
-`--quant int8 int4` adds, per shape, the weight-only quantized linears (`QuantLinearLauncher`:
-int8 per channel, int4 groups of 128) from the same bf16 copies: every candidate the launcher
+`--quant int8 int4 w8a8` adds, per shape, the quantized linears (`QuantLinearLauncher`:
+int8 per channel, int4 groups of 128, W8A8: the int8 codes with x quantized per token) from the same bf16 copies: every candidate the launcher
 offers plus `--extra` gemv tilings (BLOCK_N x BLOCK_K x warps, PDL) that it does not, the GB/s of
 the quantized bytes, and the time against the best bf16 kiln kernel (the decode speed-up the
 scheme can give at that projection).
 
-    python3 bench/gemv_sweep.py [--m 1 2] [--quant int8 int4] [--extra 32x2048x8 16x2048x4]
+    python3 bench/gemv_sweep.py [--m 1 2] [--quant int8 int4 w8a8] [--extra 32x2048x8 16x2048x4]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--m", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
-    ap.add_argument("--quant", nargs="*", default=[], choices=["int8", "int4"])
+    ap.add_argument("--quant", nargs="*", default=[], choices=["int8", "int4", "w8a8"])
     ap.add_argument("--extra", nargs="*", default=[], help="extra quantized gemv tilings, NxKxWARPS")
     args = ap.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16

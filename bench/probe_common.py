@@ -64,11 +64,13 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def quantized(scheme: str, copies: list[torch.Tensor]) -> tuple[list[tuple], QuantLinearLauncher, Callable]:
-    """The copies as `scheme` ("int8" per channel, "int4" in groups of 128) codes and scales, kiln's
-    launcher for them (constant weights) and the scheme's dequantize (codes, scales -> fp32 weight)."""
-    if scheme == "int8":
+    """The copies as `scheme` ("int8" per channel, "w8a8": the same codes with x quantized per
+    token, "int4" in groups of 128) codes and scales, kiln's launcher for them (constant weights)
+    and the scheme's weight dequantize (codes, scales -> fp32 weight)."""
+    if scheme in ("int8", "w8a8"):
+        op = "linear_w8" if scheme == "int8" else "linear_w8a8"
         return ([quantize_int8_per_channel(w) for w in copies],
-                QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True),
+                QuantLinearLauncher(op, {"activation": "none"}, False, constant_weights=True),
                 lambda q, s: dequantize_int8(q, s, torch.float32))
     return ([quantize_int4_grouped(w, 128) for w in copies],
             QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False, constant_weights=True),

@@ -7,8 +7,9 @@ from .manager import PassContext, graph_pass
 from .rewrite import Rebuilder
 
 # linears whose batch-1 gemv kernels read x through a prologue (backends/triton/prologue.py);
-# W8A8 has no gemv (its activations are quantized per row before a GEMM)
-LINEARS = ("linear", "linear_add", "linear_w8", "linear_w4", "linear_fp8")
+# W8A8's `gemv_a8` does where its scale is dynamic (a static scale is absolute: a norm's 1 / rms
+# would change the codes), so a static-scale group always runs unfused
+LINEARS = ("linear", "linear_add", "linear_w8", "linear_w4", "linear_w8a8", "linear_fp8")
 
 
 def _uses(g: Graph) -> dict[Value, list[int]]:

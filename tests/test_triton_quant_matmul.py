@@ -20,7 +20,7 @@ import kiln  # noqa: E402
 from kiln import ir  # noqa: E402
 from kiln.backends.triton import quant_matmul  # noqa: E402
 from kiln.backends.triton.matmul import TORCH  # noqa: E402
-from kiln.backends.triton.quant_matmul import CONFIGS, GEMM_CONFIGS, quant_linear_kernel  # noqa: E402
+from kiln.backends.triton.quant_matmul import CONFIGS, GEMM_CONFIGS, GEMV_M, quant_linear_kernel  # noqa: E402
 from kiln.ir.dtypes import from_torch  # noqa: E402
 from kiln.ir.opset import quant  # noqa: E402
 from kiln.options import CompileOptions  # noqa: E402
@@ -236,7 +236,49 @@ def test_w8a8_configs_match_the_reference_to_fp32_rounding(config: str, m: int, 
     _check(g, quant_linear_kernel(node, config), vals, torch.float32)
 
 
-def test_w8a8_activation_rounding_is_half_to_even_like_torch_round(no_torch_fallback: None) -> None:
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize(("config", "k"), [(GEMV_ONE_STEP, 300), (GEMV_LOOP, 1100)], ids=["one-step", "k-loop"])
+def test_gemv_a8_matches_the_w8a8_reference(config: str, k: int, m: int, static: bool, dtype: torch.dtype, bias: bool,
+                                            no_torch_fallback: None) -> None:
+    """linear_w8a8 at decode rows in one kernel: each row's token scale (or the static one, which
+    saturates |x| > 2.54), x rounded to int8 codes, exact int32 code products (dp4a's sum, emulated
+    where interpreted) and the reference's epilogue order; fp32 agrees to the last bits. A zero
+    run in row 0 and, with three rows, an all-zero row (s = 0). N = 70 ragged, K one step or looped."""
+    attrs = {"activation": "gelu_tanh" if bias else "none", **({"act_scale": 0.02} if static else {})}
+    g, node, vals = _node("linear_w8a8", attrs, m, 70, k, dtype, bias, seed=m + k)
+    vals[0][0, :5] = 0.0
+    if m == 3:
+        vals[0][1] = 0.0
+    _check(g, quant_linear_kernel(node, config), vals, dtype)
+
+
+def test_gemv_a8_takes_unaligned_codes_and_leaves_k_not_a_multiple_of_4_to_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Codes whose rows are not whole aligned int32 words are copied (then read after the wait);
+    K % 4 != 0 is not offered the gemv, and a pinned gemv config runs the reference there."""
+    g, node, vals = _node("linear_w8a8", {"activation": "none"}, 1, 24, 64, torch.float32, False)
+    wide = torch.zeros((24, 65), dtype=torch.int8, device=DEVICE)
+    wide[:, 1:] = vals[1]
+    codes = wide[:, 1:]  # rows 65 bytes apart, starting at byte 1
+    assert not quant_matmul._word_aligned(codes)
+    _check(g, quant_linear_kernel(node, GEMV_ONE_STEP), [vals[0], codes, vals[2]], torch.float32)
+    g, node, vals = _node("linear_w8a8", {"activation": "none"}, 1, 24, 66, torch.float32, False)
+    launcher = quant_linear_kernel(node)
+    assert not any(c.startswith("gemv") for c in launcher.candidates(1, True, 66))
+    assert any(c.startswith("gemv") for c in launcher.candidates(1, True, 64))
+    assert not any(c.startswith("gemv") for c in launcher.candidates(GEMV_M + 1, True, 64))
+    ran: list[bool] = []
+    reference = quant_matmul.torch_reference
+    monkeypatch.setattr(quant_matmul, "torch_reference", lambda *a: ran.append(True) or reference(*a))
+    pinned = quant_linear_kernel(node, GEMV_ONE_STEP)
+    _check(g, pinned, vals, torch.float32)
+    assert ran
+
+
+@pytest.mark.parametrize("config", [GEMMS[3], GEMV_ONE_STEP])
+def test_w8a8_activation_rounding_is_half_to_even_like_torch_round(config: str, no_torch_fallback: None) -> None:
     """max|x| = 127 makes s = 1, so x / s lands exactly on .5 ties; the weight is 127 * identity with
     scale 1/127, so y shows x_q itself (times 1 in fp32)."""
     x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.0] * 4], dtype=torch.float32)  # (1, 32)
@@ -245,7 +287,7 @@ def test_w8a8_activation_rounding_is_half_to_even_like_torch_round(no_torch_fall
     ins = [g.add_input(f"a{i}", ir.TensorType(from_torch(v.dtype), tuple(v.shape))) for i, v in enumerate((x, q, scale))]
     node = g.add_node("linear_w8a8", ins, {"activation": "none"})
     g.outputs = list(node.outputs)
-    got = quant_linear_kernel(node, GEMMS[3])(x.to(DEVICE), q.to(DEVICE), scale.to(DEVICE))
+    got = quant_linear_kernel(node, config)(x.to(DEVICE), q.to(DEVICE), scale.to(DEVICE))
     (ref,) = ir.run_graph(g, [x, q, scale])
     assert torch.equal(got.cpu(), ref)
     assert ref[0, :8].tolist() == pytest.approx([0, 2, 2, 0, -2, -2, 126, 127], abs=1e-5)
@@ -455,39 +497,60 @@ def test_a_pinned_hgemv_config_runs_the_reference_where_the_kernel_cannot_run() 
     _check(g, node_launcher, vals, torch.bfloat16)
 
 
-_HGEMV_COMPILE = """
-import re, triton
+_SM90_COUNTS = """
+import json, re, sys, triton
 from triton.backends.compiler import GPUTarget
 from kiln.backends.triton.quant_kernels import kernel_source
 from kiln.backends.triton.cache import load_module
-fn = load_module(kernel_source("silu", False)).hgemv_w4
+kernel, sig, consts, warps, patterns = json.loads(sys.argv[1])
+fn = getattr(load_module(kernel_source("silu", False)), kernel)
 order = list(fn.arg_names)
-sig = {"x": "*bf16", "w": "*u8", "s16": "*fp16", "b": "*bf16", "y": "*bf16", "N": "i32", "rescale": "fp32", "swn": "i32", "ssn": "i32"}
-consts = {"sxk": 1, "K": 1280, "KP": 2048, "HAS_BIAS": True, "PDL": False, "GS": 128, "BLOCK_N": 16, "BLOCK_K": 512, "FLUSH": 4}
 src = triton.compiler.ASTSource(fn=fn, signature={a: sig.get(a, "constexpr") for a in order},
                                 constexprs={(order.index(k),): v for k, v in consts.items()})
-ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
-print(len(re.findall(r"fma\\.rn\\.f16x2", ptx)), len(re.findall(r"lop3\\.b32", ptx)))
+ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
+print(json.dumps([len(re.findall(p, ptx)) for p in patterns]))
 """
 
 
-def test_hgemv_w4_compiles_for_hopper_to_packed_f16_arithmetic() -> None:
-    """The inline PTX assembles for sm90 without a GPU (in a process of its own: this suite's
-    interpreter patches triton.language): per four bytes (one call) four lop3 and six fma.rn.f16x2
-    (two to exact codes, four products); a 16 x 512 step of 4 groups is 4096 bytes, 32 per thread
-    of 4 warps, 8 calls; K = 1280 is 3 steps, the last one half masked: 24 calls."""
+def _sm90_counts(kernel: str, sig: dict, consts: dict, warps: int, patterns: list[str]) -> list[int]:
+    """How often each regex occurs in `kernel`'s PTX compiled for sm90 without a GPU (in a process
+    of its own: this suite's interpreter patches triton.language); skips without a CUDA toolchain."""
+    import json
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _HGEMV_COMPILE], env=env, capture_output=True, text=True, timeout=180)
+    run = subprocess.run([sys.executable, "-c", _SM90_COUNTS, json.dumps([kernel, sig, consts, warps, patterns])], env=env,
+                         capture_output=True, text=True, timeout=180)
     if run.returncode != 0:
         if "ptxas" in run.stderr or "cuda" in run.stderr.lower() and "not found" in run.stderr.lower():
             pytest.skip("no CUDA toolchain in this Triton build")
         raise AssertionError(run.stderr[-2000:])
-    fma, lop3 = (int(v) for v in run.stdout.split())
-    assert (fma, lop3) == (6 * 24, 4 * 24), run.stdout
+    return json.loads(run.stdout)
+
+
+def test_hgemv_w4_compiles_for_hopper_to_packed_f16_arithmetic() -> None:
+    """The inline PTX assembles for sm90 without a GPU: per four bytes (one call) four lop3 and
+    six fma.rn.f16x2 (two to exact codes, four products); a 16 x 512 step of 4 groups is 4096
+    bytes, 32 per thread of 4 warps, 8 calls; K = 1280 is 3 steps, the last one half masked: 24 calls."""
+    sig = {"x": "*bf16", "w": "*u8", "s16": "*fp16", "b": "*bf16", "y": "*bf16", "N": "i32", "rescale": "fp32", "swn": "i32", "ssn": "i32"}
+    consts = {"sxk": 1, "K": 1280, "KP": 2048, "HAS_BIAS": True, "PDL": False, "GS": 128, "BLOCK_N": 16, "BLOCK_K": 512, "FLUSH": 4}
+    fma, lop3 = _sm90_counts("hgemv_w4", sig, consts, 4, [r"fma\.rn\.f16x2", r"lop3\.b32"])
+    assert (fma, lop3) == (6 * 24, 4 * 24)
+
+
+@pytest.mark.parametrize(("block_n", "block_k", "warps", "k", "calls", "divs"), [(16, 2048, 8, 2048, 32, 9), (4, 4096, 2, 5632, 128, 129)])
+def test_gemv_a8_compiles_for_hopper_to_dp4a(block_n: int, block_k: int, warps: int, k: int, calls: int, divs: int) -> None:
+    """One dp4a per four codes and nothing wider per weight: a 16 x 2048 step is 8192 words, 32 per
+    thread of 8 warps; 4 x 4096 over K = 5632 is two steps (the second ragged) of 4096 words, 64
+    per thread of 2 warps. x's quantization divides (div.rn) once per element of a step per thread,
+    not once per weight: 2048 / 256 = 8 and 2 x 4096 / 64 = 128, plus the token scale's one."""
+    sig = {"x": "*bf16", "w": "*i32", "sc": "*bf16", "b": "*bf16", "y": "*bf16", "pr": "*bf16", "pg": "*bf16", "ps": "*bf16",
+           "eps": "fp32", "N": "i32", "sxm": "i32", "swn": "i32", "act_scale": "fp32"}
+    consts = {"sxk": 1, "M": 1, "K": k, "KP": 1 << (k - 1).bit_length(), "HAS_BIAS": True, "PDL": False, "PRO": 0, "STATIC": False,
+              "ASM": True, "BLOCK_M": 1, "BLOCK_N": block_n, "BLOCK_K": block_k}
+    assert _sm90_counts("gemv_a8", sig, consts, warps, [r"dp4a\.s32\.s32", r"div\.rn\.f32"]) == [calls, divs]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
@@ -581,3 +644,24 @@ def test_cuda_gemv_f8_matches_the_reference_at_a_model_shape(m: int, dtype: torc
         if cfg.pdl and not quant_matmul.pdl_available():
             continue
         _check(g, quant_linear_kernel(node, cfg.name), vals, dtype)
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("m", [1, 4])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gemv_a8_matches_the_reference_at_model_shapes(m: int, dtype: torch.dtype, static: bool, no_torch_fallback: None) -> None:
+    """Every W8A8 gemv tiling compiled for the GPU (dp4a; PDL where it runs, with the codes as
+    graph constants) against the reference, at K = 2048 and the ragged-step K = 5632."""
+    from kiln.backends.triton.quant_matmul import GEMV_W8
+
+    attrs = {"activation": "silu", **({"act_scale": 0.02} if static else {})}
+    for k in (2048, 5632):
+        g, node, vals = _node("linear_w8a8", attrs, m, 1000, k, dtype, True)
+        for cfg in GEMV_W8:
+            if cfg.pdl and not quant_matmul.pdl_available():
+                continue
+            launcher = quant_linear_kernel(node, cfg.name)
+            launcher.constant_weights = True
+            _check(g, launcher, vals, dtype)

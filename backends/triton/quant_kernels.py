@@ -436,6 +436,92 @@ def gemv_rows_f8(acc, wf, x, pr, pg, ps, rm, kx, kin, safe, sxm, sxk, M: tl.cons
 
 
 @triton.jit
+def dp4a(a, b, c, ASM: tl.constexpr):
+    # c + the dot product of the four signed bytes of int32 words a and b, per element: one
+    # `dp4a.s32.s32` on CUDA (ASM), else the same sum from sign-extending shifts (the interpreter
+    # runs no inline PTX)
+    if ASM:
+        return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    for j in tl.static_range(4):
+        c += ((a << (24 - 8 * j)) >> 24) * ((b << (24 - 8 * j)) >> 24)
+    return c
+
+
+@triton.jit
+def x_words(x, pr, pg, ps, i, k0, rw, si, sxm, sxk, PRO: tl.constexpr, K: tl.constexpr):
+    # row i of x at columns k0 + 4 * rw .. + 3 quantized to int8 with its token scale si, as the
+    # reference: clamp(round_half_even(x / s), -127, 127) (div_rn, then the 1.5 * 2^23 trick,
+    # exact for |x / s| < 2^22; beyond, the clamp decides), packed four codes to an int32 word
+    # (little-endian: column k0 + 4w is the low byte), columns past K as 0
+    rj = tl.arange(0, 4)
+    kx = k0 + 4 * rw[:, None] + rj[None, :]  # (W, 4)
+    xv, _ = load_x(x, pr, pg, ps, i, kx, kx < K, sxm, sxk, PRO, K, False)
+    r = (tl.math.div_rn(xv, tl.zeros_like(xv) + si) + 12582912.0) - 12582912.0
+    r = tl.minimum(tl.maximum(r, -127.0), 127.0).to(tl.int32)
+    return tl.sum((r & 0xFF) << (8 * rj)[None, :], axis=1)  # (W,): the bytes do not overlap
+
+
+@triton.jit
+def gemv_rows_a8(acc, words, x, pr, pg, ps, rm, k0, rw, safe, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr,
+                 K: tl.constexpr, ASM: tl.constexpr):
+    # acc[i, :] += codes . q8(x[i, k0:k0 + BLOCK_K]) for each of the M rows, exact in int32:
+    # words (BLOCK_N, BLOCK_K / 4) are four int8 weight codes each
+    for i in tl.static_range(M):
+        si = tl.sum(tl.where(rm == i, safe, 0.0), axis=0)
+        xw = x_words(x, pr, pg, ps, i, k0, rw, si, sxm, sxk, PRO, K)
+        d = dp4a(words, tl.broadcast_to(xw[None, :], words.shape), tl.zeros_like(words), ASM)
+        acc += tl.where(rm[:, None] == i, tl.sum(d, axis=1)[None, :], 0)
+    return acc
+
+
+@triton.jit
+def gemv_a8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, act_scale, M: tl.constexpr, K: tl.constexpr,
+            KP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, STATIC: tl.constexpr,
+            ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # batch-1 W8A8 decode in one kernel: w is the int8 [N, K] codes read as int32 words [N, K / 4]
+    # (K % 4 == 0); each program finds its rows' token scales (s = max|x_row| / 127, or the static
+    # act_scale), quantizes its x steps to int8 words and sums the code products exactly in int32
+    # (dp4a: four per instruction); y = (acc * s * scale) in x's dtype, then bias, then activation,
+    # as the reference rounds them. Codes, scales and bias load before the PDL wait.
+    W: tl.constexpr = BLOCK_K // 4
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rw = tl.arange(0, W)
+    nmask = rn < N
+    wp = w + rn[:, None] * swn + rw[None, :]  # (BLOCK_N, W) words, contiguous
+    words = load_step(wp, nmask, rw, K // 4, K % BLOCK_K == 0)
+    scale = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
+    wait_for_input(PDL)
+    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if STATIC:  # one calibrated scale: no pass over x (no norm prologue either: its 1 / rms would change the codes)
+        s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32) + act_scale
+    else:
+        # each row's token scale of x as the prologue gives it (a norm's 1 / rms, one factor per
+        # row, is applied at the end: the scale is relative), a norm's sums of squares alongside
+        rall = tl.arange(0, KP)
+        s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for i in tl.static_range(M):
+            xa, va = load_x(x, pr, pg, ps, i, rall, rall < K, sxm, sxk, PRO, K, True)
+            s_rows = tl.where(rm == i, tl.math.div_rn(tl.max(tl.abs(xa)), 127.0), s_rows)
+            ss = tl.where(rm == i, tl.sum(va * va), ss)
+    safe = tl.where(s_rows == 0.0, 1.0, s_rows)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc = gemv_rows_a8(acc, words, x, pr, pg, ps, rm, 0, rw, safe, sxm, sxk, M, PRO, K, ASM)
+{loop:k0:BLOCK_K:K}
+        wp += W
+        words = load_step(wp, nmask, rw, (K - k0) // 4, K % BLOCK_K == 0)
+        acc = gemv_rows_a8(acc, words, x, pr, pg, ps, rm, k0, rw, safe, sxm, sxk, M, PRO, K, ASM)
+{step:k0}    dt = y.dtype.element_ty
+    out = (norm_rows(acc.to(tl.float32), ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
+    if HAS_BIAS:
+        out = (out + bias[None, :]).to(dt).to(tl.float32)
+    epilogue(out, rm, rn, M, N, b, y, False)
+
+
+@triton.jit
 def fma_w4_f16x2(byte, xe, xo, s, acc):
     # acc + s * (q - 8) . x in f16x2 for four bytes = eight int4 codes (low nibble the even column,
     # high nibble the odd one). prmt orders the bytes b0 b2 b1 b3, so lop3 with 0x000f000f /

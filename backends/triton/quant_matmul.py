@@ -12,6 +12,8 @@ variants launch with programmatic dependent launch and read the weights before w
 previous kernel, so they are offered only when every operand but x is a graph constant (the
 quantize pass's codes / scales / zeros, a constant bias): nothing a kernel in flight writes.
 `linear_fp8` has only the gemv (`gemv_f8`, M <= GEMV_M: x quantized per token in the kernel);
+`linear_w8a8` at M <= GEMV_M also gets one (`gemv_a8`: x quantized per token in the kernel, dp4a
+on the codes read as int32 words), beside quant_rows + the int8 GEMM it runs at every M;
 with more rows its reference runs (`torch._scaled_mm` on sm >= 8.9). Symmetric int4 at one row
 on CUDA also gets `hgemv_w4` (packed f16 arithmetic, inline PTX), with
 its f16 copy of the group scales made once per weight (`half_scales`).
@@ -51,8 +53,8 @@ from .pdl import with_pdl
 from .prologue import PRO_NONE, Prologue, no_prologue
 from .quant_kernels import kernel_source
 
-_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemm_w8", "gemm_w4", "finish",
-            "quant_rows")
+_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemv_a8", "gemm_w8", "gemm_w4",
+            "finish", "quant_rows")
 
 OPS = ("linear_w8", "linear_w4", "linear_w8a8", "linear_fp8")
 _KNOWN_ATTRS = frozenset({"activation", "group_size", "asymmetric", "act_scale"})
@@ -146,12 +148,27 @@ def half_scales(scale: torch.Tensor) -> tuple[torch.Tensor, float] | None:
     return (scale.float() * 2.0**shift).to(torch.float16).contiguous(), 2.0**-shift
 
 
+def _word_aligned(q: torch.Tensor) -> bool:
+    """int8 codes [N, K] whose rows are whole, 4-byte aligned int32 words (K % 4 == 0, contiguous)."""
+    return q.stride(1) == 1 and q.stride(0) % 4 == 0 and q.storage_offset() % 4 == 0 and q.shape[1] % 4 == 0
+
+
+def _words(q: torch.Tensor) -> torch.Tensor:
+    """`gemv_a8`'s view of int8 codes [N, K] (K % 4 == 0) as int32 words [N, K / 4], four codes
+    each, the lowest column in the low byte; a fresh aligned copy where the rows are not aligned
+    (then no PDL read of it before the wait: `run`)."""
+    if not _word_aligned(q):
+        q = q.clone(memory_format=torch.contiguous_format)
+    return q.view(torch.int32)
+
+
 class QuantLinearLauncher:
     """Runs one linear_w8 / linear_w4 / linear_w8a8 / linear_fp8 node (inputs in IR order).
 
     `config` names a kernel config (see CONFIGS) or "torch" to skip autotuning (tests, benchmarks);
     otherwise the first call per problem key picks one. Matvec configs do not apply to W8A8 (its
-    small-M path is the 16-row GEMM tile); a config that does not apply runs the reference.
+    small-M paths are the 16-row GEMM tile and, at M <= GEMV_M, `gemv_a8` under the gemv
+    configs); a config that does not apply runs the reference.
     `constant_weights`: every operand but x is a constant no kernel writes, so a PDL config may
     read them before waiting on the previous kernel; otherwise PDL configs launch without PDL.
     """
@@ -190,7 +207,7 @@ class QuantLinearLauncher:
         if pro is not None and not self.takes_prologue(name, x):  # it would be silently dropped below
             raise ValueError(f"quantized matmul config {name!r} cannot read a prologue for x {tuple(x.shape)}; see takes_prologue")
         cfg = CONFIGS.get(name)
-        if cfg is None or not self._fits(x, q) or (self.op == "linear_w8a8" and not isinstance(cfg, GemmConfig)) \
+        if cfg is None or not self._fits(x, q) or (self.op == "linear_w8a8" and not isinstance(cfg, (GemmConfig, GemvConfig))) \
                 or (self.op == "linear_fp8" and not isinstance(cfg, GemvConfig)):
             if pro is not None:
                 raise ValueError(f"quantized matmul config {name!r} does not apply to these operands and cannot read the prologue")
@@ -201,7 +218,7 @@ class QuantLinearLauncher:
         zeros = ins[3].contiguous() if self.asymmetric else scale  # an unused pointer when symmetric
         bias = ins[-1] if self.has_bias else None
         y = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
-        if self.op == "linear_w8a8":
+        if self.op == "linear_w8a8" and isinstance(cfg, GemmConfig):
             self._w8a8(cfg, x2, q, scale, bias, y)
         elif isinstance(cfg, GemmConfig):
             self._gemm(cfg, x2, q, scale, zeros, bias, y)
@@ -215,10 +232,12 @@ class QuantLinearLauncher:
                 return torch_reference(self.op, ins, self._attrs)
             self._hgemv(cfg, x2, q, *half, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda))
         elif isinstance(cfg, GemvConfig):
-            if x2.shape[0] > GEMV_M:  # one pass over the weights per row: more rows are dmv's job
+            if x2.shape[0] > GEMV_M or (self.op == "linear_w8a8" and k % 4):  # one pass over the weights per row: more rows are dmv's job
+                if pro is not None:
+                    raise ValueError(f"quantized matmul config {name!r} does not apply to x {tuple(x.shape)} and cannot read the prologue")
                 return torch_reference(self.op, ins, self._attrs)
             # PDL reads scales and zeros before the wait: not a copy .contiguous() just launched
-            copied = scale is not ins[2] or (self.asymmetric and zeros is not ins[3])
+            copied = scale is not ins[2] or (self.asymmetric and zeros is not ins[3]) or (self.op == "linear_w8a8" and not _word_aligned(q))
             self._gemv(cfg, x2, q, scale, zeros, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda) and not copied, pro)
         else:
             self._matvec(cfg, x2, q, scale, zeros, bias, y)
@@ -310,17 +329,21 @@ class QuantLinearLauncher:
 
     def _gemv(self, cfg: GemvConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
               bias: Any, y: torch.Tensor, pdl: bool, pro: Prologue | None = None) -> None:
-        """One launch of `gemv_w8` / `gemv_w4` / `gemv_f8`, with programmatic dependent launch when
+        """One launch of `gemv_w8` / `gemv_w4` / `gemv_f8` / `gemv_a8`, with programmatic dependent launch when
         `pdl`, x read through `pro` when given. M and K are compile-time constants (K is the
         weight's, M at most GEMV_M): a few compiles per node."""
         m, n, k = x2.shape[0], q.shape[0], self._k(q)
         block_k = min(cfg.block_k, _pow2(k))
-        tail = (bias if bias is not None else y, y, *(pro.args(y) if pro is not None else no_prologue(y)), n,
-                *x2.stride(), *q.stride())  # bias, out, the prologue's operands, N, strides
+        head = (bias if bias is not None else y, y, *(pro.args(y) if pro is not None else no_prologue(y)), n)  # bias, out, the prologue's operands, N
+        tail = (*head, *x2.stride(), *q.stride())
         flags = {"HAS_BIAS": bias is not None, "PRO": pro.kind if pro is not None else PRO_NONE, **gemv_flags(cfg, m, k, pdl)}
         grid = (-(-n // cfg.block_n),)
         mod = self._module(x2)
-        if self.op == "linear_fp8":  # no zero points; every program reads each row's whole x for its token scale
+        if self.op == "linear_w8a8":  # the codes as int32 words, four per dp4a; x quantized per token in the kernel
+            words = _words(q)
+            mod.gemv_a8[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), self.act_scale, KP=_pow2(k),
+                              STATIC=self.act_scale > 0, ASM=x2.is_cuda and not debug.TRITON_INTERPRET, BLOCK_K=block_k, **flags)
+        elif self.op == "linear_fp8":  # no zero points; every program reads each row's whole x for its token scale
             mod.gemv_f8[grid](x2, q, scale, *tail, KP=_pow2(k), BLOCK_K=block_k, **flags)
         elif self.op == "linear_w4":  # a step is whole groups
             mod.gemv_w4[grid](x2, q, scale, zeros, *tail, *scale.stride(), ASYM=self.asymmetric, GS=self.group_size,
@@ -373,8 +396,8 @@ class QuantLinearLauncher:
         the graph (H200 replays 721 -> 763-837 us) though its isolated timings won."""
         cfg = CONFIGS.get(name)
         m = x.numel() // max(x.shape[-1], 1)
-        return isinstance(cfg, GemvConfig) and self.op != "linear_w8a8" and 0 < m <= GEMV_M and x.dtype in _DTYPES \
-            and x.numel() < _INT32
+        a8_ok = self.op != "linear_w8a8" or (self.act_scale == 0 and x.shape[-1] % 4 == 0)
+        return isinstance(cfg, GemvConfig) and a8_ok and 0 < m <= GEMV_M and x.dtype in _DTYPES and x.numel() < _INT32
 
     def run_with_prologue(self, name: str, ins: tuple, pro: Prologue) -> torch.Tensor:
         """`run` with x read through `pro` (the interface prologue.py shares with matmul's launcher)."""
@@ -401,21 +424,29 @@ class QuantLinearLauncher:
             BLOCK_K=block_k, GROUP_M=cfg.group_m, num_warps=cfg.warps, num_stages=cfg.stages,
         )
 
-    def candidates(self, m: int, on_cuda: bool = False) -> list[str]:
+    def candidates(self, m: int, on_cuda: bool = False, k: int = 0) -> list[str]:
         """Candidate names for M rows, in CPU preference order (the first wins untimed).
 
         Decode (M <= 16) weight-only: the tensor-core matvec tilings that won per shape on an
         H200; at M <= GEMV_M also the CUDA-core gemv tilings, on CUDA first (their PDL variants
         where `_pdl_ok`), on CPU after the dmv ones (the interpreter runs the first; no PDL there).
-        The GEMM kernels (prefill, and all of W8A8) take every shape: their edges are masked (an
+        W8A8 at M <= GEMV_M with K % 4 == 0 (`k`; 0: not known yet) also gets `gemv_a8` under the
+        gemv tilings (x quantized per token inside the kernel: one launch, not quant_rows + a GEMM).
+        The GEMM kernels (prefill, and all other W8A8) take every shape: their edges are masked (an
         H200 misaligned-address fault on ragged shapes, 2026-11-21, came from false
         `tl.multiple_of` hints on wrapped indices; the ragged GPU tests pass since, 2026-11-22)."""
         if self.op == "linear_fp8":  # batch-1 decode: gemv_f8; more rows: the reference's torch._scaled_mm
             pdl = self._pdl_ok(on_cuda)
             return [c.name for c in GEMV_W8 if pdl or not c.pdl] + [TORCH] if m <= GEMV_M else [TORCH]
         if self.op == "linear_w8a8":
-            return [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name, TORCH] if m <= SMALL_M else \
-                [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
+            if m > SMALL_M:
+                return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
+            small = [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name]
+            if m > GEMV_M or k % 4:  # gemv_a8 reads the codes as int32 words
+                return small + [TORCH]
+            pdl = self._pdl_ok(on_cuda)
+            gemv = [c.name for c in GEMV_W8 if pdl or not c.pdl]
+            return (gemv + small if on_cuda else small + gemv) + [TORCH]
         if m <= SMALL_M:
             dmv = [c.name for c in (DMV_W4 if self.op == "linear_w4" else DMV_W8)]
             if m > GEMV_M:
@@ -435,7 +466,7 @@ class QuantLinearLauncher:
     def prologue_candidates(self, x: torch.Tensor, q: torch.Tensor) -> list[str]:
         """The candidates that can read the prologue's input x themselves (prologue.py)."""
         m = x.numel() // max(x.shape[-1], 1)
-        return [name for name in self.candidates(m, x.is_cuda) if self.takes_prologue(name, x)]
+        return [name for name in self.candidates(m, x.is_cuda, self._k(q)) if self.takes_prologue(name, x)]
 
     def _choose(self, ins: tuple) -> str:
         x, q = ins[0], ins[1]
@@ -445,7 +476,8 @@ class QuantLinearLauncher:
         if hit is None:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
                 return TORCH  # never time inside graph capture; not remembered, so a later call tunes
-            cands: dict[str, Callable[[], object]] = {name: (lambda name=name: self.run(name, ins)) for name in self.candidates(m, x.is_cuda)}
+            cands: dict[str, Callable[[], object]] = {name: (lambda name=name: self.run(name, ins))
+                                                      for name in self.candidates(m, x.is_cuda, x.shape[-1])}
             hit = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
         self._by_shape[(x.shape, x.dtype)] = hit
         return hit
