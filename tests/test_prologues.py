@@ -255,6 +255,16 @@ def test_quant_launcher_reports_which_configs_take_a_prologue() -> None:
     assert not q.takes_prologue(quant_matmul.HGEMV_W4[0].name, x1)  # never: see takes_prologue
 
 
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_igemv_reads_the_prologue(kind: str, m: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weight-only int8 in integer arithmetic (bf16 x) reading each prologue: the fixed-point
+    power of two follows the prologue's output (a norm's 1 / rms applied at the end)."""
+    monkeypatch.setattr(prologue.PrologueLinearLauncher, "materialize",
+                        lambda *a: pytest.fail("materialized the prologue instead of fusing it"))
+    _check(kind, *OPS[2], m, torch.bfloat16, "igemv_32x512_w4")
+
+
 def test_static_w8a8_groups_run_unfused_and_match_the_graph() -> None:
     """A calibrated (static) activation scale is absolute, so a norm's deferred 1 / rms would
     change the codes: no W8A8 gemv takes the prologue, the group materializes it and runs the
@@ -281,7 +291,8 @@ def test_static_w8a8_groups_run_unfused_and_match_the_graph() -> None:
     ("linear_w8", {"activation": "none", "asymmetric": False}, "gemv_4x8192_w4_pdl"),
     ("linear", {"activation": "none"}, "gemv_16x2048_w8_pdl"),
     ("linear_w8a8", {"activation": "none"}, "gemv_4x4096_w2_pdl"),
-], ids=["int4", "int8", "dense", "w8a8"])
+    ("linear_w8", {"activation": "none", "asymmetric": False}, "igemv_4x8192_w4_pdl"),
+], ids=["int4", "int8", "dense", "w8a8", "int8-igemv"])
 def test_pdl_gemvs_read_the_prologue_on_cuda(op: str, attrs: dict, config: str, kind: str, dtype: torch.dtype,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """PDL gemvs (weights loaded before the wait, the prologue's operands after it) with the

@@ -32,8 +32,9 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 VARIANTS = [("linear_w8", False, 0), ("linear_w8", True, 0), ("linear_w4", False, 32), ("linear_w4", True, 64),
             ("linear_w4", False, 128), ("linear_w4", True, 128)]
 GEMMS = [c.name for c in GEMM_CONFIGS]
-# every config but hgemv_w4's (inline PTX: CUDA only, its own tests below)
-PORTABLE = sorted(c for c in CONFIGS if not c.startswith("hgemv"))
+# every config but hgemv_w4's (inline PTX: CUDA only) and igemv's (symmetric int8, bf16 / fp16
+# x only): their own tests below
+PORTABLE = sorted(c for c in CONFIGS if not c.startswith(("hgemv", "igemv")))
 GEMV_ONE_STEP, GEMV_LOOP = "gemv_16x2048_w8", "gemv_32x512_w4"  # K in one tile; K in 512-column steps
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # sigmoid(-large) in numpy
 
@@ -241,7 +242,7 @@ def test_w8a8_configs_match_the_reference_to_fp32_rounding(config: str, m: int, 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize(("config", "k"), [(GEMV_ONE_STEP, 300), (GEMV_LOOP, 1100)], ids=["one-step", "k-loop"])
-def test_gemv_a8_matches_the_w8a8_reference(config: str, k: int, m: int, static: bool, dtype: torch.dtype, bias: bool,
+def test_gemv_i8_matches_the_w8a8_reference(config: str, k: int, m: int, static: bool, dtype: torch.dtype, bias: bool,
                                             no_torch_fallback: None) -> None:
     """linear_w8a8 at decode rows in one kernel: each row's token scale (or the static one, which
     saturates |x| > 2.54), x rounded to int8 codes, exact int32 code products (dp4a's sum, emulated
@@ -255,7 +256,7 @@ def test_gemv_a8_matches_the_w8a8_reference(config: str, k: int, m: int, static:
     _check(g, quant_linear_kernel(node, config), vals, dtype)
 
 
-def test_gemv_a8_takes_unaligned_codes_and_leaves_k_not_a_multiple_of_4_to_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gemv_i8_takes_unaligned_codes_and_leaves_k_not_a_multiple_of_4_to_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """Codes whose rows are not whole aligned int32 words are copied (then read after the wait);
     K % 4 != 0 is not offered the gemv, and a pinned gemv config runs the reference there."""
     g, node, vals = _node("linear_w8a8", {"activation": "none"}, 1, 24, 64, torch.float32, False)
@@ -275,6 +276,65 @@ def test_gemv_a8_takes_unaligned_codes_and_leaves_k_not_a_multiple_of_4_to_the_r
     pinned = quant_linear_kernel(node, GEMV_ONE_STEP)
     _check(g, pinned, vals, torch.float32)
     assert ran
+
+
+IGEMV_ONE_STEP, IGEMV_LOOP = "igemv_16x2048_w8", "igemv_32x512_w4"
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("x_scale", [1.0, 300.0, 1e-4], ids=["x1", "x300", "x1e-4"])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize(("config", "k"), [(IGEMV_ONE_STEP, 300), (IGEMV_LOOP, 1100)], ids=["one-step", "k-loop"])
+def test_igemv_matches_the_int8_reference(config: str, k: int, m: int, x_scale: float, dtype: torch.dtype, bias: bool,
+                                          no_torch_fallback: None) -> None:
+    """Weight-only int8 in integer arithmetic: x in 15-bit fixed point per row (its power of two
+    follows the row's largest element, so large and tiny activations keep their precision), two
+    dp4a per four codes (emulated where interpreted). N = 70 ragged, K one step or looped."""
+    g, node, vals = _node("linear_w8", _variant("linear_w8", False, 0, "gelu_tanh" if bias else "none"), m, 70, k, dtype, bias,
+                          seed=m + k)
+    vals[0] = (vals[0].float() * x_scale).to(dtype)
+    vals[0][0, :5] = 0.0
+    _check(g, quant_linear_kernel(node, config), vals, dtype)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, interpreting NaN rows
+def test_igemv_rows_with_inf_nan_zeros_or_tiny_values() -> None:
+    """Per row: NaN or inf anywhere gives NaN (not a wrapped integer); an all-zero row gives the
+    bias; a row of values near 1e-30 (bf16 reaches it; its power of two is 2^113) keeps its precision."""
+    g, node, vals = _node("linear_w8", _variant("linear_w8", False, 0, "none"), 4, 40, 64, torch.bfloat16, True)
+    x = vals[0]
+    x[0, 3], x[1, 7] = float("nan"), float("inf")
+    x[2] = 0.0
+    x[3] = (x[3].float() * 1e-30).to(torch.bfloat16)
+    got = quant_linear_kernel(node, IGEMV_ONE_STEP)(*vals).cpu()
+    (ref,) = ir.run_graph(g, [v.cpu() for v in vals])
+    assert got[:2].isnan().all()
+    assert torch.equal(got[2], ref[2])
+    tiny = (got[3].double() - vals[3].cpu().double()) * 1e30  # the bias (~1) dominates: compare x's part alone
+    want = (ref[3].double() - vals[3].cpu().double()) * 1e30
+    assert _err(tiny, want) <= 1e-2, _err(tiny, want)
+
+
+def test_igemv_is_offered_for_symmetric_int8_with_half_activations_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates: igemv leads on CUDA for symmetric int8 at <= GEMV_M rows with bf16 / fp16 x and
+    K % 4 == 0; never for fp32 x, asymmetric codes, other K or on CPU. A pinned igemv config that
+    does not apply runs the reference."""
+    sym = quant_matmul.QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
+    asym = quant_matmul.QuantLinearLauncher("linear_w8", {"activation": "none", "asymmetric": True}, False)
+    assert sym.candidates(1, True, 2048, torch.bfloat16)[0].startswith("igemv")
+    assert sym.candidates(GEMV_M, True, 2048, torch.float16)[0].startswith("igemv")
+    for cands in (sym.candidates(1, True, 2048, torch.float32), sym.candidates(1, True, 2046, torch.bfloat16),
+                  sym.candidates(GEMV_M + 1, True, 2048, torch.bfloat16), sym.candidates(1, False, 2048, torch.bfloat16),
+                  asym.candidates(1, True, 2048, torch.bfloat16)):
+        assert not any(c.startswith("igemv") for c in cands)
+    ran: list[bool] = []
+    reference = quant_matmul.torch_reference
+    monkeypatch.setattr(quant_matmul, "torch_reference", lambda *a: ran.append(True) or reference(*a))
+    for asymmetric, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        g, node, vals = _node("linear_w8", _variant("linear_w8", asymmetric, 0, "none"), 1, 24, 64, dtype, False)
+        _check(g, quant_linear_kernel(node, IGEMV_ONE_STEP), vals, dtype)
+    assert len(ran) == 2
 
 
 @pytest.mark.parametrize("config", [GEMMS[3], GEMV_ONE_STEP])
@@ -540,17 +600,21 @@ def test_hgemv_w4_compiles_for_hopper_to_packed_f16_arithmetic() -> None:
     assert (fma, lop3) == (6 * 24, 4 * 24)
 
 
-@pytest.mark.parametrize(("block_n", "block_k", "warps", "k", "calls", "divs"), [(16, 2048, 8, 2048, 32, 9), (4, 4096, 2, 5632, 128, 129)])
-def test_gemv_a8_compiles_for_hopper_to_dp4a(block_n: int, block_k: int, warps: int, k: int, calls: int, divs: int) -> None:
-    """One dp4a per four codes and nothing wider per weight: a 16 x 2048 step is 8192 words, 32 per
-    thread of 8 warps; 4 x 4096 over K = 5632 is two steps (the second ragged) of 4096 words, 64
-    per thread of 2 warps. x's quantization divides (div.rn) once per element of a step per thread,
-    not once per weight: 2048 / 256 = 8 and 2 x 4096 / 64 = 128, plus the token scale's one."""
+@pytest.mark.parametrize(("weight_only", "block_n", "block_k", "warps", "k", "calls", "divs"),
+                         [(False, 16, 2048, 8, 2048, 32, 9), (False, 4, 4096, 2, 5632, 128, 129), (True, 16, 2048, 8, 2048, 64, 0)],
+                         ids=["w8a8-one-step", "w8a8-ragged-loop", "weight-only"])
+def test_gemv_i8_compiles_for_hopper_to_dp4a(weight_only: bool, block_n: int, block_k: int, warps: int, k: int, calls: int,
+                                             divs: int) -> None:
+    """One dp4a per four codes (two weight-only: x's high and low bytes) and nothing wider per
+    weight: a 16 x 2048 step is 8192 words, 32 per thread of 8 warps; 4 x 4096 over K = 5632 is
+    two steps (the second ragged) of 4096 words, 64 per thread of 2 warps. W8A8 divides (div.rn)
+    once per x element of a step per thread, not once per weight: 2048 / 256 = 8 and
+    2 x 4096 / 64 = 128, plus the token scale's one; weight-only multiplies by a power of two instead."""
     sig = {"x": "*bf16", "w": "*i32", "sc": "*bf16", "b": "*bf16", "y": "*bf16", "pr": "*bf16", "pg": "*bf16", "ps": "*bf16",
            "eps": "fp32", "N": "i32", "sxm": "i32", "swn": "i32", "act_scale": "fp32"}
-    consts = {"sxk": 1, "M": 1, "K": k, "KP": 1 << (k - 1).bit_length(), "HAS_BIAS": True, "PDL": False, "PRO": 0, "STATIC": False,
-              "ASM": True, "BLOCK_M": 1, "BLOCK_N": block_n, "BLOCK_K": block_k}
-    assert _sm90_counts("gemv_a8", sig, consts, warps, [r"dp4a\.s32\.s32", r"div\.rn\.f32"]) == [calls, divs]
+    consts = {"sxk": 1, "M": 1, "K": k, "KP": 1 << (k - 1).bit_length(), "HAS_BIAS": True, "PDL": False, "PRO": 0,
+              "WEIGHT_ONLY": weight_only, "STATIC": False, "ASM": True, "BLOCK_M": 1, "BLOCK_N": block_n, "BLOCK_K": block_k}
+    assert _sm90_counts("gemv_i8", sig, consts, warps, [r"dp4a\.s32\.s32", r"div\.rn\.f32"]) == [calls, divs]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
@@ -646,20 +710,22 @@ def test_cuda_gemv_f8_matches_the_reference_at_a_model_shape(m: int, dtype: torc
         _check(g, quant_linear_kernel(node, cfg.name), vals, dtype)
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+@pytest.mark.parametrize(("op", "attrs"), [("linear_w8a8", {}), ("linear_w8a8", {"act_scale": 0.02}), ("linear_w8", {"asymmetric": False})],
+                         ids=["w8a8-dynamic", "w8a8-static", "int8-igemv"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("m", [1, 4])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_gemv_a8_matches_the_reference_at_model_shapes(m: int, dtype: torch.dtype, static: bool, no_torch_fallback: None) -> None:
-    """Every W8A8 gemv tiling compiled for the GPU (dp4a; PDL where it runs, with the codes as
-    graph constants) against the reference, at K = 2048 and the ragged-step K = 5632."""
-    from kiln.backends.triton.quant_matmul import GEMV_W8
+def test_cuda_gemv_i8_matches_the_reference_at_model_shapes(m: int, dtype: torch.dtype, op: str, attrs: dict,
+                                                            no_torch_fallback: None) -> None:
+    """Every gemv_i8 tiling compiled for the GPU (dp4a; PDL where it runs, with the codes as graph
+    constants) against the reference, at K = 2048 and the ragged-step K = 5632: W8A8's gemv
+    configs, weight-only int8's igemv ones."""
+    from kiln.backends.triton.quant_matmul import GEMV_W8, IGEMV_W8
 
-    attrs = {"activation": "silu", **({"act_scale": 0.02} if static else {})}
     for k in (2048, 5632):
-        g, node, vals = _node("linear_w8a8", attrs, m, 1000, k, dtype, True)
-        for cfg in GEMV_W8:
+        g, node, vals = _node(op, {"activation": "silu", **attrs}, m, 1000, k, dtype, True)
+        for cfg in IGEMV_W8 if op == "linear_w8" else GEMV_W8:
             if cfg.pdl and not quant_matmul.pdl_available():
                 continue
             launcher = quant_linear_kernel(node, cfg.name)

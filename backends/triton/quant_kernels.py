@@ -449,41 +449,61 @@ def dp4a(a, b, c, ASM: tl.constexpr):
 
 
 @triton.jit
-def x_words(x, pr, pg, ps, i, k0, rw, si, sxm, sxk, PRO: tl.constexpr, K: tl.constexpr):
-    # row i of x at columns k0 + 4 * rw .. + 3 quantized to int8 with its token scale si, as the
-    # reference: clamp(round_half_even(x / s), -127, 127) (div_rn, then the 1.5 * 2^23 trick,
-    # exact for |x / s| < 2^22; beyond, the clamp decides), packed four codes to an int32 word
-    # (little-endian: column k0 + 4w is the low byte), columns past K as 0
+def x_codes(x, pr, pg, ps, i, k0, rw, si, sxm, sxk, PRO: tl.constexpr, K: tl.constexpr, WEIGHT_ONLY: tl.constexpr):
+    # row i of x at columns k0 + 4 * rw + (0..3) as (W, 4) int32 codes, columns past K as 0.
+    # W8A8: the int8 codes of the reference, clamp(round_half_even(x / s), -127, 127) with the token
+    # scale si (div_rn, then the 1.5 * 2^23 trick, exact for |x / s| < 2^22; beyond, the clamp
+    # decides). Weight-only: x in 15-bit fixed point, round(x * si) with si = 2^shift (exact
+    # product), |code| < 2^14
     rj = tl.arange(0, 4)
     kx = k0 + 4 * rw[:, None] + rj[None, :]  # (W, 4)
     xv, _ = load_x(x, pr, pg, ps, i, kx, kx < K, sxm, sxk, PRO, K, False)
+    if WEIGHT_ONLY:
+        return ((xv * si + 12582912.0) - 12582912.0).to(tl.int32)
     r = (tl.math.div_rn(xv, tl.zeros_like(xv) + si) + 12582912.0) - 12582912.0
-    r = tl.minimum(tl.maximum(r, -127.0), 127.0).to(tl.int32)
-    return tl.sum((r & 0xFF) << (8 * rj)[None, :], axis=1)  # (W,): the bytes do not overlap
+    return tl.minimum(tl.maximum(r, -127.0), 127.0).to(tl.int32)
 
 
 @triton.jit
-def gemv_rows_a8(acc, words, x, pr, pg, ps, rm, k0, rw, safe, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr,
-                 K: tl.constexpr, ASM: tl.constexpr):
-    # acc[i, :] += codes . q8(x[i, k0:k0 + BLOCK_K]) for each of the M rows, exact in int32:
-    # words (BLOCK_N, BLOCK_K / 4) are four int8 weight codes each
+def pack4(c):
+    # (W, 4) int32 -> (W,) int32 words of their low bytes, column 0 the lowest (the bytes do not overlap)
+    return tl.sum((c & 0xFF) << (8 * tl.arange(0, 4))[None, :], axis=1)
+
+
+@triton.jit
+def gemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, k0, rw, safe, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr,
+                 K: tl.constexpr, WEIGHT_ONLY: tl.constexpr, ASM: tl.constexpr):
+    # acc[i, :] += codes . x_codes(row i) for each of the M rows, exact in int32; words (BLOCK_N,
+    # BLOCK_K / 4) hold four int8 weight codes each. Weight-only splits each 15-bit x code c into
+    # bytes, c = 256 * hi + lo with lo = the signed low byte and hi = (c + 128) >> 8 (|hi| <= 64):
+    # acc gathers the lo products, acc_hi the hi products (two int32 sums: one would overflow)
     for i in tl.static_range(M):
         si = tl.sum(tl.where(rm == i, safe, 0.0), axis=0)
-        xw = x_words(x, pr, pg, ps, i, k0, rw, si, sxm, sxk, PRO, K)
-        d = dp4a(words, tl.broadcast_to(xw[None, :], words.shape), tl.zeros_like(words), ASM)
+        c = x_codes(x, pr, pg, ps, i, k0, rw, si, sxm, sxk, PRO, K, WEIGHT_ONLY)
+        d = dp4a(words, tl.broadcast_to(pack4(c)[None, :], words.shape), tl.zeros_like(words), ASM)
         acc += tl.where(rm[:, None] == i, tl.sum(d, axis=1)[None, :], 0)
-    return acc
+        if WEIGHT_ONLY:
+            d = dp4a(words, tl.broadcast_to(pack4((c + 128) >> 8)[None, :], words.shape), tl.zeros_like(words), ASM)
+            acc_hi += tl.where(rm[:, None] == i, tl.sum(d, axis=1)[None, :], 0)
+    return acc, acc_hi
 
 
 @triton.jit
-def gemv_a8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, act_scale, M: tl.constexpr, K: tl.constexpr,
-            KP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, STATIC: tl.constexpr,
-            ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # batch-1 W8A8 decode in one kernel: w is the int8 [N, K] codes read as int32 words [N, K / 4]
-    # (K % 4 == 0); each program finds its rows' token scales (s = max|x_row| / 127, or the static
-    # act_scale), quantizes its x steps to int8 words and sums the code products exactly in int32
-    # (dp4a: four per instruction); y = (acc * s * scale) in x's dtype, then bias, then activation,
-    # as the reference rounds them. Codes, scales and bias load before the PDL wait.
+def gemv_i8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, act_scale, M: tl.constexpr, K: tl.constexpr,
+            KP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, WEIGHT_ONLY: tl.constexpr,
+            STATIC: tl.constexpr, ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # batch-1 decode on symmetric int8 codes in integer arithmetic: w is the codes [N, K] read as
+    # int32 words [N, K / 4] (K % 4 == 0), four products per dp4a. Each program quantizes its rows
+    # of x itself, per row i:
+    # * W8A8 (linear_w8a8): the reference's token scale s = max|x_i| / 127 (or the static
+    #   act_scale) and int8 codes; y = (acc * s * scale) in x's dtype, then bias, then activation,
+    #   each rounded as the reference rounds it.
+    # * WEIGHT_ONLY (linear_w8, bf16 / fp16 x): x_i in 15-bit fixed point under 2^shift, the
+    #   power of two that puts max|x_i| in [2^13, 2^14): rounding moves each element by at most
+    #   2^-15 of max|x_i| (bf16 rounds the largest by up to 2^-9 of itself); shift is clamped to
+    #   +-126, so rows whose max|x| is below 2^-112 lose precision. y = acc * 2^-shift * scale
+    #   (+ bias) as gemv_w8; a row holding inf or NaN gives NaN.
+    # Codes, scales and bias load before the PDL wait.
     W: tl.constexpr = BLOCK_K // 4
     rm = tl.arange(0, BLOCK_M)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -496,28 +516,44 @@ def gemv_a8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, act_scale, M: tl.
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
     wait_for_input(PDL)
     ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    nan = tl.zeros((BLOCK_M,), dtype=tl.float32)  # weight-only: NaN for a row holding inf or NaN
     if STATIC:  # one calibrated scale: no pass over x (no norm prologue either: its 1 / rms would change the codes)
         s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32) + act_scale
     else:
-        # each row's token scale of x as the prologue gives it (a norm's 1 / rms, one factor per
-        # row, is applied at the end: the scale is relative), a norm's sums of squares alongside
+        # each row's scale of x as the prologue gives it (a norm's 1 / rms, one factor per row, is
+        # applied at the end: the scale is relative), a norm's sums of squares alongside
         rall = tl.arange(0, KP)
         s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for i in tl.static_range(M):
             xa, va = load_x(x, pr, pg, ps, i, rall, rall < K, sxm, sxk, PRO, K, True)
-            s_rows = tl.where(rm == i, tl.math.div_rn(tl.max(tl.abs(xa)), 127.0), s_rows)
+            amax = tl.max(tl.abs(xa))
+            if WEIGHT_ONLY:  # 2^shift, shift = 13 - exponent(amax) within +-126 (bit arithmetic: exact)
+                ex = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+                sh = tl.minimum(tl.maximum(13 - ex, -126), 126)
+                s_rows = tl.where(rm == i, ((sh + 127) << 23).to(tl.float32, bitcast=True), s_rows)
+                nan = tl.where(rm == i, tl.sum(xa * 0.0), nan)
+            else:
+                s_rows = tl.where(rm == i, tl.math.div_rn(amax, 127.0), s_rows)
             ss = tl.where(rm == i, tl.sum(va * va), ss)
     safe = tl.where(s_rows == 0.0, 1.0, s_rows)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    acc = gemv_rows_a8(acc, words, x, pr, pg, ps, rm, 0, rw, safe, sxm, sxk, M, PRO, K, ASM)
+    acc_hi = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc, acc_hi = gemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, 0, rw, safe, sxm, sxk, M, PRO, K, WEIGHT_ONLY, ASM)
 {loop:k0:BLOCK_K:K}
         wp += W
         words = load_step(wp, nmask, rw, (K - k0) // 4, K % BLOCK_K == 0)
-        acc = gemv_rows_a8(acc, words, x, pr, pg, ps, rm, k0, rw, safe, sxm, sxk, M, PRO, K, ASM)
-{step:k0}    dt = y.dtype.element_ty
-    out = (norm_rows(acc.to(tl.float32), ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
-    if HAS_BIAS:
-        out = (out + bias[None, :]).to(dt).to(tl.float32)
+        acc, acc_hi = gemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, k0, rw, safe, sxm, sxk, M, PRO, K, WEIGHT_ONLY, ASM)
+{step:k0}    if WEIGHT_ONLY:
+        unshift = ((127 - ((safe.to(tl.int32, bitcast=True) >> 23) & 0xFF) + 127) << 23).to(tl.float32, bitcast=True)
+        total = acc_hi.to(tl.float32) * 256.0 + acc.to(tl.float32)
+        out = norm_rows(total * unshift[:, None], ss, eps, PRO, K) * scale[None, :] + nan[:, None]
+        if HAS_BIAS:
+            out += bias[None, :]
+    else:
+        dt = y.dtype.element_ty
+        out = (norm_rows(acc.to(tl.float32), ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
+        if HAS_BIAS:
+            out = (out + bias[None, :]).to(dt).to(tl.float32)
     epilogue(out, rm, rn, M, N, b, y, False)
 
 

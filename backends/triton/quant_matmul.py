@@ -12,8 +12,10 @@ variants launch with programmatic dependent launch and read the weights before w
 previous kernel, so they are offered only when every operand but x is a graph constant (the
 quantize pass's codes / scales / zeros, a constant bias): nothing a kernel in flight writes.
 `linear_fp8` has only the gemv (`gemv_f8`, M <= GEMV_M: x quantized per token in the kernel);
-`linear_w8a8` at M <= GEMV_M also gets one (`gemv_a8`: x quantized per token in the kernel, dp4a
-on the codes read as int32 words), beside quant_rows + the int8 GEMM it runs at every M;
+`linear_w8a8` at M <= GEMV_M also gets one (`gemv_i8`: x quantized per token in the kernel, dp4a
+on the codes read as int32 words), beside quant_rows + the int8 GEMM it runs at every M, and
+symmetric `linear_w8` with bf16 / fp16 activations gets the same kernel with x in 15-bit fixed
+point (two dp4a per four codes; the `igemv` configs);
 with more rows its reference runs (`torch._scaled_mm` on sm >= 8.9). Symmetric int4 at one row
 on CUDA also gets `hgemv_w4` (packed f16 arithmetic, inline PTX), with
 its f16 copy of the group scales made once per weight (`half_scales`).
@@ -53,7 +55,7 @@ from .pdl import with_pdl
 from .prologue import PRO_NONE, Prologue, no_prologue
 from .quant_kernels import kernel_source
 
-_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemv_a8", "gemm_w8", "gemm_w4",
+_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemv_i8", "gemm_w8", "gemm_w4",
             "finish", "quant_rows")
 
 OPS = ("linear_w8", "linear_w4", "linear_w8a8", "linear_fp8")
@@ -74,6 +76,21 @@ class DotMatvecConfig:
     @property
     def name(self) -> str:
         return f"dmv_{self.block_n}x{self.block_k}_k{self.split_k}_w{self.warps}_s{self.stages}"
+
+
+@dataclass(frozen=True, slots=True)
+class IntGemvConfig:
+    """A tiling of `gemv_i8` for weight-only int8 (`linear_w8`: x in 15-bit fixed point, two dp4a
+    per four codes): the fields of matmul.GemvConfig under their own names."""
+
+    block_n: int
+    block_k: int
+    warps: int
+    pdl: bool
+
+    @property
+    def name(self) -> str:
+        return f"igemv_{self.block_n}x{self.block_k}_w{self.warps}{'_pdl' if self.pdl else ''}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +125,8 @@ DMV_W4 = (DotMatvecConfig(32, 128, 8, 4, 3), DotMatvecConfig(64, 128, 8, 4, 3), 
 # PDL wait (7.01 -> 5.22 us; bench/tiling_probe.py, 2026-11-22, session 3).
 GEMV_W8 = gemv_configs(GEMV_TILINGS + ((4, 4096, 2), (8, 1024, 2), (4, 8192, 4)))
 GEMV_W4 = gemv_configs(GEMV_TILINGS + ((16, 1024, 4),))
+IGEMV_W8 = tuple(IntGemvConfig(c.block_n, c.block_k, c.warps, c.pdl) for c in GEMV_W8)
+INT_GEMV_K = 1 << 17  # gemv_i8's int32 sums hold K products of 127 x 128 below 2^31
 # the two that won among seven tilings on an H200 (bench/gemv_sweep.py --quant int4, 2026-11-22):
 # 16 x 512 at 1.1B q/k/v and gate/up, 7B q/k/v and gate/up; 8 x 1024 at 1.1B o and down, 7B o and
 # down; then 16 x 2048 with 8 warps at 1.1B down (7.28 -> 6.18 us; bench/tiling_probe.py, session 3)
@@ -123,8 +142,8 @@ GEMM_CONFIGS = (
     GemmConfig(16, 64, 128, 1, 4, 4),
     GemmConfig(128, 256, 64, 8, 8, 3),
 )
-CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig | HalfGemvConfig] = {
-    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4 + HGEMV_W4
+CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig | IntGemvConfig | HalfGemvConfig] = {
+    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4 + IGEMV_W8 + HGEMV_W4
 }
 
 
@@ -231,17 +250,30 @@ class QuantLinearLauncher:
             if half is None:  # not a shape, dtype or scale range it takes: the reference, as any config that does not apply
                 return torch_reference(self.op, ins, self._attrs)
             self._hgemv(cfg, x2, q, *half, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda))
-        elif isinstance(cfg, GemvConfig):
-            if x2.shape[0] > GEMV_M or (self.op == "linear_w8a8" and k % 4):  # one pass over the weights per row: more rows are dmv's job
+        elif isinstance(cfg, (GemvConfig, IntGemvConfig)):
+            if not self._gemv_applies(cfg, x2.shape[0], k, x.dtype):  # more rows are dmv's job; see _gemv_applies
                 if pro is not None:
                     raise ValueError(f"quantized matmul config {name!r} does not apply to x {tuple(x.shape)} and cannot read the prologue")
                 return torch_reference(self.op, ins, self._attrs)
             # PDL reads scales and zeros before the wait: not a copy .contiguous() just launched
-            copied = scale is not ins[2] or (self.asymmetric and zeros is not ins[3]) or (self.op == "linear_w8a8" and not _word_aligned(q))
+            words = self.op == "linear_w8a8" or isinstance(cfg, IntGemvConfig)
+            copied = scale is not ins[2] or (self.asymmetric and zeros is not ins[3]) or (words and not _word_aligned(q))
             self._gemv(cfg, x2, q, scale, zeros, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda) and not copied, pro)
         else:
             self._matvec(cfg, x2, q, scale, zeros, bias, y)
         return y.view(*x.shape[:-1], n)
+
+    def _gemv_applies(self, cfg: GemvConfig | IntGemvConfig, m: int, k: int, dtype: torch.dtype) -> bool:
+        """A gemv takes at most GEMV_M rows (one pass over the weights per row). `gemv_i8` (W8A8's
+        gemv configs, weight-only int8's igemv ones) reads the codes as int32 words (K % 4 == 0)
+        and sums below INT_GEMV_K products in int32; igemv is symmetric int8 with bf16 / fp16 x only
+        (its fixed-point x is exact to 2^-15 of the row's largest element, beyond fp32's 1e-5)."""
+        if m > GEMV_M:
+            return False
+        if isinstance(cfg, IntGemvConfig):
+            return self.op == "linear_w8" and not self.asymmetric and dtype in (torch.bfloat16, torch.float16) \
+                and k % 4 == 0 and k < INT_GEMV_K
+        return self.op != "linear_w8a8" or (k % 4 == 0 and k < INT_GEMV_K)
 
     def _fits(self, x: torch.Tensor, q: torch.Tensor) -> bool:
         """Non-empty, a float dtype the kernels take, every operand addressable with int32 offsets
@@ -327,9 +359,9 @@ class QuantLinearLauncher:
             mod.finish[(-(-n // _FINISH_N), 1)](part, b, y, m, n, HAS_BIAS=bias is not None, SPLIT=split,
                                                 BLOCK_M=SMALL_M, BLOCK_N=_FINISH_N)
 
-    def _gemv(self, cfg: GemvConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
+    def _gemv(self, cfg: GemvConfig | IntGemvConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
               bias: Any, y: torch.Tensor, pdl: bool, pro: Prologue | None = None) -> None:
-        """One launch of `gemv_w8` / `gemv_w4` / `gemv_f8` / `gemv_a8`, with programmatic dependent launch when
+        """One launch of `gemv_w8` / `gemv_w4` / `gemv_f8` / `gemv_i8`, with programmatic dependent launch when
         `pdl`, x read through `pro` when given. M and K are compile-time constants (K is the
         weight's, M at most GEMV_M): a few compiles per node."""
         m, n, k = x2.shape[0], q.shape[0], self._k(q)
@@ -339,10 +371,11 @@ class QuantLinearLauncher:
         flags = {"HAS_BIAS": bias is not None, "PRO": pro.kind if pro is not None else PRO_NONE, **gemv_flags(cfg, m, k, pdl)}
         grid = (-(-n // cfg.block_n),)
         mod = self._module(x2)
-        if self.op == "linear_w8a8":  # the codes as int32 words, four per dp4a; x quantized per token in the kernel
+        if self.op == "linear_w8a8" or isinstance(cfg, IntGemvConfig):  # the codes as int32 words, four per dp4a
             words = _words(q)
-            mod.gemv_a8[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), self.act_scale, KP=_pow2(k),
-                              STATIC=self.act_scale > 0, ASM=x2.is_cuda and not debug.TRITON_INTERPRET, BLOCK_K=block_k, **flags)
+            mod.gemv_i8[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), self.act_scale, KP=_pow2(k),
+                              WEIGHT_ONLY=self.op == "linear_w8", STATIC=self.act_scale > 0,
+                              ASM=x2.is_cuda and not debug.TRITON_INTERPRET, BLOCK_K=block_k, **flags)
         elif self.op == "linear_fp8":  # no zero points; every program reads each row's whole x for its token scale
             mod.gemv_f8[grid](x2, q, scale, *tail, KP=_pow2(k), BLOCK_K=block_k, **flags)
         elif self.op == "linear_w4":  # a step is whole groups
@@ -396,8 +429,10 @@ class QuantLinearLauncher:
         the graph (H200 replays 721 -> 763-837 us) though its isolated timings won."""
         cfg = CONFIGS.get(name)
         m = x.numel() // max(x.shape[-1], 1)
-        a8_ok = self.op != "linear_w8a8" or (self.act_scale == 0 and x.shape[-1] % 4 == 0)
-        return isinstance(cfg, GemvConfig) and a8_ok and 0 < m <= GEMV_M and x.dtype in _DTYPES and x.numel() < _INT32
+        if not isinstance(cfg, (GemvConfig, IntGemvConfig)) or self.act_scale > 0:  # a static scale is absolute (gemv_i8)
+            return False
+        # x's width is K, or 2K for a SiLU-mul (whose K % 4 then only `candidates` and `run` see)
+        return self._gemv_applies(cfg, m, x.shape[-1], x.dtype) and m > 0 and x.dtype in _DTYPES and x.numel() < _INT32
 
     def run_with_prologue(self, name: str, ins: tuple, pro: Prologue) -> torch.Tensor:
         """`run` with x read through `pro` (the interface prologue.py shares with matmul's launcher)."""
@@ -424,14 +459,16 @@ class QuantLinearLauncher:
             BLOCK_K=block_k, GROUP_M=cfg.group_m, num_warps=cfg.warps, num_stages=cfg.stages,
         )
 
-    def candidates(self, m: int, on_cuda: bool = False, k: int = 0) -> list[str]:
+    def candidates(self, m: int, on_cuda: bool = False, k: int = 0, dtype: torch.dtype | None = None) -> list[str]:
         """Candidate names for M rows, in CPU preference order (the first wins untimed).
 
         Decode (M <= 16) weight-only: the tensor-core matvec tilings that won per shape on an
         H200; at M <= GEMV_M also the CUDA-core gemv tilings, on CUDA first (their PDL variants
         where `_pdl_ok`), on CPU after the dmv ones (the interpreter runs the first; no PDL there).
-        W8A8 at M <= GEMV_M with K % 4 == 0 (`k`; 0: not known yet) also gets `gemv_a8` under the
-        gemv tilings (x quantized per token inside the kernel: one launch, not quant_rows + a GEMM).
+        W8A8 at M <= GEMV_M with K % 4 == 0 (`k`; 0: not known yet) also gets `gemv_i8` under the
+        gemv tilings (x quantized per token inside the kernel: one launch, not quant_rows + a GEMM);
+        symmetric int8 on CUDA with bf16 / fp16 x (`dtype`; None: not known) its `igemv` tilings,
+        first (they won every 1.1B and 7B projection on an H200: bench/RESULTS.md, session 5).
         The GEMM kernels (prefill, and all other W8A8) take every shape: their edges are masked (an
         H200 misaligned-address fault on ragged shapes, 2026-11-21, came from false
         `tl.multiple_of` hints on wrapped indices; the ragged GPU tests pass since, 2026-11-22)."""
@@ -442,10 +479,8 @@ class QuantLinearLauncher:
             if m > SMALL_M:
                 return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
             small = [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name]
-            if m > GEMV_M or k % 4:  # gemv_a8 reads the codes as int32 words
-                return small + [TORCH]
             pdl = self._pdl_ok(on_cuda)
-            gemv = [c.name for c in GEMV_W8 if pdl or not c.pdl]
+            gemv = [c.name for c in GEMV_W8 if (pdl or not c.pdl) and self._gemv_applies(c, m, k or 4, torch.float32)]
             return (gemv + small if on_cuda else small + gemv) + [TORCH]
         if m <= SMALL_M:
             dmv = [c.name for c in (DMV_W4 if self.op == "linear_w4" else DMV_W8)]
@@ -455,6 +490,8 @@ class QuantLinearLauncher:
             gemv = [c.name for c in (GEMV_W4 if self.op == "linear_w4" else GEMV_W8) if pdl or not c.pdl]
             if self._hgemv_offered(m, on_cuda):
                 gemv = [c.name for c in HGEMV_W4 if pdl or not c.pdl] + gemv
+            if on_cuda:
+                gemv = [c.name for c in IGEMV_W8 if (pdl or not c.pdl) and self._gemv_applies(c, m, k or 4, dtype or torch.bfloat16)] + gemv
             return (gemv + dmv if on_cuda else dmv + gemv) + [TORCH]
         return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
 
@@ -466,7 +503,7 @@ class QuantLinearLauncher:
     def prologue_candidates(self, x: torch.Tensor, q: torch.Tensor) -> list[str]:
         """The candidates that can read the prologue's input x themselves (prologue.py)."""
         m = x.numel() // max(x.shape[-1], 1)
-        return [name for name in self.candidates(m, x.is_cuda, self._k(q)) if self.takes_prologue(name, x)]
+        return [name for name in self.candidates(m, x.is_cuda, self._k(q), x.dtype) if self.takes_prologue(name, x)]
 
     def _choose(self, ins: tuple) -> str:
         x, q = ins[0], ins[1]
@@ -477,7 +514,7 @@ class QuantLinearLauncher:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
                 return TORCH  # never time inside graph capture; not remembered, so a later call tunes
             cands: dict[str, Callable[[], object]] = {name: (lambda name=name: self.run(name, ins))
-                                                      for name in self.candidates(m, x.is_cuda, x.shape[-1])}
+                                                      for name in self.candidates(m, x.is_cuda, x.shape[-1], x.dtype)}
             hit = self.chosen[key] = choose(key, cands, on_cuda=x.is_cuda)
         self._by_shape[(x.shape, x.dtype)] = hit
         return hit
