@@ -47,6 +47,15 @@ constant, so `(code - zero)` costs nothing extra.
   gemv: each program finds its rows' token scales, rounds x / s to e4m3 in fp32 arithmetic
   (`round_e4m3`: ties to even like torch's cast, and the same on the interpreter), widens the fp8
   weights and sums the exact products in fp32.
+* `gemv_i8` (batch-1 symmetric int8 codes, M <= 4, CUDA cores in integer arithmetic): the codes
+  are read as int32 words and multiplied four at a time by `dp4a.s32.s32` (emulated with shifts
+  where interpreted), summed exactly in int32. Each program quantizes its x itself: for W8A8 the
+  reference's per-token int8 codes (one kernel instead of quant_rows + the 16-row GEMM: 1.1B
+  decode 0.64x -> 1.2-1.4x of bf16); for weight-only int8 (bf16 / fp16 x) x in 15-bit fixed
+  point under a per-row power of two, split into its high and low bytes, two dp4a per four
+  codes. Per weight that is 1/4 or 1/2 instruction instead of the fp32 decode's ~3, which bound
+  gemv_w8 (2.4 TB/s at most). H200, 1.1B q/k/v 3.40 -> 2.86 us, gate/up 8.73 -> 7.75, down
+  5.28 -> 5.01, 7B gate/up 24.4 -> 22.3 (bench/gemv_sweep.py, bench/RESULTS.md).
 * `gemm_w8` / `gemm_w4` (prefill): the W.T tile's codes are dequantized to the activation dtype in
   registers and fed to `tl.dot` (int8: integers (q - zero), exact in bf16, channel scale on the fp32
   accumulator at the end; int4: (q - zero) * group scale, rounded once to the activation dtype,

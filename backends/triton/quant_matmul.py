@@ -468,7 +468,8 @@ class QuantLinearLauncher:
         W8A8 at M <= GEMV_M with K % 4 == 0 (`k`; 0: not known yet) also gets `gemv_i8` under the
         gemv tilings (x quantized per token inside the kernel: one launch, not quant_rows + a GEMM);
         symmetric int8 on CUDA with bf16 / fp16 x (`dtype`; None: not known) its `igemv` tilings,
-        first (they won every 1.1B and 7B projection on an H200: bench/RESULTS.md, session 5).
+        first (on an H200 they won the 1.1B q/k/v, gate/up and down and the 7B gate/up and down
+        projections; the 1.1B o stayed with gemv_w8: bench/RESULTS.md, 2026-11-22 session 5).
         The GEMM kernels (prefill, and all other W8A8) take every shape: their edges are masked (an
         H200 misaligned-address fault on ragged shapes, 2026-11-21, came from false
         `tl.multiple_of` hints on wrapped indices; the ragged GPU tests pass since, 2026-11-22)."""
