@@ -257,12 +257,13 @@ def test_quant_launcher_reports_which_configs_take_a_prologue() -> None:
 
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("kind", KINDS)
-def test_igemv_reads_the_prologue(kind: str, m: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Weight-only int8 in integer arithmetic (bf16 x) reading each prologue: the fixed-point
-    power of two follows the prologue's output (a norm's 1 / rms applied at the end)."""
+@pytest.mark.parametrize(("op", "attrs"), [OPS[2], OPS[4]], ids=["int8", "int4"])
+def test_igemv_reads_the_prologue(op: str, attrs: dict, kind: str, m: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weight-only int8 / int4 in integer arithmetic (bf16 x) reading each prologue: the
+    fixed-point power of two follows the prologue's output (a norm's 1 / rms applied at the end)."""
     monkeypatch.setattr(prologue.PrologueLinearLauncher, "materialize",
                         lambda *a: pytest.fail("materialized the prologue instead of fusing it"))
-    _check(kind, *OPS[2], m, torch.bfloat16, "igemv_32x512_w4")
+    _check(kind, op, attrs, m, torch.bfloat16, "igemv_32x512_w4")
 
 
 def test_static_w8a8_groups_run_unfused_and_match_the_graph() -> None:
@@ -292,7 +293,8 @@ def test_static_w8a8_groups_run_unfused_and_match_the_graph() -> None:
     ("linear", {"activation": "none"}, "gemv_16x2048_w8_pdl"),
     ("linear_w8a8", {"activation": "none"}, "gemv_4x4096_w2_pdl"),
     ("linear_w8", {"activation": "none", "asymmetric": False}, "igemv_4x8192_w4_pdl"),
-], ids=["int4", "int8", "dense", "w8a8", "int8-igemv"])
+    ("linear_w4", {"activation": "none", "asymmetric": False, "group_size": 128}, "igemv_16x1024_w4_pdl"),
+], ids=["int4", "int8", "dense", "w8a8", "int8-igemv", "int4-igemv"])
 def test_pdl_gemvs_read_the_prologue_on_cuda(op: str, attrs: dict, config: str, kind: str, dtype: torch.dtype,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """PDL gemvs (weights loaded before the wait, the prologue's operands after it) with the

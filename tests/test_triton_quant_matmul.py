@@ -172,23 +172,24 @@ def test_the_tilings_only_the_quantized_gemvs_offer_match_the_reference(op: str,
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the CPU interpreter's candidate lists first")
 def test_gemv_pdl_configs_are_offered_only_on_sm90_cuda_for_constant_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PDL variants lead the CUDA decode candidates where PDL runs (mocked: sm90 and gdc_wait) and
-    every operand but x is a constant; never on CPU, where a pinned PDL config launches plainly."""
-    from kiln.backends.triton.quant_matmul import DMV_W8, GEMV_M, GEMV_W8, QuantLinearLauncher
+    """PDL variants lead the CUDA decode candidates (the integer gemvs', then the fp32 ones) where
+    PDL runs (mocked: sm90 and gdc_wait) and every operand but x is a constant; never on CPU,
+    where a pinned PDL config launches plainly."""
+    from kiln.backends.triton.quant_matmul import DMV_W8, GEMV_M, GEMV_W8, IGEMV_W8, QuantLinearLauncher
 
-    pdl = [c.name for c in GEMV_W8 if c.pdl]
-    plain = [c.name for c in GEMV_W8 if not c.pdl]
+    pdl, ipdl = ([c.name for c in cs if c.pdl] for cs in (GEMV_W8, IGEMV_W8))
+    plain, iplain = ([c.name for c in cs if not c.pdl] for cs in (GEMV_W8, IGEMV_W8))
     dmv = [c.name for c in DMV_W8]
     const = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
     fed = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
     assert not quant_matmul.pdl_available()  # the interpreter never runs gdc calls
-    assert const.candidates(1, on_cuda=True) == plain + dmv + [TORCH]  # pre-Hopper CUDA
+    assert const.candidates(1, on_cuda=True) == iplain + plain + dmv + [TORCH]  # pre-Hopper CUDA
     assert const.candidates(1) == dmv + plain + [TORCH]  # CPU: the interpreter runs the first, as before
     monkeypatch.setattr(quant_matmul, "pdl_available", lambda: True)
-    assert const.candidates(1, on_cuda=True) == pdl + plain + dmv + [TORCH]
-    assert const.candidates(GEMV_M, on_cuda=True)[0] == pdl[0]
+    assert const.candidates(1, on_cuda=True) == ipdl + iplain + pdl + plain + dmv + [TORCH]
+    assert const.candidates(GEMV_M, on_cuda=True)[0] == ipdl[0]
     assert const.candidates(GEMV_M + 1, on_cuda=True) == dmv + [TORCH]  # one weight pass per row: dmv's job
-    assert fed.candidates(1, on_cuda=True) == plain + dmv + [TORCH]  # weights a kernel may write
+    assert fed.candidates(1, on_cuda=True) == iplain + plain + dmv + [TORCH]  # weights a kernel may write
     assert const.candidates(1) == dmv + plain + [TORCH]
 
     launches: list[bool] = []
@@ -298,6 +299,23 @@ def test_igemv_matches_the_int8_reference(config: str, k: int, m: int, x_scale: 
     _check(g, quant_linear_kernel(node, config), vals, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize(("config", "group", "k", "x_scale", "bias"), [
+    (IGEMV_ONE_STEP, 32, 288, 1.0, True), (IGEMV_LOOP, 32, 1152, 300.0, False), (IGEMV_LOOP, 128, 1280, 1e-4, True),
+    ("igemv_16x1024_w4", 64, 1088, 1.0, False)], ids=["g32-one-step", "g32-loop-large-x", "g128-loop-tiny-x", "g64-ragged"])
+def test_igemv_matches_the_int4_reference(config: str, group: int, k: int, x_scale: float, bias: bool, m: int, dtype: torch.dtype,
+                                          no_torch_fallback: None) -> None:
+    """Symmetric int4 in integer arithmetic (gemv_i4): the even / odd columns' codes split from
+    each word, four unsigned-by-signed dp4a per eight weights and the offset 8 taken off per
+    group. N = 70 ragged; K in one step, looped, or with a ragged last step of whole groups."""
+    g, node, vals = _node("linear_w4", _variant("linear_w4", False, group, "gelu_tanh" if bias else "none"), m, 70, k, dtype,
+                          bias, seed=m + k)
+    vals[0] = (vals[0].float() * x_scale).to(dtype)
+    vals[0][0, :5] = 0.0
+    _check(g, quant_linear_kernel(node, config), vals, dtype)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, interpreting NaN rows
 def test_igemv_rows_with_inf_nan_zeros_or_tiny_values() -> None:
     """Per row: NaN or inf anywhere gives NaN (not a wrapped integer); an all-zero row gives the
@@ -322,6 +340,10 @@ def test_igemv_is_offered_for_symmetric_int8_with_half_activations_on_cuda_only(
     does not apply runs the reference."""
     sym = quant_matmul.QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
     asym = quant_matmul.QuantLinearLauncher("linear_w8", {"activation": "none", "asymmetric": True}, False)
+    w4 = quant_matmul.QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 64}, False)
+    w4_asym = quant_matmul.QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 64, "asymmetric": True}, False)
+    assert w4.candidates(1, True, 2048, torch.bfloat16)[0].startswith("igemv")
+    assert not any(c.startswith("igemv") for c in w4_asym.candidates(1, True, 2048, torch.bfloat16) + w4.candidates(1, True, 2048, torch.float32))
     assert sym.candidates(1, True, 2048, torch.bfloat16)[0].startswith("igemv")
     assert sym.candidates(GEMV_M, True, 2048, torch.float16)[0].startswith("igemv")
     for cands in (sym.candidates(1, True, 2048, torch.float32), sym.candidates(1, True, 2046, torch.bfloat16),
@@ -492,15 +514,24 @@ def test_cuda_pdl_gemv_chained_twice_in_a_cuda_graph_reads_each_input_after_its_
 
 
 def test_cuda_candidates_are_the_gemv_and_tensor_core_matvecs_and_gemms_for_every_shape() -> None:
-    """On CUDA: decode gets the dmv tilings (+ PyTorch), batch-1 decode the gemv ones before them;
-    the GEMMs (prefill, W8A8) whatever the shape (ragged edges are masked and GPU-tested)."""
-    from kiln.backends.triton.quant_matmul import DMV_W4, DMV_W8, GEMV_W4, GEMV_W8, QuantLinearLauncher
+    """On CUDA: decode gets the dmv tilings (+ PyTorch), batch-1 decode the gemv ones before them
+    (the integer gemvs first); the GEMMs (prefill, W8A8) whatever the shape (ragged edges are
+    masked and GPU-tested)."""
+    from kiln.backends.triton.quant_matmul import (
+        DMV_W4,
+        DMV_W8,
+        GEMV_W4,
+        GEMV_W8,
+        IGEMV_W4,
+        IGEMV_W8,
+        QuantLinearLauncher,
+    )
 
     w8 = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
     w4 = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False)
     a8 = QuantLinearLauncher("linear_w8a8", {"activation": "none"}, False)
-    assert w8.candidates(2, on_cuda=True) == [c.name for c in GEMV_W8 if not c.pdl] + [c.name for c in DMV_W8] + [TORCH]
-    assert w4.candidates(1, on_cuda=True) == [c.name for c in GEMV_W4 if not c.pdl] + [c.name for c in DMV_W4] + [TORCH]
+    assert w8.candidates(2, on_cuda=True) == [c.name for cs in (IGEMV_W8, GEMV_W8, DMV_W8) for c in cs if not getattr(c, "pdl", False)] + [TORCH]
+    assert w4.candidates(1, on_cuda=True) == [c.name for cs in (IGEMV_W4, GEMV_W4, DMV_W4) for c in cs if not getattr(c, "pdl", False)] + [TORCH]
     assert w4.candidates(16, on_cuda=True) == [c.name for c in DMV_W4] + [TORCH]
     assert any(c in GEMMS for c in w8.candidates(17, on_cuda=True)) and any(c in GEMMS for c in a8.candidates(1, on_cuda=True))
     assert w8.candidates(17, on_cuda=True) == w8.candidates(17) and w8.candidates(17)[-1] == TORCH
@@ -508,11 +539,11 @@ def test_cuda_candidates_are_the_gemv_and_tensor_core_matvecs_and_gemms_for_ever
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the CPU interpreter's candidate lists first")
 def test_hgemv_w4_is_offered_only_for_one_row_of_symmetric_constant_int4_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The packed-f16 int4 gemv (inline PTX) leads the CUDA candidates at M = 1 for symmetric
-    int4 with constant weights, and is never offered elsewhere: not on CPU or under the
+    """The packed-f16 int4 gemv (inline PTX) follows the integer gemvs in the CUDA candidates at
+    M = 1 for symmetric int4 with constant weights, and is never offered elsewhere: not on CPU or under the
     interpreter (it cannot run PTX), not for zero points, more rows, int8 or weights a kernel may write."""
     from kiln import debug
-    from kiln.backends.triton.quant_matmul import HGEMV_W4, QuantLinearLauncher
+    from kiln.backends.triton.quant_matmul import HGEMV_W4, IGEMV_W4, QuantLinearLauncher
 
     def launcher(op: str = "linear_w4", asym: bool = False, const: bool = True) -> QuantLinearLauncher:
         return QuantLinearLauncher(op, _variant(op, asym, 128 if op == "linear_w4" else 0), False, constant_weights=const)
@@ -522,10 +553,12 @@ def test_hgemv_w4_is_offered_only_for_one_row_of_symmetric_constant_int4_on_cuda
     assert not offered(launcher().candidates(1, on_cuda=True))  # this suite runs interpreted
     monkeypatch.setattr(debug, "TRITON_INTERPRET", False)
     monkeypatch.setattr(quant_matmul, "pdl_available", lambda: True)
+    ints = [c.name for c in IGEMV_W4]
     cands = launcher().candidates(1, on_cuda=True)
-    assert cands[:len(half)] == [c.name for c in HGEMV_W4]
+    assert cands[:len(ints) + len(half)] == ints + [c.name for c in HGEMV_W4]
     monkeypatch.setattr(quant_matmul, "pdl_available", lambda: False)
-    assert launcher().candidates(1, on_cuda=True)[:len(half) // 2] == [c.name for c in HGEMV_W4 if not c.pdl]
+    cands = launcher().candidates(1, on_cuda=True)
+    assert cands[len(ints) // 2:(len(ints) + len(half)) // 2] == [c.name for c in HGEMV_W4 if not c.pdl]
     for other in (launcher().candidates(1), launcher().candidates(2, on_cuda=True), launcher(asym=True).candidates(1, on_cuda=True),
                   launcher(const=False).candidates(1, on_cuda=True), launcher("linear_w8").candidates(1, on_cuda=True)):
         assert not offered(other)
@@ -615,6 +648,17 @@ def test_gemv_i8_compiles_for_hopper_to_dp4a(weight_only: bool, block_n: int, bl
     consts = {"sxk": 1, "M": 1, "K": k, "KP": 1 << (k - 1).bit_length(), "HAS_BIAS": True, "PDL": False, "PRO": 0,
               "WEIGHT_ONLY": weight_only, "STATIC": False, "ASM": True, "BLOCK_M": 1, "BLOCK_N": block_n, "BLOCK_K": block_k}
     assert _sm90_counts("gemv_i8", sig, consts, warps, [r"dp4a\.s32\.s32", r"div\.rn\.f32"]) == [calls, divs]
+
+
+def test_gemv_i4_compiles_for_hopper_to_unsigned_dp4a() -> None:
+    """Four dp4a.u32.s32 per word of eight int4 codes (even / odd columns x x's high / low bytes)
+    and no float conversion per weight: a 16 x 1024 step (groups of 128) is 2048 words, 16 per
+    thread of 4 warps; K = 2048 is two steps: 128 calls."""
+    sig = {"x": "*bf16", "w": "*i32", "sc": "*bf16", "b": "*bf16", "y": "*bf16", "pr": "*bf16", "pg": "*bf16", "ps": "*bf16",
+           "eps": "fp32", "N": "i32", "sxm": "i32", "swn": "i32", "ssn": "i32"}
+    consts = {"sxk": 1, "ssg": 1, "M": 1, "K": 2048, "KP": 2048, "HAS_BIAS": True, "PDL": False, "PRO": 0, "ASM": True, "GS": 128,
+              "BLOCK_M": 1, "BLOCK_N": 16, "BLOCK_K": 1024}
+    assert _sm90_counts("gemv_i4", sig, consts, 4, [r"dp4a\.u32\.s32", r"dp4a\.s32"]) == [128, 0]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])

@@ -445,32 +445,70 @@ def gemv_rows_f8(acc, wf, x, pr, pg, ps, rm, kx, kin, safe, sxm, sxk, M: tl.cons
 
 
 @triton.jit
-def dp4a(a, b, c, ASM: tl.constexpr):
-    # c + the dot product of the four signed bytes of int32 words a and b, per element: one
-    # `dp4a.s32.s32` on CUDA (ASM), else the same sum from sign-extending shifts (the interpreter
-    # runs no inline PTX)
+def dp4a(a, b, c, ASM: tl.constexpr, UNSIGNED_A: tl.constexpr = False):
+    # c + the dot product of the four bytes of int32 words a and b, per element, b's signed and a's
+    # signed (or unsigned: UNSIGNED_A): one `dp4a` on CUDA (ASM), else the same sum from shifts
+    # (the interpreter runs no inline PTX)
     if ASM:
+        if UNSIGNED_A:
+            return tl.inline_asm_elementwise("dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c], dtype=tl.int32,
+                                             is_pure=True, pack=1)
         return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c], dtype=tl.int32,
                                          is_pure=True, pack=1)
     for j in tl.static_range(4):
-        c += ((a << (24 - 8 * j)) >> 24) * ((b << (24 - 8 * j)) >> 24)
+        if UNSIGNED_A:
+            ab = (a >> (8 * j)) & 0xFF
+        else:
+            ab = (a << (24 - 8 * j)) >> 24
+        c += ab * ((b << (24 - 8 * j)) >> 24)
     return c
 
 
 @triton.jit
-def x_codes(x, pr, pg, ps, i, k0, rw, si, sxm, sxk, PRO: tl.constexpr, K: tl.constexpr, WEIGHT_ONLY: tl.constexpr):
-    # row i of x at columns k0 + 4 * rw + (0..3) as (W, 4) int32 codes, columns past K as 0.
+def x_codes(x, pr, pg, ps, i, kx, si, sxm, sxk, PRO: tl.constexpr, K: tl.constexpr, WEIGHT_ONLY: tl.constexpr):
+    # row i of x at columns kx (W, 4) as int32 codes, columns past K as 0.
     # W8A8: the int8 codes of the reference, clamp(round_half_even(x / s), -127, 127) with the token
     # scale si (div_rn, then the 1.5 * 2^23 trick, exact for |x / s| < 2^22; beyond, the clamp
     # decides). Weight-only: x in 15-bit fixed point, round(x * si) with si = 2^shift (exact
     # product), |code| < 2^14
-    rj = tl.arange(0, 4)
-    kx = k0 + 4 * rw[:, None] + rj[None, :]  # (W, 4)
     xv, _ = load_x(x, pr, pg, ps, i, kx, kx < K, sxm, sxk, PRO, K, False)
     if WEIGHT_ONLY:
         return ((xv * si + 12582912.0) - 12582912.0).to(tl.int32)
     r = (tl.math.div_rn(xv, tl.zeros_like(xv) + si) + 12582912.0) - 12582912.0
     return tl.minimum(tl.maximum(r, -127.0), 127.0).to(tl.int32)
+
+
+@triton.jit
+def row_scales(x, pr, pg, ps, rm, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+               WEIGHT_ONLY: tl.constexpr):
+    # (scale, nan, sum of squares) per row of x as the prologue gives it (a norm's 1 / rms, one
+    # factor per row, is applied at the end: the scales are relative). W8A8: the token scale
+    # max|x_i| / 127. Weight-only: 2^shift, shift = 13 - exponent(max|x_i|) clamped to +-126 (bit
+    # arithmetic: exact), and nan = NaN where the row holds inf or NaN (else 0)
+    rall = tl.arange(0, KP)
+    s_rows = tl.zeros(rm.shape, dtype=tl.float32)
+    nan = tl.zeros(rm.shape, dtype=tl.float32)
+    ss = tl.zeros(rm.shape, dtype=tl.float32)
+    for i in tl.static_range(M):
+        xa, va = load_x(x, pr, pg, ps, i, rall, rall < K, sxm, sxk, PRO, K, True)
+        amax = tl.max(tl.abs(xa))
+        if WEIGHT_ONLY:
+            ex = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+            sh = tl.minimum(tl.maximum(13 - ex, -126), 126)
+            s_rows = tl.where(rm == i, ((sh + 127) << 23).to(tl.float32, bitcast=True), s_rows)
+            nan = tl.where(rm == i, tl.sum(xa * 0.0), nan)
+        else:
+            s_rows = tl.where(rm == i, tl.math.div_rn(amax, 127.0), s_rows)
+        ss = tl.where(rm == i, tl.sum(va * va), ss)
+    return s_rows, nan, ss
+
+
+@triton.jit
+def unfix(total, shift, nan):
+    # fixed-point sums (BLOCK_M, BLOCK_N) back to x's scale: times 2^-shift per row (the exponent
+    # negated: exact), NaN for the rows that held inf or NaN
+    unshift = ((254 - ((shift.to(tl.int32, bitcast=True) >> 23) & 0xFF)) << 23).to(tl.float32, bitcast=True)
+    return total * unshift[:, None] + nan[:, None]
 
 
 @triton.jit
@@ -488,7 +526,7 @@ def gemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, k0, rw, safe, sxm, sxk, 
     # acc gathers the lo products, acc_hi the hi products (two int32 sums: one would overflow)
     for i in tl.static_range(M):
         si = tl.sum(tl.where(rm == i, safe, 0.0), axis=0)
-        c = x_codes(x, pr, pg, ps, i, k0, rw, si, sxm, sxk, PRO, K, WEIGHT_ONLY)
+        c = x_codes(x, pr, pg, ps, i, k0 + 4 * rw[:, None] + tl.arange(0, 4)[None, :], si, sxm, sxk, PRO, K, WEIGHT_ONLY)
         d = dp4a(words, tl.broadcast_to(pack4(c)[None, :], words.shape), tl.zeros_like(words), ASM)
         acc += tl.where(rm[:, None] == i, tl.sum(d, axis=1)[None, :], 0)
         if WEIGHT_ONLY:
@@ -524,26 +562,12 @@ def gemv_i8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, act_scale, M: tl.
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
     wait_for_input(PDL)
-    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    nan = tl.zeros((BLOCK_M,), dtype=tl.float32)  # weight-only: NaN for a row holding inf or NaN
     if STATIC:  # one calibrated scale: no pass over x (no norm prologue either: its 1 / rms would change the codes)
         s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32) + act_scale
+        nan = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
     else:
-        # each row's scale of x as the prologue gives it (a norm's 1 / rms, one factor per row, is
-        # applied at the end: the scale is relative), a norm's sums of squares alongside
-        rall = tl.arange(0, KP)
-        s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for i in tl.static_range(M):
-            xa, va = load_x(x, pr, pg, ps, i, rall, rall < K, sxm, sxk, PRO, K, True)
-            amax = tl.max(tl.abs(xa))
-            if WEIGHT_ONLY:  # 2^shift, shift = 13 - exponent(amax) within +-126 (bit arithmetic: exact)
-                ex = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-                sh = tl.minimum(tl.maximum(13 - ex, -126), 126)
-                s_rows = tl.where(rm == i, ((sh + 127) << 23).to(tl.float32, bitcast=True), s_rows)
-                nan = tl.where(rm == i, tl.sum(xa * 0.0), nan)
-            else:
-                s_rows = tl.where(rm == i, tl.math.div_rn(amax, 127.0), s_rows)
-            ss = tl.where(rm == i, tl.sum(va * va), ss)
+        s_rows, nan, ss = row_scales(x, pr, pg, ps, rm, sxm, sxk, M, PRO, K, KP, WEIGHT_ONLY)
     safe = tl.where(s_rows == 0.0, 1.0, s_rows)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc_hi = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -553,9 +577,8 @@ def gemv_i8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, act_scale, M: tl.
         words = load_step(wp, nmask, rw, (K - k0) // 4, K % BLOCK_K == 0)
         acc, acc_hi = gemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, k0, rw, safe, sxm, sxk, M, PRO, K, WEIGHT_ONLY, ASM)
 {step:k0}    if WEIGHT_ONLY:
-        unshift = ((127 - ((safe.to(tl.int32, bitcast=True) >> 23) & 0xFF) + 127) << 23).to(tl.float32, bitcast=True)
         total = acc_hi.to(tl.float32) * 256.0 + acc.to(tl.float32)
-        out = norm_rows(total * unshift[:, None], ss, eps, PRO, K) * scale[None, :] + nan[:, None]
+        out = norm_rows(unfix(total, safe, nan), ss, eps, PRO, K) * scale[None, :]
         if HAS_BIAS:
             out += bias[None, :]
     else:
@@ -563,6 +586,81 @@ def gemv_i8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, act_scale, M: tl.
         out = (norm_rows(acc.to(tl.float32), ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
         if HAS_BIAS:
             out = (out + bias[None, :]).to(dt).to(tl.float32)
+    epilogue(out, rm, rn, M, N, b, y, False)
+
+
+@triton.jit
+def gemv_rows_i4(acc, lo, hi, s, x, pr, pg, ps, rm, k0, safe, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr,
+                 K: tl.constexpr, GS: tl.constexpr, ASM: tl.constexpr):
+    # acc[i, :] += sum over groups g of s[:, g] * ((codes - 8) . x_codes(row i))[:, g]: lo / hi are
+    # the (BLOCK_N, G, GS / 8) words of the even / odd columns' codes (0..15, one per byte); x's
+    # 15-bit codes split into bytes as gemv_rows_i8's, four unsigned-by-signed dp4a per eight
+    # weights, and the codes' offset 8 taken off once per group as 8 * the sum of x's codes
+    G: tl.constexpr = lo.shape[1]
+    WG: tl.constexpr = GS // 8
+    rr = tl.arange(0, G * WG)
+    ke = k0 + 8 * rr[:, None] + 2 * tl.arange(0, 4)[None, :]  # (G * WG, 4) even columns, word by word
+    for i in tl.static_range(M):
+        si = tl.sum(tl.where(rm == i, safe, 0.0), axis=0)
+        ce = x_codes(x, pr, pg, ps, i, ke, si, sxm, sxk, PRO, K, True)
+        co = x_codes(x, pr, pg, ps, i, ke + 1, si, sxm, sxk, PRO, K, True)
+        xsum = tl.sum(tl.reshape(tl.sum(ce + co, axis=1), (G, WG)), axis=1)  # (G,)
+        a_lo = dp4a(lo, tl.broadcast_to(tl.reshape(pack4(ce), (G, WG))[None, :, :], lo.shape), tl.zeros_like(lo), ASM, True)
+        a_lo = dp4a(hi, tl.broadcast_to(tl.reshape(pack4(co), (G, WG))[None, :, :], hi.shape), a_lo, ASM, True)
+        a_hi = dp4a(lo, tl.broadcast_to(tl.reshape(pack4((ce + 128) >> 8), (G, WG))[None, :, :], lo.shape), tl.zeros_like(lo),
+                    ASM, True)
+        a_hi = dp4a(hi, tl.broadcast_to(tl.reshape(pack4((co + 128) >> 8), (G, WG))[None, :, :], hi.shape), a_hi, ASM, True)
+        per_group = tl.sum(a_hi, axis=2) * 256 + tl.sum(a_lo, axis=2) - 8 * xsum[None, :]  # (BLOCK_N, G), exact
+        acc += tl.where(rm[:, None] == i, tl.sum(per_group.to(tl.float32) * s, axis=1)[None, :], 0.0)
+    return acc
+
+
+@triton.jit
+def gemv_i4(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, ssn, ssg, M: tl.constexpr, K: tl.constexpr,
+            KP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, ASM: tl.constexpr,
+            GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # batch-1 symmetric int4 (q + 8 two per byte, groups of GS) with bf16 / fp16 x in integer
+    # arithmetic, as gemv_i8's weight-only mode: w is the packed codes read as int32 words
+    # [N, K / 8] (eight codes each: bytes 0..3 hold columns 0..7, low nibble the even column);
+    # an AND and a shift split a word into the even and the odd columns' codes, one per byte.
+    # BLOCK_K is whole groups; steps past K are masked by whole groups (x past K reads 0).
+    # Codes, scales and bias load before the PDL wait.
+    G: tl.constexpr = BLOCK_K // GS
+    WG: tl.constexpr = GS // 8
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rg = tl.arange(0, G)
+    rw = tl.arange(0, WG)
+    nmask = rn < N
+    wp = w + rn[:, None, None] * swn + rg[None, :, None] * WG + rw[None, None, :]  # (BLOCK_N, G, WG) words, contiguous
+    sp = rn[:, None] * ssn + rg[None, :] * ssg  # (BLOCK_N, G) offsets of this step's group scales
+    if K % BLOCK_K == 0:
+        gmask = nmask[:, None]
+    else:
+        gmask = nmask[:, None] & (rg[None, :] < K // GS)
+    words = tl.load(wp, mask=gmask[:, :, None], other=0)
+    s = tl.load(sc + sp, mask=gmask, other=0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
+    wait_for_input(PDL)
+    shift, nan, ss = row_scales(x, pr, pg, ps, rm, sxm, sxk, M, PRO, K, KP, True)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = gemv_rows_i4(acc, words & 0x0F0F0F0F, (words >> 4) & 0x0F0F0F0F, s, x, pr, pg, ps, rm, 0, shift, sxm, sxk, M,
+                       PRO, K, GS, ASM)
+{loop:k0:BLOCK_K:K}
+        wp += G * WG
+        sp += G * ssg
+        if K % BLOCK_K == 0:
+            gmask = nmask[:, None]
+        else:
+            gmask = nmask[:, None] & (rg[None, :] < (K - k0) // GS)
+        words = tl.load(wp, mask=gmask[:, :, None], other=0)
+        s = tl.load(sc + sp, mask=gmask, other=0).to(tl.float32)
+        acc = gemv_rows_i4(acc, words & 0x0F0F0F0F, (words >> 4) & 0x0F0F0F0F, s, x, pr, pg, ps, rm, k0, shift, sxm, sxk,
+                           M, PRO, K, GS, ASM)
+{step:k0}    out = norm_rows(unfix(acc, shift, nan), ss, eps, PRO, K)
+    if HAS_BIAS:
+        out += bias[None, :]
     epilogue(out, rm, rn, M, N, b, y, False)
 
 

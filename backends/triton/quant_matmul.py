@@ -55,7 +55,7 @@ from .pdl import with_pdl
 from .prologue import PRO_NONE, Prologue, no_prologue
 from .quant_kernels import kernel_source
 
-_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemv_i8", "gemm_w8", "gemm_w4",
+_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemv_i8", "gemv_i4", "gemm_w8", "gemm_w4",
             "finish", "quant_rows")
 
 OPS = ("linear_w8", "linear_w4", "linear_w8a8", "linear_fp8")
@@ -80,8 +80,9 @@ class DotMatvecConfig:
 
 @dataclass(frozen=True, slots=True)
 class IntGemvConfig:
-    """A tiling of `gemv_i8` for weight-only int8 (`linear_w8`: x in 15-bit fixed point, two dp4a
-    per four codes): the fields of matmul.GemvConfig under their own names."""
+    """A tiling of the weight-only integer gemvs, `gemv_i8` (symmetric int8) and `gemv_i4`
+    (symmetric int4): x in 15-bit fixed point, dp4a on the codes; the fields of
+    matmul.GemvConfig under their own names."""
 
     block_n: int
     block_k: int
@@ -126,6 +127,7 @@ DMV_W4 = (DotMatvecConfig(32, 128, 8, 4, 3), DotMatvecConfig(64, 128, 8, 4, 3), 
 GEMV_W8 = gemv_configs(GEMV_TILINGS + ((4, 4096, 2), (8, 1024, 2), (4, 8192, 4)))
 GEMV_W4 = gemv_configs(GEMV_TILINGS + ((16, 1024, 4),))
 IGEMV_W8 = tuple(IntGemvConfig(c.block_n, c.block_k, c.warps, c.pdl) for c in GEMV_W8)
+IGEMV_W4 = tuple(IntGemvConfig(c.block_n, c.block_k, c.warps, c.pdl) for c in GEMV_W4)
 INT_GEMV_K = 1 << 17  # gemv_i8's int32 sums hold K products of 127 x 128 below 2^31
 # the two that won among seven tilings on an H200 (bench/gemv_sweep.py --quant int4, 2026-11-22):
 # 16 x 512 at 1.1B q/k/v and gate/up, 7B q/k/v and gate/up; 8 x 1024 at 1.1B o and down, 7B o and
@@ -143,7 +145,7 @@ GEMM_CONFIGS = (
     GemmConfig(128, 256, 64, 8, 8, 3),
 )
 CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig | IntGemvConfig | HalfGemvConfig] = {
-    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4 + IGEMV_W8 + HGEMV_W4
+    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4 + IGEMV_W8 + IGEMV_W4 + HGEMV_W4
 }
 
 
@@ -168,13 +170,13 @@ def half_scales(scale: torch.Tensor) -> tuple[torch.Tensor, float] | None:
 
 
 def _word_aligned(q: torch.Tensor) -> bool:
-    """int8 codes [N, K] whose rows are whole, 4-byte aligned int32 words (K % 4 == 0, contiguous)."""
+    """Code bytes [N, B] whose rows are whole, 4-byte aligned int32 words (B % 4 == 0, contiguous)."""
     return q.stride(1) == 1 and q.stride(0) % 4 == 0 and q.storage_offset() % 4 == 0 and q.shape[1] % 4 == 0
 
 
 def _words(q: torch.Tensor) -> torch.Tensor:
-    """`gemv_a8`'s view of int8 codes [N, K] (K % 4 == 0) as int32 words [N, K / 4], four codes
-    each, the lowest column in the low byte; a fresh aligned copy where the rows are not aligned
+    """`gemv_i8` / `gemv_i4`'s view of int8 codes [N, K] (K % 4 == 0) or packed int4 bytes [N, K / 2]
+    (K % 8 == 0) as int32 words, four bytes each, the lowest column in the low byte; a fresh aligned copy where the rows are not aligned
     (then no PDL read of it before the wait: `run`)."""
     if not _word_aligned(q):
         q = q.clone(memory_format=torch.contiguous_format)
@@ -267,11 +269,12 @@ class QuantLinearLauncher:
         """A gemv takes at most GEMV_M rows (one pass over the weights per row). `gemv_i8` (W8A8's
         gemv configs, weight-only int8's igemv ones) reads the codes as int32 words (K % 4 == 0)
         and sums below INT_GEMV_K products in int32; igemv is symmetric int8 with bf16 / fp16 x only
-        (its fixed-point x is exact to 2^-15 of the row's largest element, beyond fp32's 1e-5)."""
+        (its fixed-point x is exact to 2^-15 of the row's largest element, beyond fp32's 1e-5), and
+        takes symmetric int4 too (`gemv_i4`)."""
         if m > GEMV_M:
             return False
-        if isinstance(cfg, IntGemvConfig):
-            return self.op == "linear_w8" and not self.asymmetric and dtype in (torch.bfloat16, torch.float16) \
+        if isinstance(cfg, IntGemvConfig):  # int4: K is whole groups of >= 32, so whole words
+            return self.op in ("linear_w8", "linear_w4") and not self.asymmetric and dtype in (torch.bfloat16, torch.float16) \
                 and k % 4 == 0 and k < INT_GEMV_K
         return self.op != "linear_w8a8" or (k % 4 == 0 and k < INT_GEMV_K)
 
@@ -371,7 +374,12 @@ class QuantLinearLauncher:
         flags = {"HAS_BIAS": bias is not None, "PRO": pro.kind if pro is not None else PRO_NONE, **gemv_flags(cfg, m, k, pdl)}
         grid = (-(-n // cfg.block_n),)
         mod = self._module(x2)
-        if self.op == "linear_w8a8" or isinstance(cfg, IntGemvConfig):  # the codes as int32 words, four per dp4a
+        if self.op == "linear_w4" and isinstance(cfg, IntGemvConfig):  # eight codes per word, whole groups per step
+            words = _words(q)
+            mod.gemv_i4[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), *scale.stride(), KP=_pow2(k),
+                              ASM=x2.is_cuda and not debug.TRITON_INTERPRET, GS=self.group_size,
+                              BLOCK_K=max(block_k, self.group_size), **flags)
+        elif self.op == "linear_w8a8" or isinstance(cfg, IntGemvConfig):  # the codes as int32 words, four per dp4a
             words = _words(q)
             mod.gemv_i8[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), self.act_scale, KP=_pow2(k),
                               WEIGHT_ONLY=self.op == "linear_w8", STATIC=self.act_scale > 0,
@@ -492,7 +500,8 @@ class QuantLinearLauncher:
             if self._hgemv_offered(m, on_cuda):
                 gemv = [c.name for c in HGEMV_W4 if pdl or not c.pdl] + gemv
             if on_cuda:
-                gemv = [c.name for c in IGEMV_W8 if (pdl or not c.pdl) and self._gemv_applies(c, m, k or 4, dtype or torch.bfloat16)] + gemv
+                ints = IGEMV_W4 if self.op == "linear_w4" else IGEMV_W8
+                gemv = [c.name for c in ints if (pdl or not c.pdl) and self._gemv_applies(c, m, k or 8, dtype or torch.bfloat16)] + gemv
             return (gemv + dmv if on_cuda else dmv + gemv) + [TORCH]
         return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
 
