@@ -56,6 +56,12 @@ constant, so `(code - zero)` costs nothing extra.
   codes. Per weight that is 1/4 or 1/2 instruction instead of the fp32 decode's ~3, which bound
   gemv_w8 (2.4 TB/s at most). H200, 1.1B q/k/v 3.40 -> 2.86 us, gate/up 8.73 -> 7.75, down
   5.28 -> 5.01, 7B gate/up 24.4 -> 22.3 (bench/gemv_sweep.py, bench/RESULTS.md).
+* `gemv_i4` (batch-1 symmetric int4 with bf16 / fp16 x): the same in int4. A word of packed
+  codes holds eight columns; an AND and a shift give the even and the odd columns' codes (0..15)
+  one per byte, `dp4a.u32.s32` multiplies them by x's fixed-point bytes (four per eight weights)
+  and each group takes off 8 * (its sum of x's codes) for the offset, then its scale. H200: 1.1B
+  q/k/v 3.63 -> 2.82 us, o 3.75 -> 2.66, down 6.18 -> 5.63, 7B down 15.9 -> 14.0; gate/up stays
+  with `hgemv_w4` (6.50 vs 7.24).
 * `gemm_w8` / `gemm_w4` (prefill): the W.T tile's codes are dequantized to the activation dtype in
   registers and fed to `tl.dot` (int8: integers (q - zero), exact in bf16, channel scale on the fp32
   accumulator at the end; int4: (q - zero) * group scale, rounded once to the activation dtype,
