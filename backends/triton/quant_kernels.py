@@ -329,6 +329,17 @@ def gemv_rows_w4(acc, ss, lo, hi, s, x, pr, pg, ps, rm, kx, kin, sxm, sxk, M: tl
 
 
 @triton.jit
+def group_mask(nmask, rg, left, GS: tl.constexpr, EVEN: tl.constexpr):
+    # a step's (BLOCK_N, G) group mask: rows past N, and whole groups at or past `left` (the K
+    # still to go) unless every step is whole (EVEN). One return: the GPU compiler refuses an
+    # early return under a constexpr if, which the interpreter takes
+    mask = nmask[:, None] & (rg[None, :] >= 0)
+    if not EVEN:
+        mask = mask & (rg[None, :] < left // GS)
+    return mask
+
+
+@triton.jit
 def gemv_w4(x, w, sc, zp, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, ssn, ssg, M: tl.constexpr, K: tl.constexpr,
             HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, GS: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -345,10 +356,7 @@ def gemv_w4(x, w, sc, zp, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, ssn, ssg
     wp = w + rn[:, None, None] * swn + (rg[None, :, None] * HALF + rj[None, None, :]) * swk  # bytes, contiguous
     sp = rn[:, None] * ssn + rg[None, :] * ssg  # (BLOCK_N, G) offsets of this step's scales / zeros
     kx = rg[:, None] * GS + 2 * rj[None, :]  # (G, HALF) even columns of x in a step
-    if K % BLOCK_K == 0:
-        gmask = nmask[:, None]  # (BLOCK_N, 1)
-    else:
-        gmask = nmask[:, None] & (rg[None, :] < K // GS)  # (BLOCK_N, G): whole groups past K masked
+    gmask = group_mask(nmask, rg, K, GS, K % BLOCK_K == 0)
     byte = tl.load(wp, mask=gmask[:, :, None], other=0)
     s = tl.load(sc + sp, mask=gmask, other=0).to(tl.float32)
     if ASYM:
@@ -366,10 +374,7 @@ def gemv_w4(x, w, sc, zp, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, ssn, ssg
 {loop:k0:BLOCK_K:K}
         wp += (BLOCK_K // 2) * swk
         sp += G * ssg
-        if K % BLOCK_K == 0:
-            gmask = nmask[:, None]
-        else:
-            gmask = nmask[:, None] & (rg[None, :] < (K - k0) // GS)
+        gmask = group_mask(nmask, rg, K - k0, GS, K % BLOCK_K == 0)
         byte = tl.load(wp, mask=gmask[:, :, None], other=0).to(tl.int32)
         s = tl.load(sc + sp, mask=gmask, other=0).to(tl.float32)
         if ASYM:
@@ -640,10 +645,7 @@ def gemv_i4(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, ssn, ssg, M: tl.c
     nmask = rn < N
     wp = w + rn[:, None, None] * swn + rg[None, :, None] * WG + rw[None, None, :]  # (BLOCK_N, G, WG) words, contiguous
     sp = rn[:, None] * ssn + rg[None, :] * ssg  # (BLOCK_N, G) offsets of this step's group scales
-    if K % BLOCK_K == 0:
-        gmask = nmask[:, None]
-    else:
-        gmask = nmask[:, None] & (rg[None, :] < K // GS)
+    gmask = group_mask(nmask, rg, K, GS, K % BLOCK_K == 0)
     words = tl.load(wp, mask=gmask[:, :, None], other=0)
     s = tl.load(sc + sp, mask=gmask, other=0).to(tl.float32)
     if HAS_BIAS:
@@ -656,10 +658,7 @@ def gemv_i4(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, ssn, ssg, M: tl.c
 {loop:k0:BLOCK_K:K}
         wp += G * WG
         sp += G * ssg
-        if K % BLOCK_K == 0:
-            gmask = nmask[:, None]
-        else:
-            gmask = nmask[:, None] & (rg[None, :] < (K - k0) // GS)
+        gmask = group_mask(nmask, rg, K - k0, GS, K % BLOCK_K == 0)
         words = tl.load(wp, mask=gmask[:, :, None], other=0)
         s = tl.load(sc + sp, mask=gmask, other=0).to(tl.float32)
         acc = gemv_rows_i4(acc, words & 0x0F0F0F0F, (words >> 4) & 0x0F0F0F0F, s, x, pr, pg, ps, rm, k0, shift, sxm, sxk,

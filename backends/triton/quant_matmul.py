@@ -79,19 +79,14 @@ class DotMatvecConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class IntGemvConfig:
+class IntGemvConfig(GemvConfig):
     """A tiling of the weight-only integer gemvs, `gemv_i8` (symmetric int8) and `gemv_i4`
-    (symmetric int4): x in 15-bit fixed point, dp4a on the codes; the fields of
-    matmul.GemvConfig under their own names."""
-
-    block_n: int
-    block_k: int
-    warps: int
-    pdl: bool
+    (symmetric int4): x in 15-bit fixed point, dp4a on the codes; a GemvConfig under its own
+    name (the launcher tests for this class before GemvConfig)."""
 
     @property
     def name(self) -> str:
-        return f"igemv_{self.block_n}x{self.block_k}_w{self.warps}{'_pdl' if self.pdl else ''}"
+        return "i" + GemvConfig.name.fget(self)
 
 
 @dataclass(frozen=True, slots=True)
