@@ -139,7 +139,7 @@ GEMM_CONFIGS = (
     GemmConfig(16, 64, 128, 1, 4, 4),
     GemmConfig(128, 256, 64, 8, 8, 3),
 )
-CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig | IntGemvConfig | HalfGemvConfig] = {
+CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig | HalfGemvConfig] = {
     c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4 + IGEMV_W8 + IGEMV_W4 + HGEMV_W4
 }
 
@@ -170,9 +170,10 @@ def _word_aligned(q: torch.Tensor) -> bool:
 
 
 def _words(q: torch.Tensor) -> torch.Tensor:
-    """`gemv_i8` / `gemv_i4`'s view of int8 codes [N, K] (K % 4 == 0) or packed int4 bytes [N, K / 2]
-    (K % 8 == 0) as int32 words, four bytes each, the lowest column in the low byte; a fresh aligned copy where the rows are not aligned
-    (then no PDL read of it before the wait: `run`)."""
+    """`gemv_i8` / `gemv_i4`'s view of int8 codes [N, K] (K % 4 == 0) or packed int4 bytes
+    [N, K / 2] (K % 8 == 0) as int32 words, four bytes each, the lowest column in the low byte;
+    a fresh aligned copy where the rows are not aligned (then no PDL read of it before the wait:
+    `run`)."""
     if not _word_aligned(q):
         q = q.clone(memory_format=torch.contiguous_format)
     return q.view(torch.int32)
@@ -183,7 +184,7 @@ class QuantLinearLauncher:
 
     `config` names a kernel config (see CONFIGS) or "torch" to skip autotuning (tests, benchmarks);
     otherwise the first call per problem key picks one. Matvec configs do not apply to W8A8 (its
-    small-M paths are the 16-row GEMM tile and, at M <= GEMV_M, `gemv_a8` under the gemv
+    small-M paths are the 16-row GEMM tile and, at M <= GEMV_M, `gemv_i8` under the gemv
     configs); a config that does not apply runs the reference.
     `constant_weights`: every operand but x is a constant no kernel writes, so a PDL config may
     read them before waiting on the previous kernel; otherwise PDL configs launch without PDL.
@@ -247,7 +248,7 @@ class QuantLinearLauncher:
             if half is None:  # not a shape, dtype or scale range it takes: the reference, as any config that does not apply
                 return torch_reference(self.op, ins, self._attrs)
             self._hgemv(cfg, x2, q, *half, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda))
-        elif isinstance(cfg, (GemvConfig, IntGemvConfig)):
+        elif isinstance(cfg, GemvConfig):  # IntGemvConfig included
             if not self._gemv_applies(cfg, x2.shape[0], k, x.dtype):  # more rows are dmv's job; see _gemv_applies
                 if pro is not None:
                     raise ValueError(f"quantized matmul config {name!r} does not apply to x {tuple(x.shape)} and cannot read the prologue")
@@ -260,7 +261,7 @@ class QuantLinearLauncher:
             self._matvec(cfg, x2, q, scale, zeros, bias, y)
         return y.view(*x.shape[:-1], n)
 
-    def _gemv_applies(self, cfg: GemvConfig | IntGemvConfig, m: int, k: int, dtype: torch.dtype) -> bool:
+    def _gemv_applies(self, cfg: GemvConfig, m: int, k: int, dtype: torch.dtype) -> bool:
         """A gemv takes at most GEMV_M rows (one pass over the weights per row). `gemv_i8` (W8A8's
         gemv configs, weight-only int8's igemv ones) reads the codes as int32 words (K % 4 == 0)
         and sums below INT_GEMV_K products in int32; igemv is symmetric int8 with bf16 / fp16 x only
@@ -357,7 +358,7 @@ class QuantLinearLauncher:
             mod.finish[(-(-n // _FINISH_N), 1)](part, b, y, m, n, HAS_BIAS=bias is not None, SPLIT=split,
                                                 BLOCK_M=SMALL_M, BLOCK_N=_FINISH_N)
 
-    def _gemv(self, cfg: GemvConfig | IntGemvConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
+    def _gemv(self, cfg: GemvConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
               bias: Any, y: torch.Tensor, pdl: bool, pro: Prologue | None = None) -> None:
         """One launch of `gemv_w8` / `gemv_w4` / `gemv_f8` / `gemv_i8`, with programmatic dependent launch when
         `pdl`, x read through `pro` when given. M and K are compile-time constants (K is the
@@ -432,7 +433,7 @@ class QuantLinearLauncher:
         the graph (H200 replays 721 -> 763-837 us) though its isolated timings won."""
         cfg = CONFIGS.get(name)
         m = x.numel() // max(x.shape[-1], 1)
-        if not isinstance(cfg, (GemvConfig, IntGemvConfig)) or self.act_scale > 0:  # a static scale is absolute (gemv_i8)
+        if not isinstance(cfg, GemvConfig) or self.act_scale > 0:  # a static scale is absolute (gemv_i8)
             return False
         # x's width is K, or 2K for a SiLU-mul (whose K % 4 then only `candidates` and `run` see)
         return self._gemv_applies(cfg, m, x.shape[-1], x.dtype) and m > 0 and x.dtype in _DTYPES and x.numel() < _INT32
