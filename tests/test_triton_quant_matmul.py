@@ -193,7 +193,7 @@ def test_gemv_pdl_configs_are_offered_only_on_sm90_cuda_for_constant_weights(mon
     assert const.candidates(1) == dmv + plain + [TORCH]
 
     launches: list[bool] = []
-    monkeypatch.setattr(QuantLinearLauncher, "_gemv", lambda self, cfg, x2, q, scale, zeros, bias, y, pdl, pro=None: launches.append(pdl))
+    monkeypatch.setattr(QuantLinearLauncher, "_gemv", lambda self, cfg, x2, q, scale, zeros, bias, y, pdl, pro=None, words=None: launches.append(pdl))
     g, node, vals = _node("linear_w8", _variant("linear_w8", False, 0), 1, 8, 32, torch.float32, False)
     assert not quant_linear_kernel(node).constant_weights  # graph inputs, not constants
     const.run(pdl[0], tuple(v.cpu() for v in vals))

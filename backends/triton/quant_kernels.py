@@ -422,13 +422,7 @@ def gemv_f8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, M: tl.conste
     # each row's token scale s and its reciprocal divisor (1 where s is 0: that row's x is all 0),
     # of x as the prologue gives it (a norm's 1 / rms, one factor per row, is applied at the end:
     # the scale is relative, so the e4m3 codes are the same); a norm's sums of squares alongside
-    rall = tl.arange(0, KP)
-    s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for i in tl.static_range(M):
-        xa, va = load_x(x, pr, pg, ps, i, rall, rall < K, sxm, sxk, PRO, K, True)
-        s_rows = tl.where(rm == i, tl.math.div_rn(tl.max(tl.abs(xa)), 448.0), s_rows)
-        ss = tl.where(rm == i, tl.sum(va * va), ss)
+    s_rows, _, ss = row_scales(x, pr, pg, ps, rm, sxm, sxk, M, PRO, K, KP, False, 448.0)
     safe = tl.where(s_rows == 0.0, 1.0, s_rows)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = gemv_rows_f8(acc, code.to(tl.float32), x, pr, pg, ps, rm, rk, rk < K, safe, sxm, sxk, M, PRO, K)
@@ -478,23 +472,29 @@ def dp4a(a, b, c, ASM: tl.constexpr, UNSIGNED_A: tl.constexpr = False):
 @triton.jit
 def x_codes(x, pr, pg, ps, i, kx, si, sxm, sxk, PRO: tl.constexpr, K: tl.constexpr, WEIGHT_ONLY: tl.constexpr):
     # row i of x at columns kx (W, 4) as int32 codes, columns past K as 0.
-    # W8A8: the int8 codes of the reference, clamp(round_half_even(x / s), -127, 127) with the token
-    # scale si (div_rn, then the 1.5 * 2^23 trick, exact for |x / s| < 2^22; beyond, the clamp
-    # decides). Weight-only: x in 15-bit fixed point, round(x * si) with si = 2^shift (exact
+    # W8A8: the int8 codes of the reference with the token scale si (`round_int8`). Weight-only: x in 15-bit fixed point, round(x * si) with si = 2^shift (exact
     # product), |code| < 2^14
     xv, _ = load_x(x, pr, pg, ps, i, kx, kx < K, sxm, sxk, PRO, K, False)
     if WEIGHT_ONLY:
         return ((xv * si + 12582912.0) - 12582912.0).to(tl.int32)
-    r = (tl.math.div_rn(xv, tl.zeros_like(xv) + si) + 12582912.0) - 12582912.0
-    return tl.minimum(tl.maximum(r, -127.0), 127.0).to(tl.int32)
+    return round_int8(xv, tl.zeros_like(xv) + si).to(tl.int32)
+
+
+@triton.jit
+def round_int8(v, s):
+    # clamp(round_half_even(v / s), -127, 127) in fp32, as torch.round(v / s).clamp(...): div_rn,
+    # then the 1.5 * 2^23 trick, exact for |v / s| < 2^22; beyond that (a static s, saturating)
+    # the clamp decides
+    r = (tl.math.div_rn(v, s) + 12582912.0) - 12582912.0
+    return tl.minimum(tl.maximum(r, -127.0), 127.0)
 
 
 @triton.jit
 def row_scales(x, pr, pg, ps, rm, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-               WEIGHT_ONLY: tl.constexpr):
+               WEIGHT_ONLY: tl.constexpr, QMAX: tl.constexpr = 127.0):
     # (scale, nan, sum of squares) per row of x as the prologue gives it (a norm's 1 / rms, one
-    # factor per row, is applied at the end: the scales are relative). W8A8: the token scale
-    # max|x_i| / 127. Weight-only: 2^shift, shift = 13 - exponent(max|x_i|) clamped to +-126 (bit
+    # factor per row, is applied at the end: the scales are relative). W8A8 / fp8: the token scale
+    # max|x_i| / QMAX (127 / 448). Weight-only: 2^shift, shift = 13 - exponent(max|x_i|) clamped to +-126 (bit
     # arithmetic: exact), and nan = NaN where the row holds inf or NaN (else 0)
     rall = tl.arange(0, KP)
     s_rows = tl.zeros(rm.shape, dtype=tl.float32)
@@ -509,7 +509,7 @@ def row_scales(x, pr, pg, ps, rm, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr, 
             s_rows = tl.where(rm == i, ((sh + 127) << 23).to(tl.float32, bitcast=True), s_rows)
             nan = tl.where(rm == i, tl.sum(xa * 0.0), nan)
         else:
-            s_rows = tl.where(rm == i, tl.math.div_rn(amax, 127.0), s_rows)
+            s_rows = tl.where(rm == i, tl.math.div_rn(amax, QMAX), s_rows)
         ss = tl.where(rm == i, tl.sum(va * va), ss)
     return s_rows, nan, ss
 
@@ -843,10 +843,7 @@ def quant_rows(x, xq, s, K, K_AMAX, sxm, sxk, STATIC: tl.constexpr, BLOCK_K: tl.
     safe = tl.zeros((BLOCK_K,), dtype=tl.float32) + tl.where(sr == 0.0, 1.0, sr)
 {loop:k1:0:K}
         v = tl.load(x + row * sxm + (k1 + rk) * sxk, mask=rk < K - k1, other=0.0).to(tl.float32)
-        # round half to even, exact for |v / s| < 2^22; beyond that (static s, saturating) the clamp decides
-        r = (tl.math.div_rn(v, safe) + 12582912.0) - 12582912.0
-        r = tl.minimum(tl.maximum(r, -127.0), 127.0)
-        tl.store(xq + row * K + k1 + rk, r.to(tl.int8), mask=rk < K - k1)
+        tl.store(xq + row * K + k1 + rk, round_int8(v, safe).to(tl.int8), mask=rk < K - k1)
 {step:k1}    tl.store(s + row, sr)
 
 

@@ -173,7 +173,7 @@ def _words(q: torch.Tensor) -> torch.Tensor:
     """`gemv_i8` / `gemv_i4`'s view of int8 codes [N, K] (K % 4 == 0) or packed int4 bytes
     [N, K / 2] (K % 8 == 0) as int32 words, four bytes each, the lowest column in the low byte;
     a fresh aligned copy where the rows are not aligned (then no PDL read of it before the wait:
-    `run`)."""
+    `run`, which makes it once per call)."""
     if not _word_aligned(q):
         q = q.clone(memory_format=torch.contiguous_format)
     return q.view(torch.int32)
@@ -253,10 +253,12 @@ class QuantLinearLauncher:
                 if pro is not None:
                     raise ValueError(f"quantized matmul config {name!r} does not apply to x {tuple(x.shape)} and cannot read the prologue")
                 return torch_reference(self.op, ins, self._attrs)
-            # PDL reads scales and zeros before the wait: not a copy .contiguous() just launched
-            words = self.op == "linear_w8a8" or isinstance(cfg, IntGemvConfig)
-            copied = scale is not ins[2] or (self.asymmetric and zeros is not ins[3]) or (words and not _word_aligned(q))
-            self._gemv(cfg, x2, q, scale, zeros, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda) and not copied, pro)
+            # gemv_i8 / gemv_i4 read the codes as int32 words (a view, or a copy where unaligned)
+            words = _words(q) if self.op == "linear_w8a8" or isinstance(cfg, IntGemvConfig) else None
+            # PDL reads codes, scales and zeros before the wait: not a copy just launched
+            copied = scale is not ins[2] or (self.asymmetric and zeros is not ins[3]) or \
+                (words is not None and words.data_ptr() != q.data_ptr())
+            self._gemv(cfg, x2, q, scale, zeros, bias, y, cfg.pdl and self._pdl_ok(x2.is_cuda) and not copied, pro, words)
         else:
             self._matvec(cfg, x2, q, scale, zeros, bias, y)
         return y.view(*x.shape[:-1], n)
@@ -359,8 +361,8 @@ class QuantLinearLauncher:
                                                 BLOCK_M=SMALL_M, BLOCK_N=_FINISH_N)
 
     def _gemv(self, cfg: GemvConfig, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
-              bias: Any, y: torch.Tensor, pdl: bool, pro: Prologue | None = None) -> None:
-        """One launch of `gemv_w8` / `gemv_w4` / `gemv_f8` / `gemv_i8`, with programmatic dependent launch when
+              bias: Any, y: torch.Tensor, pdl: bool, pro: Prologue | None = None, words: torch.Tensor | None = None) -> None:
+        """One launch of `gemv_w8` / `gemv_w4` / `gemv_f8` / `gemv_i8` / `gemv_i4` (these two on `words`, q's int32 view), with programmatic dependent launch when
         `pdl`, x read through `pro` when given. M and K are compile-time constants (K is the
         weight's, M at most GEMV_M): a few compiles per node."""
         m, n, k = x2.shape[0], q.shape[0], self._k(q)
@@ -370,13 +372,13 @@ class QuantLinearLauncher:
         flags = {"HAS_BIAS": bias is not None, "PRO": pro.kind if pro is not None else PRO_NONE, **gemv_flags(cfg, m, k, pdl)}
         grid = (-(-n // cfg.block_n),)
         mod = self._module(x2)
-        if self.op == "linear_w4" and isinstance(cfg, IntGemvConfig):  # eight codes per word, whole groups per step
+        if words is None and (self.op == "linear_w8a8" or isinstance(cfg, IntGemvConfig)):  # a direct call (benchmarks)
             words = _words(q)
+        if self.op == "linear_w4" and isinstance(cfg, IntGemvConfig):  # eight codes per word, whole groups per step
             mod.gemv_i4[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), *scale.stride(), KP=_pow2(k),
                               ASM=x2.is_cuda and not debug.TRITON_INTERPRET, GS=self.group_size,
                               BLOCK_K=max(block_k, self.group_size), **flags)
         elif self.op == "linear_w8a8" or isinstance(cfg, IntGemvConfig):  # the codes as int32 words, four per dp4a
-            words = _words(q)
             mod.gemv_i8[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), self.act_scale, KP=_pow2(k),
                               WEIGHT_ONLY=self.op == "linear_w8", STATIC=self.act_scale > 0,
                               ASM=x2.is_cuda and not debug.TRITON_INTERPRET, BLOCK_K=block_k, **flags)
