@@ -303,12 +303,16 @@ def test_igemv_matches_the_int8_reference(config: str, k: int, m: int, x_scale: 
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize(("config", "group", "k", "x_scale", "bias"), [
     (IGEMV_ONE_STEP, 32, 288, 1.0, True), (IGEMV_LOOP, 32, 1152, 300.0, False), (IGEMV_LOOP, 128, 1280, 1e-4, True),
-    ("igemv_16x1024_w4", 64, 1088, 1.0, False)], ids=["g32-one-step", "g32-loop-large-x", "g128-loop-tiny-x", "g64-ragged"])
+    ("igemv_16x1024_w4", 64, 1088, 1.0, False), ("kgemv_8x1024_w1", 32, 288, 1.0, True), ("kgemv_8x1024_w1", 128, 2304, 300.0, False),
+    ("kgemv_4x2048_w2", 64, 1088, 1e-4, True)],
+    ids=["g32-one-step", "g32-loop-large-x", "g128-loop-tiny-x", "g64-ragged", "k-g32-partial-step", "k-g128-loop-ragged",
+         "k-g64-partial-tiny-x"])
 def test_igemv_matches_the_int4_reference(config: str, group: int, k: int, x_scale: float, bias: bool, m: int, dtype: torch.dtype,
                                           no_torch_fallback: None) -> None:
-    """Symmetric int4 in integer arithmetic (gemv_i4): the even / odd columns' codes split from
-    each word, four unsigned-by-signed dp4a per eight weights and the offset 8 taken off per
-    group. N = 70 ragged; K in one step, looped, or with a ragged last step of whole groups."""
+    """Symmetric int4 in integer arithmetic (gemv_i4, and kgemv_i4 with every thread along K): the
+    even / odd columns' codes split from each word, four unsigned-by-signed dp4a per eight weights
+    and the offset 8 taken off per group. N = 70 ragged; K in one step, looped, or with a ragged
+    last step of whole groups (kgemv: of whole 32-column chunks)."""
     g, node, vals = _node("linear_w4", _variant("linear_w4", False, group, "gelu_tanh" if bias else "none"), m, 70, k, dtype,
                           bias, seed=m + k)
     vals[0] = (vals[0].float() * x_scale).to(dtype)

@@ -670,6 +670,102 @@ def gemv_i4(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, ssn, ssg, M: tl.c
 
 
 @triton.jit
+def pack_bytes(c0, c1, c2, c3, B: tl.constexpr, ASM: tl.constexpr):
+    # an int32 word of byte B of each of c0..c3 (c0's the lowest byte): three prmt on CUDA (ASM),
+    # else shifts (the interpreter runs no inline PTX)
+    if ASM:
+        if B == 0:
+            return tl.inline_asm_elementwise("{\\n.reg .b32 t, u;\\nprmt.b32 t, $1, $2, 0x40;\\nprmt.b32 u, $3, $4, 0x40;\\n"
+                                             "prmt.b32 $0, t, u, 0x5410;\\n}", "=r,r,r,r,r", [c0, c1, c2, c3],
+                                             dtype=tl.int32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise("{\\n.reg .b32 t, u;\\nprmt.b32 t, $1, $2, 0x51;\\nprmt.b32 u, $3, $4, 0x51;\\n"
+                                         "prmt.b32 $0, t, u, 0x5410;\\n}", "=r,r,r,r,r", [c0, c1, c2, c3],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    return (((c0 >> 8 * B) & 0xFF) | (((c1 >> 8 * B) & 0xFF) << 8) | (((c2 >> 8 * B) & 0xFF) << 16)
+            | (((c3 >> 8 * B) & 0xFF) << 24))
+
+
+@triton.jit
+def fixed_words(f, ASM: tl.constexpr):
+    # (..., 4) fixed-point codes c, as the bits of the fp32 values c + 1.5 * 2^23 (whose low 16
+    # bits are c's), to two int32 words per 4: the low bytes of c (signed) and the high bytes of
+    # c + 128, so that c = 256 * hi + lo for |c| < 2^14
+    p, q = tl.split(tl.reshape(f, (f.shape[0], f.shape[1], 2, 2)))  # (C, 4 words, ...): p codes 0 and 2, q 1 and 3
+    c0, c2 = tl.split(p)
+    c1, c3 = tl.split(q)
+    return pack_bytes(c0, c1, c2, c3, 0, ASM), pack_bytes(c0 + 128, c1 + 128, c2 + 128, c3 + 128, 1, ASM)
+
+
+@triton.jit
+def kgemv_i4(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, ssn, ssg, M: tl.constexpr, K: tl.constexpr,
+             KP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, ASM: tl.constexpr,
+             GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # gemv_i4's arithmetic with every thread along K: a step is (BLOCK_N rows, BW words), each
+    # thread four consecutive words (32 columns, inside one group) per row and chunk of 4 x 32 x
+    # warps words, so the rows live in registers and x's codes are made once per thread and step
+    # for all rows (gemv_i4 repeats them across the warps that split its rows, and reduces every
+    # group across threads each step). Per word and row: an AND, a shift and an AND, four dp4a
+    # (the chains start from -8 * the sum of x's codes: the codes' offset 8), then per four words
+    # one conversion and one multiply by the group scale; threads reduce once, at the end.
+    BW: tl.constexpr = BLOCK_K // 8
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = rn < N
+    rw = tl.arange(0, BW)  # a step's words in one row
+    rc = tl.arange(0, BW // 4)  # its 32-column chunks (one per thread and repetition)
+    wp = w + rn[:, None] * swn + rw[None, :]
+    kx = rw[:, None] * 8 + tl.arange(0, 8)[None, :]  # (BW, 8) columns of x
+    neg8 = tl.full((BW // 4, 4), -117901064, tl.int32)  # 0xF8F8F8F8: -8 in every byte
+    smask = nmask[:, None] & (rc[None, :] < K // 32)  # whole chunks past K masked
+    wmask = nmask[:, None] & (rw[None, :] // 4 < K // 32)
+    words = tl.load(wp, mask=wmask, other=0)
+    s = tl.load(sc + rn[:, None] * ssn + (rc[None, :] * 32 // GS) * ssg, mask=smask, other=0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
+    wait_for_input(PDL)
+    shift, nan, ss = row_scales(x, pr, pg, ps, rm, sxm, sxk, M, PRO, K, KP, True)
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BW // 4), dtype=tl.float32)
+    acc = kgemv_rows_i4(acc, words, s, x, pr, pg, ps, rm, kx, shift, neg8, sxm, sxk, M, PRO, K, ASM)
+{loop:k0:BLOCK_K:K}
+        wp += BW
+        smask = nmask[:, None] & (rc[None, :] < (K - k0) // 32)
+        wmask = nmask[:, None] & (rw[None, :] // 4 < (K - k0) // 32)
+        words = tl.load(wp, mask=wmask, other=0)
+        s = tl.load(sc + rn[:, None] * ssn + ((k0 + rc[None, :] * 32) // GS) * ssg, mask=smask, other=0).to(tl.float32)
+        acc = kgemv_rows_i4(acc, words, s, x, pr, pg, ps, rm, k0 + kx, shift, neg8, sxm, sxk, M, PRO, K, ASM)
+{step:k0}    out = norm_rows(unfix(tl.sum(acc, axis=2), shift, nan), ss, eps, PRO, K)
+    if HAS_BIAS:
+        out += bias[None, :]
+    epilogue(out, rm, rn, M, N, b, y, False)
+
+
+@triton.jit
+def kgemv_rows_i4(acc, words, s, x, pr, pg, ps, rm, kx, shift, neg8, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr,
+                  K: tl.constexpr, ASM: tl.constexpr):
+    # acc[i] += the step's (BLOCK_N, chunks) partial dot products of row i, scaled per group
+    R: tl.constexpr = words.shape[0]
+    C: tl.constexpr = words.shape[1] // 4
+    lo = tl.reshape(words & 0x0F0F0F0F, (R, C, 4))  # even columns' codes, one per byte
+    hi = tl.reshape((words >> 4) & 0x0F0F0F0F, (R, C, 4))  # odd columns'
+    for i in tl.static_range(M):
+        si = tl.sum(tl.where(rm == i, shift, 0.0), axis=0)
+        xv, _ = load_x(x, pr, pg, ps, i, kx, kx < K, sxm, sxk, PRO, K, False)
+        f = tl.reshape((xv * si + 12582912.0).to(tl.int32, bitcast=True), (C, 4, 4, 2))  # low 16 bits: the codes
+        fe, fo = tl.split(f)
+        e_lo, e_hi = fixed_words(fe, ASM)
+        o_lo, o_hi = fixed_words(fo, ASM)
+        init_lo = dp4a(e_lo, neg8, dp4a(o_lo, neg8, tl.zeros_like(neg8), ASM), ASM)
+        init_hi = dp4a(e_hi, neg8, dp4a(o_hi, neg8, tl.zeros_like(neg8), ASM), ASM)
+        d_lo = dp4a(lo, tl.broadcast_to(e_lo[None], lo.shape), tl.broadcast_to(init_lo[None], lo.shape), ASM, True)
+        d_lo = dp4a(hi, tl.broadcast_to(o_lo[None], lo.shape), d_lo, ASM, True)
+        d_hi = dp4a(lo, tl.broadcast_to(e_hi[None], lo.shape), tl.broadcast_to(init_hi[None], lo.shape), ASM, True)
+        d_hi = dp4a(hi, tl.broadcast_to(o_hi[None], lo.shape), d_hi, ASM, True)
+        part = (tl.sum(d_hi, axis=2) * 256 + tl.sum(d_lo, axis=2)).to(tl.float32) * s  # (BLOCK_N, C)
+        acc = tl.where(rm[:, None, None] == i, acc + part[None], acc)
+    return acc
+
+
+@triton.jit
 def fma_w4_f16x2(byte, xe, xo, s, acc):
     # acc + s * (q - 8) . x in f16x2 for four bytes = eight int4 codes (low nibble the even column,
     # high nibble the odd one). prmt orders the bytes b0 b2 b1 b3, so lop3 with 0x000f000f /
