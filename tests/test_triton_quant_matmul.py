@@ -32,9 +32,9 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 VARIANTS = [("linear_w8", False, 0), ("linear_w8", True, 0), ("linear_w4", False, 32), ("linear_w4", True, 64),
             ("linear_w4", False, 128), ("linear_w4", True, 128)]
 GEMMS = [c.name for c in GEMM_CONFIGS]
-# every config but hgemv_w4's (inline PTX: CUDA only) and igemv's (symmetric int8, bf16 / fp16
-# x only): their own tests below
-PORTABLE = sorted(c for c in CONFIGS if not c.startswith(("hgemv", "igemv")))
+# every config but hgemv_w4's (inline PTX: CUDA only) and the integer gemvs' igemv / kgemv ones
+# (symmetric codes, bf16 / fp16 x only): their own tests below
+PORTABLE = sorted(c for c in CONFIGS if not c.startswith(("hgemv", "igemv", "kgemv")))
 GEMV_ONE_STEP, GEMV_LOOP = "gemv_16x2048_w8", "gemv_32x512_w4"  # K in one tile; K in 512-column steps
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # sigmoid(-large) in numpy
 
@@ -242,7 +242,8 @@ def test_w8a8_configs_match_the_reference_to_fp32_rounding(config: str, m: int, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("m", [1, 3])
-@pytest.mark.parametrize(("config", "k"), [(GEMV_ONE_STEP, 300), (GEMV_LOOP, 1100)], ids=["one-step", "k-loop"])
+@pytest.mark.parametrize(("config", "k"), [(GEMV_ONE_STEP, 300), (GEMV_LOOP, 1100), ("kgemv_8x1024_w2", 1100)],
+                         ids=["one-step", "k-loop", "kgemv-ragged-loop"])
 def test_gemv_i8_matches_the_w8a8_reference(config: str, k: int, m: int, static: bool, dtype: torch.dtype, bias: bool,
                                             no_torch_fallback: None) -> None:
     """linear_w8a8 at decode rows in one kernel: each row's token scale (or the static one, which
@@ -286,7 +287,8 @@ IGEMV_ONE_STEP, IGEMV_LOOP = "igemv_16x2048_w8", "igemv_32x512_w4"
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("x_scale", [1.0, 300.0, 1e-4], ids=["x1", "x300", "x1e-4"])
 @pytest.mark.parametrize("m", [1, 3])
-@pytest.mark.parametrize(("config", "k"), [(IGEMV_ONE_STEP, 300), (IGEMV_LOOP, 1100)], ids=["one-step", "k-loop"])
+@pytest.mark.parametrize(("config", "k"), [(IGEMV_ONE_STEP, 300), (IGEMV_LOOP, 1100), ("kgemv_16x512_w1", 1100)],
+                         ids=["one-step", "k-loop", "kgemv-ragged-loop"])
 def test_igemv_matches_the_int8_reference(config: str, k: int, m: int, x_scale: float, dtype: torch.dtype, bias: bool,
                                           no_torch_fallback: None) -> None:
     """Weight-only int8 in integer arithmetic: x in 15-bit fixed point per row (its power of two
@@ -363,7 +365,7 @@ def test_igemv_is_offered_for_symmetric_int8_with_half_activations_on_cuda_only(
     assert len(ran) == 2
 
 
-@pytest.mark.parametrize("config", [GEMMS[3], GEMV_ONE_STEP])
+@pytest.mark.parametrize("config", [GEMMS[3], GEMV_ONE_STEP, "kgemv_16x512_w1"])
 def test_w8a8_activation_rounding_is_half_to_even_like_torch_round(config: str, no_torch_fallback: None) -> None:
     """max|x| = 127 makes s = 1, so x / s lands exactly on .5 ties; the weight is 127 * identity with
     scale 1/127, so y shows x_q itself (times 1 in fp32)."""

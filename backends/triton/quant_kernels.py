@@ -686,13 +686,21 @@ def pack_bytes(c0, c1, c2, c3, B: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
+def quarters(t):
+    # the four slices of a tensor's last axis (of size 4), in order: register picks where a thread
+    # holds the whole axis
+    p, q = tl.split(tl.reshape(t, t.shape[:-1] + (2, 2)))  # p: slices 0 and 2, q: 1 and 3
+    t0, t2 = tl.split(p)
+    t1, t3 = tl.split(q)
+    return t0, t1, t2, t3
+
+
+@triton.jit
 def fixed_words(f, ASM: tl.constexpr):
     # (..., 4) fixed-point codes c, as the bits of the fp32 values c + 1.5 * 2^23 (whose low 16
     # bits are c's), to two int32 words per 4: the low bytes of c (signed) and the high bytes of
     # c + 128, so that c = 256 * hi + lo for |c| < 2^14
-    p, q = tl.split(tl.reshape(f, (f.shape[0], f.shape[1], 2, 2)))  # (C, 4 words, ...): p codes 0 and 2, q 1 and 3
-    c0, c2 = tl.split(p)
-    c1, c3 = tl.split(q)
+    c0, c1, c2, c3 = quarters(f)
     return pack_bytes(c0, c1, c2, c3, 0, ASM), pack_bytes(c0 + 128, c1 + 128, c2 + 128, c3 + 128, 1, ASM)
 
 
@@ -715,10 +723,10 @@ def kgemv_i4(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, ssn, ssg, M: tl.
     rc = tl.arange(0, BW // 4)  # its 32-column chunks (one per thread and repetition)
     wp = w + rn[:, None] * swn + rw[None, :]
     kx = rw[:, None] * 8 + tl.arange(0, 8)[None, :]  # (BW, 8) columns of x
-    neg8 = tl.full((BW // 4, 4), -117901064, tl.int32)  # 0xF8F8F8F8: -8 in every byte
+    neg8 = tl.full((BW // 4,), -117901064, tl.int32)  # 0xF8F8F8F8: -8 in every byte
     smask = nmask[:, None] & (rc[None, :] < K // 32)  # whole chunks past K masked
     wmask = nmask[:, None] & (rw[None, :] // 4 < K // 32)
-    words = tl.load(wp, mask=wmask, other=0)
+    words = tl.load(wp, mask=wmask)  # masked words stay undefined: x codes past K are 0, rows past N are not stored
     s = tl.load(sc + rn[:, None] * ssn + (rc[None, :] * 32 // GS) * ssg, mask=smask, other=0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
@@ -730,7 +738,7 @@ def kgemv_i4(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, ssn, ssg, M: tl.
         wp += BW
         smask = nmask[:, None] & (rc[None, :] < (K - k0) // 32)
         wmask = nmask[:, None] & (rw[None, :] // 4 < (K - k0) // 32)
-        words = tl.load(wp, mask=wmask, other=0)
+        words = tl.load(wp, mask=wmask)
         s = tl.load(sc + rn[:, None] * ssn + ((k0 + rc[None, :] * 32) // GS) * ssg, mask=smask, other=0).to(tl.float32)
         acc = kgemv_rows_i4(acc, words, s, x, pr, pg, ps, rm, k0 + kx, shift, neg8, sxm, sxk, M, PRO, K, ASM)
 {step:k0}    out = norm_rows(unfix(tl.sum(acc, axis=2), shift, nan), ss, eps, PRO, K)
@@ -742,27 +750,129 @@ def kgemv_i4(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, ssn, ssg, M: tl.
 @triton.jit
 def kgemv_rows_i4(acc, words, s, x, pr, pg, ps, rm, kx, shift, neg8, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr,
                   K: tl.constexpr, ASM: tl.constexpr):
-    # acc[i] += the step's (BLOCK_N, chunks) partial dot products of row i, scaled per group
+    # acc[i] += the step's (BLOCK_N, chunks) partial dot products of row i, scaled per group: per
+    # row and chunk two dp4a chains of eight (x's low / high bytes against the four words' even
+    # and odd codes), each started from -8 * the chunk's sum of those bytes (once per step, not
+    # per row), then one conversion and one multiply by the group scale
     R: tl.constexpr = words.shape[0]
     C: tl.constexpr = words.shape[1] // 4
-    lo = tl.reshape(words & 0x0F0F0F0F, (R, C, 4))  # even columns' codes, one per byte
-    hi = tl.reshape((words >> 4) & 0x0F0F0F0F, (R, C, 4))  # odd columns'
+    lo = quarters(tl.reshape(words & 0x0F0F0F0F, (R, C, 4)))  # even columns' codes, one per byte: (R, C) x 4 words
+    hi = quarters(tl.reshape((words >> 4) & 0x0F0F0F0F, (R, C, 4)))  # odd columns'
     for i in tl.static_range(M):
         si = tl.sum(tl.where(rm == i, shift, 0.0), axis=0)
         xv, _ = load_x(x, pr, pg, ps, i, kx, kx < K, sxm, sxk, PRO, K, False)
         f = tl.reshape((xv * si + 12582912.0).to(tl.int32, bitcast=True), (C, 4, 4, 2))  # low 16 bits: the codes
         fe, fo = tl.split(f)
-        e_lo, e_hi = fixed_words(fe, ASM)
+        e_lo, e_hi = fixed_words(fe, ASM)  # (C, 4 words)
         o_lo, o_hi = fixed_words(fo, ASM)
-        init_lo = dp4a(e_lo, neg8, dp4a(o_lo, neg8, tl.zeros_like(neg8), ASM), ASM)
-        init_hi = dp4a(e_hi, neg8, dp4a(o_hi, neg8, tl.zeros_like(neg8), ASM), ASM)
-        d_lo = dp4a(lo, tl.broadcast_to(e_lo[None], lo.shape), tl.broadcast_to(init_lo[None], lo.shape), ASM, True)
-        d_lo = dp4a(hi, tl.broadcast_to(o_lo[None], lo.shape), d_lo, ASM, True)
-        d_hi = dp4a(lo, tl.broadcast_to(e_hi[None], lo.shape), tl.broadcast_to(init_hi[None], lo.shape), ASM, True)
-        d_hi = dp4a(hi, tl.broadcast_to(o_hi[None], lo.shape), d_hi, ASM, True)
-        part = (tl.sum(d_hi, axis=2) * 256 + tl.sum(d_lo, axis=2)).to(tl.float32) * s  # (BLOCK_N, C)
-        acc = tl.where(rm[:, None, None] == i, acc + part[None], acc)
+        e_lo, e_hi, o_lo, o_hi = quarters(e_lo), quarters(e_hi), quarters(o_lo), quarters(o_hi)
+        d_lo = tl.zeros((C,), dtype=tl.int32)
+        d_hi = tl.zeros((C,), dtype=tl.int32)
+        for j in tl.static_range(4):
+            d_lo = dp4a(o_lo[j], neg8, dp4a(e_lo[j], neg8, d_lo, ASM), ASM)
+            d_hi = dp4a(o_hi[j], neg8, dp4a(e_hi[j], neg8, d_hi, ASM), ASM)
+        d_lo = tl.broadcast_to(d_lo[None], (R, C))
+        d_hi = tl.broadcast_to(d_hi[None], (R, C))
+        for j in tl.static_range(4):
+            d_lo = dp4a(hi[j], tl.broadcast_to(o_lo[j][None], (R, C)),
+                        dp4a(lo[j], tl.broadcast_to(e_lo[j][None], (R, C)), d_lo, ASM, True), ASM, True)
+            d_hi = dp4a(hi[j], tl.broadcast_to(o_hi[j][None], (R, C)),
+                        dp4a(lo[j], tl.broadcast_to(e_hi[j][None], (R, C)), d_hi, ASM, True), ASM, True)
+        part = (d_hi * 256 + d_lo).to(tl.float32) * s  # (BLOCK_N, C)
+        if M == 1:
+            acc += part[None]
+        else:
+            acc = tl.where(rm[:, None, None] == i, acc + part[None], acc)
     return acc
+
+
+@triton.jit
+def kgemv_i8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, act_scale, M: tl.constexpr, K: tl.constexpr,
+             KP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, WEIGHT_ONLY: tl.constexpr,
+             STATIC: tl.constexpr, ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # gemv_i8 (W8A8, or weight-only int8 with x in 15-bit fixed point) with every thread along K,
+    # as kgemv_i4: a step is (BLOCK_N rows, BW words), each thread four consecutive words (16
+    # columns) per row and chunk of 4 x 32 x warps words; x's codes are made once per thread and
+    # step for all rows, the int32 sums stay per thread until one reduction at the end.
+    BW: tl.constexpr = BLOCK_K // 4
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = rn < N
+    rw = tl.arange(0, BW)
+    wp = w + rn[:, None] * swn + rw[None, :]
+    kx = rw[:, None] * 4 + tl.arange(0, 4)[None, :]  # (BW, 4) columns of x
+    words = tl.load(wp, mask=nmask[:, None] & (rw[None, :] < K // 4))  # masked words stay undefined: x codes past K are 0, rows past N are not stored
+    scale = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
+    wait_for_input(PDL)
+    if STATIC:  # one calibrated scale: no pass over x (no norm prologue either)
+        s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32) + act_scale
+        nan = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    else:
+        s_rows, nan, ss = row_scales(x, pr, pg, ps, rm, sxm, sxk, M, PRO, K, KP, WEIGHT_ONLY)
+    safe = tl.where(s_rows == 0.0, 1.0, s_rows)
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BW // 4), dtype=tl.int32)
+    acc_hi = tl.zeros((BLOCK_M, BLOCK_N, BW // 4), dtype=tl.int32)
+    acc, acc_hi = kgemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, kx, safe, sxm, sxk, M, PRO, K, WEIGHT_ONLY, ASM)
+{loop:k0:BLOCK_K:K}
+        wp += BW
+        words = tl.load(wp, mask=nmask[:, None] & (rw[None, :] < (K - k0) // 4))
+        acc, acc_hi = kgemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, k0 + kx, safe, sxm, sxk, M, PRO, K, WEIGHT_ONLY,
+                                    ASM)
+{step:k0}    if WEIGHT_ONLY:
+        total = tl.sum(acc_hi.to(tl.float32) * 256.0 + acc.to(tl.float32), axis=2)
+        out = norm_rows(unfix(total, safe, nan), ss, eps, PRO, K) * scale[None, :]
+        if HAS_BIAS:
+            out += bias[None, :]
+    else:
+        dt = y.dtype.element_ty
+        out = (norm_rows(tl.sum(acc, axis=2).to(tl.float32), ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
+        if HAS_BIAS:
+            out = (out + bias[None, :]).to(dt).to(tl.float32)
+    epilogue(out, rm, rn, M, N, b, y, False)
+
+
+@triton.jit
+def kgemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, kx, safe, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr,
+                  K: tl.constexpr, WEIGHT_ONLY: tl.constexpr, ASM: tl.constexpr):
+    # acc[i] (and acc_hi[i], weight-only) += the step's (BLOCK_N, chunks) int32 sums of row i: one
+    # dp4a chain of four per row and chunk (two weight-only: x's low and high bytes)
+    R: tl.constexpr = words.shape[0]
+    C: tl.constexpr = words.shape[1] // 4
+    w = quarters(tl.reshape(words, (R, C, 4)))  # (R, C) x 4 words
+    for i in tl.static_range(M):
+        si = tl.sum(tl.where(rm == i, safe, 0.0), axis=0)
+        xv, _ = load_x(x, pr, pg, ps, i, kx, kx < K, sxm, sxk, PRO, K, False)
+        if WEIGHT_ONLY:
+            f = xv * si + 12582912.0  # low 16 bits of the bits: the fixed-point code
+        else:
+            f = round_int8(xv, tl.zeros_like(xv) + si) + 12582912.0  # low byte: the int8 code
+        lo, hi = fixed_words(tl.reshape(f.to(tl.int32, bitcast=True), (C, 4, 4)), ASM)
+        acc = dp4a_rows(acc, w, quarters(lo), rm, i, ASM)
+        if WEIGHT_ONLY:
+            acc_hi = dp4a_rows(acc_hi, w, quarters(hi), rm, i, ASM)
+    return acc, acc_hi
+
+
+@triton.jit
+def dp4a_rows(acc, w, xw, rm, i: tl.constexpr, ASM: tl.constexpr):
+    # acc[i] (BLOCK_M, R, C) + the dp4a chain of the four words w[j] (R, C) against x's words
+    # xw[j] (C,); one row (BLOCK_M == 1): the chain starts from acc itself (no zeros, no add)
+    R: tl.constexpr = acc.shape[1]
+    C: tl.constexpr = acc.shape[2]
+    if acc.shape[0] == 1:
+        d = tl.reshape(acc, (R, C))
+    else:
+        d = tl.zeros((R, C), dtype=tl.int32)
+    for j in tl.static_range(4):
+        d = dp4a(w[j], tl.broadcast_to(xw[j][None], (R, C)), d, ASM)
+    if acc.shape[0] == 1:
+        out = tl.reshape(d, (1, R, C))
+    else:
+        out = tl.where(rm[:, None, None] == i, acc + d[None], acc)
+    return out
 
 
 @triton.jit

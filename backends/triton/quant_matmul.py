@@ -91,9 +91,9 @@ class IntGemvConfig(GemvConfig):
 
 @dataclass(frozen=True, slots=True)
 class KGemvConfig(IntGemvConfig):
-    """A tiling of `kgemv_i4`: the integer gemv with every thread along K (rows in registers,
-    x's codes made once per thread and step). BLOCK_K is a multiple of 1024 x warps: each
-    thread takes 32 columns (four words) per row and chunk."""
+    """A tiling of `kgemv_i4` / `kgemv_i8`: the integer gemvs with every thread along K (rows in
+    registers, x's codes made once per thread and step). Each thread takes four words per row
+    and chunk: BLOCK_K is a multiple of 1024 x warps (int4) or 512 x warps (int8)."""
 
     @property
     def name(self) -> str:
@@ -136,6 +136,8 @@ IGEMV_W8 = tuple(IntGemvConfig(c.block_n, c.block_k, c.warps, c.pdl) for c in GE
 IGEMV_W4 = tuple(IntGemvConfig(c.block_n, c.block_k, c.warps, c.pdl) for c in GEMV_W4)
 KGEMV_W4 = tuple(KGemvConfig(n, k, w, pdl) for pdl in (True, False)
                  for n, k, w in ((8, 2048, 2), (8, 1024, 1), (16, 1024, 1), (4, 2048, 2), (8, 4096, 4), (4, 4096, 4)))
+KGEMV_W8 = tuple(KGemvConfig(n, k, w, pdl) for pdl in (True, False)
+                 for n, k, w in ((16, 512, 1), (8, 1024, 2), (16, 1024, 2), (8, 2048, 4)))
 INT_GEMV_K = 1 << 17  # gemv_i8's int32 sums hold K products of 127 x 128 below 2^31
 # the two that won among seven tilings on an H200 (bench/gemv_sweep.py --quant int4, 2026-11-22):
 # 16 x 512 at 1.1B q/k/v and gate/up, 7B q/k/v and gate/up; 8 x 1024 at 1.1B o and down, 7B o and
@@ -153,7 +155,7 @@ GEMM_CONFIGS = (
     GemmConfig(128, 256, 64, 8, 8, 3),
 )
 CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig | HalfGemvConfig] = {
-    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4 + IGEMV_W8 + IGEMV_W4 + KGEMV_W4
+    c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4 + IGEMV_W8 + IGEMV_W4 + KGEMV_W4 + KGEMV_W8
     + HGEMV_W4
 }
 
@@ -285,8 +287,8 @@ class QuantLinearLauncher:
         takes symmetric int4 too (`gemv_i4`)."""
         if m > GEMV_M:
             return False
-        if isinstance(cfg, KGemvConfig) and self.op != "linear_w4":
-            return False
+        if isinstance(cfg, KGemvConfig) and self.op == "linear_w8a8":
+            return k % 4 == 0 and k < INT_GEMV_K
         if isinstance(cfg, IntGemvConfig):  # int4: K is whole groups of >= 32, so whole words
             return self.op in ("linear_w8", "linear_w4") and not self.asymmetric and dtype in (torch.bfloat16, torch.float16) \
                 and k % 4 == 0 and k < INT_GEMV_K
@@ -390,7 +392,11 @@ class QuantLinearLauncher:
         mod = self._module(x2)
         if words is None and (self.op == "linear_w8a8" or isinstance(cfg, IntGemvConfig)):  # a direct call (benchmarks)
             words = _words(q)
-        if isinstance(cfg, KGemvConfig):  # eight codes per word, 32 columns per thread and row in a step
+        if isinstance(cfg, KGemvConfig) and self.op != "linear_w4":  # four codes per word, 16 columns per thread and row
+            mod.kgemv_i8[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), self.act_scale, KP=_pow2(k),
+                               WEIGHT_ONLY=self.op == "linear_w8", STATIC=self.act_scale > 0,
+                               ASM=x2.is_cuda and not debug.TRITON_INTERPRET, BLOCK_K=cfg.block_k, **flags)
+        elif isinstance(cfg, KGemvConfig):  # eight codes per word, 32 columns per thread and row in a step
             mod.kgemv_i4[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), *scale.stride(), KP=_pow2(k),
                                ASM=x2.is_cuda and not debug.TRITON_INTERPRET, GS=self.group_size, BLOCK_K=cfg.block_k, **flags)
         elif self.op == "linear_w4" and isinstance(cfg, IntGemvConfig):  # eight codes per word, whole groups per step
@@ -506,7 +512,8 @@ class QuantLinearLauncher:
                 return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
             small = [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name]
             pdl = self._pdl_ok(on_cuda)
-            gemv = [c.name for c in GEMV_W8 if (pdl or not c.pdl) and self._gemv_applies(c, m, k or 4, torch.float32)]
+            ints = KGEMV_W8 if on_cuda else ()
+            gemv = [c.name for c in ints + GEMV_W8 if (pdl or not c.pdl) and self._gemv_applies(c, m, k or 4, torch.float32)]
             return (gemv + small if on_cuda else small + gemv) + [TORCH]
         if m <= SMALL_M:
             dmv = [c.name for c in (DMV_W4 if self.op == "linear_w4" else DMV_W8)]
@@ -517,7 +524,7 @@ class QuantLinearLauncher:
             if self._hgemv_offered(m, on_cuda):
                 gemv = [c.name for c in HGEMV_W4 if pdl or not c.pdl] + gemv
             if on_cuda:
-                ints = KGEMV_W4 + IGEMV_W4 if self.op == "linear_w4" else IGEMV_W8
+                ints = KGEMV_W4 + IGEMV_W4 if self.op == "linear_w4" else KGEMV_W8 + IGEMV_W8
                 gemv = [c.name for c in ints if (pdl or not c.pdl) and self._gemv_applies(c, m, k or 8, dtype or torch.bfloat16)] + gemv
             return (gemv + dmv if on_cuda else dmv + gemv) + [TORCH]
         return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
