@@ -266,6 +266,17 @@ def test_igemv_reads_the_prologue(op: str, attrs: dict, kind: str, m: int, monke
     _check(kind, op, attrs, m, torch.bfloat16, "igemv_32x512_w4")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("op", "attrs", "config", "m"), [(*OPS[2], "kgemv_8x1024_w2", 1), (*OPS[4], "kgemv_8x1024_w1", 3)],
+                         ids=["int8-1row", "int4-3rows"])
+def test_kgemv_reads_the_prologue(op: str, attrs: dict, config: str, m: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The integer gemvs with every thread along K read each prologue as igemv does (x's codes
+    from the prologue's output, made once per thread and step)."""
+    monkeypatch.setattr(prologue.PrologueLinearLauncher, "materialize",
+                        lambda *a: pytest.fail("materialized the prologue instead of fusing it"))
+    _check(kind, op, attrs, m, torch.bfloat16, config)
+
+
 def test_static_w8a8_groups_run_unfused_and_match_the_graph() -> None:
     """A calibrated (static) activation scale is absolute, so a norm's deferred 1 / rms would
     change the codes: no W8A8 gemv takes the prologue, the group materializes it and runs the
@@ -294,7 +305,9 @@ def test_static_w8a8_groups_run_unfused_and_match_the_graph() -> None:
     ("linear_w8a8", {"activation": "none"}, "gemv_4x4096_w2_pdl"),
     ("linear_w8", {"activation": "none", "asymmetric": False}, "igemv_4x8192_w4_pdl"),
     ("linear_w4", {"activation": "none", "asymmetric": False, "group_size": 128}, "igemv_16x1024_w4_pdl"),
-], ids=["int4", "int8", "dense", "w8a8", "int8-igemv", "int4-igemv"])
+    ("linear_w8", {"activation": "none", "asymmetric": False}, "kgemv_8x2048_w4_pdl"),
+    ("linear_w4", {"activation": "none", "asymmetric": False, "group_size": 128}, "kgemv_8x4096_w4_pdl"),
+], ids=["int4", "int8", "dense", "w8a8", "int8-igemv", "int4-igemv", "int8-kgemv", "int4-kgemv"])
 def test_pdl_gemvs_read_the_prologue_on_cuda(op: str, attrs: dict, config: str, kind: str, dtype: torch.dtype,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """PDL gemvs (weights loaded before the wait, the prologue's operands after it) with the

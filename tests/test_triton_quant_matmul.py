@@ -175,10 +175,11 @@ def test_gemv_pdl_configs_are_offered_only_on_sm90_cuda_for_constant_weights(mon
     """PDL variants lead the CUDA decode candidates (the integer gemvs', then the fp32 ones) where
     PDL runs (mocked: sm90 and gdc_wait) and every operand but x is a constant; never on CPU,
     where a pinned PDL config launches plainly."""
-    from kiln.backends.triton.quant_matmul import DMV_W8, GEMV_M, GEMV_W8, IGEMV_W8, QuantLinearLauncher
+    from kiln.backends.triton.quant_matmul import DMV_W8, GEMV_M, GEMV_W8, IGEMV_W8, KGEMV_W8, QuantLinearLauncher
 
-    pdl, ipdl = ([c.name for c in cs if c.pdl] for cs in (GEMV_W8, IGEMV_W8))
-    plain, iplain = ([c.name for c in cs if not c.pdl] for cs in (GEMV_W8, IGEMV_W8))
+    ints = [c.name for c in KGEMV_W8 + IGEMV_W8]  # the integer gemvs, each list PDL first
+    pdl, ipdl = [c.name for c in GEMV_W8 if c.pdl], [c.name for c in KGEMV_W8 + IGEMV_W8 if c.pdl]
+    plain, iplain = ([c.name for c in cs if not c.pdl] for cs in (GEMV_W8, KGEMV_W8 + IGEMV_W8))
     dmv = [c.name for c in DMV_W8]
     const = QuantLinearLauncher("linear_w8", {"activation": "none"}, False, constant_weights=True)
     fed = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
@@ -186,7 +187,7 @@ def test_gemv_pdl_configs_are_offered_only_on_sm90_cuda_for_constant_weights(mon
     assert const.candidates(1, on_cuda=True) == iplain + plain + dmv + [TORCH]  # pre-Hopper CUDA
     assert const.candidates(1) == dmv + plain + [TORCH]  # CPU: the interpreter runs the first, as before
     monkeypatch.setattr(quant_matmul, "pdl_available", lambda: True)
-    assert const.candidates(1, on_cuda=True) == ipdl + iplain + pdl + plain + dmv + [TORCH]
+    assert const.candidates(1, on_cuda=True) == ints + pdl + plain + dmv + [TORCH]
     assert const.candidates(GEMV_M, on_cuda=True)[0] == ipdl[0]
     assert const.candidates(GEMV_M + 1, on_cuda=True) == dmv + [TORCH]  # one weight pass per row: dmv's job
     assert fed.candidates(1, on_cuda=True) == iplain + plain + dmv + [TORCH]  # weights a kernel may write
@@ -242,8 +243,7 @@ def test_w8a8_configs_match_the_reference_to_fp32_rounding(config: str, m: int, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("m", [1, 3])
-@pytest.mark.parametrize(("config", "k"), [(GEMV_ONE_STEP, 300), (GEMV_LOOP, 1100), ("kgemv_8x1024_w2", 1100)],
-                         ids=["one-step", "k-loop", "kgemv-ragged-loop"])
+@pytest.mark.parametrize(("config", "k"), [(GEMV_ONE_STEP, 300), (GEMV_LOOP, 1100)], ids=["one-step", "k-loop"])
 def test_gemv_i8_matches_the_w8a8_reference(config: str, k: int, m: int, static: bool, dtype: torch.dtype, bias: bool,
                                             no_torch_fallback: None) -> None:
     """linear_w8a8 at decode rows in one kernel: each row's token scale (or the static one, which
@@ -287,8 +287,7 @@ IGEMV_ONE_STEP, IGEMV_LOOP = "igemv_16x2048_w8", "igemv_32x512_w4"
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("x_scale", [1.0, 300.0, 1e-4], ids=["x1", "x300", "x1e-4"])
 @pytest.mark.parametrize("m", [1, 3])
-@pytest.mark.parametrize(("config", "k"), [(IGEMV_ONE_STEP, 300), (IGEMV_LOOP, 1100), ("kgemv_16x512_w1", 1100)],
-                         ids=["one-step", "k-loop", "kgemv-ragged-loop"])
+@pytest.mark.parametrize(("config", "k"), [(IGEMV_ONE_STEP, 300), (IGEMV_LOOP, 1100)], ids=["one-step", "k-loop"])
 def test_igemv_matches_the_int8_reference(config: str, k: int, m: int, x_scale: float, dtype: torch.dtype, bias: bool,
                                           no_torch_fallback: None) -> None:
     """Weight-only int8 in integer arithmetic: x in 15-bit fixed point per row (its power of two
@@ -305,18 +304,33 @@ def test_igemv_matches_the_int8_reference(config: str, k: int, m: int, x_scale: 
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize(("config", "group", "k", "x_scale", "bias"), [
     (IGEMV_ONE_STEP, 32, 288, 1.0, True), (IGEMV_LOOP, 32, 1152, 300.0, False), (IGEMV_LOOP, 128, 1280, 1e-4, True),
-    ("igemv_16x1024_w4", 64, 1088, 1.0, False), ("kgemv_8x1024_w1", 32, 288, 1.0, True), ("kgemv_8x1024_w1", 128, 2304, 300.0, False),
-    ("kgemv_4x2048_w2", 64, 1088, 1e-4, True)],
-    ids=["g32-one-step", "g32-loop-large-x", "g128-loop-tiny-x", "g64-ragged", "k-g32-partial-step", "k-g128-loop-ragged",
-         "k-g64-partial-tiny-x"])
+    ("igemv_16x1024_w4", 64, 1088, 1.0, False)], ids=["g32-one-step", "g32-loop-large-x", "g128-loop-tiny-x", "g64-ragged"])
 def test_igemv_matches_the_int4_reference(config: str, group: int, k: int, x_scale: float, bias: bool, m: int, dtype: torch.dtype,
                                           no_torch_fallback: None) -> None:
-    """Symmetric int4 in integer arithmetic (gemv_i4, and kgemv_i4 with every thread along K): the
-    even / odd columns' codes split from each word, four unsigned-by-signed dp4a per eight weights
-    and the offset 8 taken off per group. N = 70 ragged; K in one step, looped, or with a ragged
-    last step of whole groups (kgemv: of whole 32-column chunks)."""
+    """Symmetric int4 in integer arithmetic (gemv_i4): the even / odd columns' codes split from
+    each word, four unsigned-by-signed dp4a per eight weights and the offset 8 taken off per
+    group. N = 70 ragged; K in one step, looped, or with a ragged last step of whole groups."""
     g, node, vals = _node("linear_w4", _variant("linear_w4", False, group, "gelu_tanh" if bias else "none"), m, 70, k, dtype,
                           bias, seed=m + k)
+    vals[0] = (vals[0].float() * x_scale).to(dtype)
+    vals[0][0, :5] = 0.0
+    _check(g, quant_linear_kernel(node, config), vals, dtype)
+
+
+@pytest.mark.parametrize(("op", "config", "group", "m", "k", "dtype", "x_scale", "bias"), [
+    ("linear_w4", "kgemv_8x1024_w1", 32, 1, 288, torch.bfloat16, 1.0, True),
+    ("linear_w4", "kgemv_8x1024_w1", 128, 3, 2304, torch.float16, 300.0, False),
+    ("linear_w4", "kgemv_8x2048_w2", 64, 1, 1088, torch.bfloat16, 1e-4, True),
+    ("linear_w8", "kgemv_8x1024_w2", 0, 1, 1100, torch.bfloat16, 1.0, True),
+    ("linear_w8", "kgemv_8x1024_w2", 0, 3, 300, torch.float16, 300.0, False),
+], ids=["int4-g32-partial-step", "int4-g128-rows3-loop-ragged-x300", "int4-g64-tiny-x", "int8-loop-ragged", "int8-rows3-partial-x300"])
+def test_kgemv_matches_the_reference(op: str, config: str, group: int, m: int, k: int, dtype: torch.dtype, x_scale: float,
+                                     bias: bool, no_torch_fallback: None) -> None:
+    """kgemv_i4 / kgemv_i8: the integer gemvs with every thread along K (rows in registers, x's
+    codes made once per step, one dp4a chain per row and 32- / 16-column chunk). N = 70 ragged;
+    K shorter than one step, looped with a ragged last step (whole chunks, codes past K left
+    undefined: x is 0 there), several rows, large and tiny activations."""
+    g, node, vals = _node(op, _variant(op, False, group, "gelu_tanh" if bias else "none"), m, 70, k, dtype, bias, seed=m + k)
     vals[0] = (vals[0].float() * x_scale).to(dtype)
     vals[0][0, :5] = 0.0
     _check(g, quant_linear_kernel(node, config), vals, dtype)
@@ -341,21 +355,24 @@ def test_igemv_rows_with_inf_nan_zeros_or_tiny_values() -> None:
 
 
 def test_igemv_is_offered_for_symmetric_int8_with_half_activations_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Candidates: igemv leads on CUDA for symmetric int8 at <= GEMV_M rows with bf16 / fp16 x and
-    K % 4 == 0; never for fp32 x, asymmetric codes, other K or on CPU. A pinned igemv config that
-    does not apply runs the reference."""
+    """Candidates: the integer gemvs (kgemv, then igemv) lead on CUDA for symmetric int8 / int4 at
+    <= GEMV_M rows with bf16 / fp16 x and K % 4 == 0; never for fp32 x, asymmetric codes, other K,
+    W8A8 (gemv_i8 under the gemv names) or on CPU. A pinned igemv config that does not apply runs the reference."""
     sym = quant_matmul.QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
     asym = quant_matmul.QuantLinearLauncher("linear_w8", {"activation": "none", "asymmetric": True}, False)
     w4 = quant_matmul.QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 64}, False)
     w4_asym = quant_matmul.QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 64, "asymmetric": True}, False)
-    assert w4.candidates(1, True, 2048, torch.bfloat16)[0].startswith("igemv")
-    assert not any(c.startswith("igemv") for c in w4_asym.candidates(1, True, 2048, torch.bfloat16) + w4.candidates(1, True, 2048, torch.float32))
-    assert sym.candidates(1, True, 2048, torch.bfloat16)[0].startswith("igemv")
-    assert sym.candidates(GEMV_M, True, 2048, torch.float16)[0].startswith("igemv")
+    a8 = quant_matmul.QuantLinearLauncher("linear_w8a8", {"activation": "none"}, False)
+    ints = ("igemv", "kgemv")
+    for launcher, rows, dtype in ((w4, 1, torch.bfloat16), (sym, 1, torch.bfloat16), (sym, GEMV_M, torch.float16)):
+        cands = launcher.candidates(rows, True, 2048, dtype)
+        assert cands[0].startswith("kgemv") and any(c.startswith("igemv") for c in cands)
+        assert max(i for i, c in enumerate(cands) if c.startswith(ints)) < min(i for i, c in enumerate(cands) if not c.startswith(ints))
     for cands in (sym.candidates(1, True, 2048, torch.float32), sym.candidates(1, True, 2046, torch.bfloat16),
                   sym.candidates(GEMV_M + 1, True, 2048, torch.bfloat16), sym.candidates(1, False, 2048, torch.bfloat16),
-                  asym.candidates(1, True, 2048, torch.bfloat16)):
-        assert not any(c.startswith("igemv") for c in cands)
+                  asym.candidates(1, True, 2048, torch.bfloat16), w4_asym.candidates(1, True, 2048, torch.bfloat16),
+                  w4.candidates(1, True, 2048, torch.float32), a8.candidates(1, True, 2048, torch.bfloat16)):
+        assert not any(c.startswith(ints) for c in cands)
     ran: list[bool] = []
     reference = quant_matmul.torch_reference
     monkeypatch.setattr(quant_matmul, "torch_reference", lambda *a: ran.append(True) or reference(*a))
@@ -365,7 +382,7 @@ def test_igemv_is_offered_for_symmetric_int8_with_half_activations_on_cuda_only(
     assert len(ran) == 2
 
 
-@pytest.mark.parametrize("config", [GEMMS[3], GEMV_ONE_STEP, "kgemv_16x512_w1"])
+@pytest.mark.parametrize("config", [GEMMS[3], GEMV_ONE_STEP])
 def test_w8a8_activation_rounding_is_half_to_even_like_torch_round(config: str, no_torch_fallback: None) -> None:
     """max|x| = 127 makes s = 1, so x / s lands exactly on .5 ties; the weight is 127 * identity with
     scale 1/127, so y shows x_q itself (times 1 in fp32)."""
@@ -530,14 +547,16 @@ def test_cuda_candidates_are_the_gemv_and_tensor_core_matvecs_and_gemms_for_ever
         GEMV_W8,
         IGEMV_W4,
         IGEMV_W8,
+        KGEMV_W4,
+        KGEMV_W8,
         QuantLinearLauncher,
     )
 
     w8 = QuantLinearLauncher("linear_w8", {"activation": "none"}, False)
     w4 = QuantLinearLauncher("linear_w4", {"activation": "none", "group_size": 128}, False)
     a8 = QuantLinearLauncher("linear_w8a8", {"activation": "none"}, False)
-    assert w8.candidates(2, on_cuda=True) == [c.name for cs in (IGEMV_W8, GEMV_W8, DMV_W8) for c in cs if not getattr(c, "pdl", False)] + [TORCH]
-    assert w4.candidates(1, on_cuda=True) == [c.name for cs in (IGEMV_W4, GEMV_W4, DMV_W4) for c in cs if not getattr(c, "pdl", False)] + [TORCH]
+    assert w8.candidates(2, on_cuda=True) == [c.name for cs in (KGEMV_W8, IGEMV_W8, GEMV_W8, DMV_W8) for c in cs if not getattr(c, "pdl", False)] + [TORCH]
+    assert w4.candidates(1, on_cuda=True) == [c.name for cs in (KGEMV_W4, IGEMV_W4, GEMV_W4, DMV_W4) for c in cs if not getattr(c, "pdl", False)] + [TORCH]
     assert w4.candidates(16, on_cuda=True) == [c.name for c in DMV_W4] + [TORCH]
     assert any(c in GEMMS for c in w8.candidates(17, on_cuda=True)) and any(c in GEMMS for c in a8.candidates(1, on_cuda=True))
     assert w8.candidates(17, on_cuda=True) == w8.candidates(17) and w8.candidates(17)[-1] == TORCH
@@ -549,7 +568,7 @@ def test_hgemv_w4_is_offered_only_for_one_row_of_symmetric_constant_int4_on_cuda
     M = 1 for symmetric int4 with constant weights, and is never offered elsewhere: not on CPU or under the
     interpreter (it cannot run PTX), not for zero points, more rows, int8 or weights a kernel may write."""
     from kiln import debug
-    from kiln.backends.triton.quant_matmul import HGEMV_W4, IGEMV_W4, QuantLinearLauncher
+    from kiln.backends.triton.quant_matmul import HGEMV_W4, IGEMV_W4, KGEMV_W4, QuantLinearLauncher
 
     def launcher(op: str = "linear_w4", asym: bool = False, const: bool = True) -> QuantLinearLauncher:
         return QuantLinearLauncher(op, _variant(op, asym, 128 if op == "linear_w4" else 0), False, constant_weights=const)
@@ -559,7 +578,7 @@ def test_hgemv_w4_is_offered_only_for_one_row_of_symmetric_constant_int4_on_cuda
     assert not offered(launcher().candidates(1, on_cuda=True))  # this suite runs interpreted
     monkeypatch.setattr(debug, "TRITON_INTERPRET", False)
     monkeypatch.setattr(quant_matmul, "pdl_available", lambda: True)
-    ints = [c.name for c in IGEMV_W4]
+    ints = [c.name for c in KGEMV_W4 + IGEMV_W4]
     cands = launcher().candidates(1, on_cuda=True)
     assert cands[:len(ints) + len(half)] == ints + [c.name for c in HGEMV_W4]
     monkeypatch.setattr(quant_matmul, "pdl_available", lambda: False)

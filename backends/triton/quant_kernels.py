@@ -787,13 +787,14 @@ def kgemv_rows_i4(acc, words, s, x, pr, pg, ps, rm, kx, shift, neg8, sxm, sxk, M
 
 
 @triton.jit
-def kgemv_i8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, act_scale, M: tl.constexpr, K: tl.constexpr,
-             KP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, WEIGHT_ONLY: tl.constexpr,
-             STATIC: tl.constexpr, ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # gemv_i8 (W8A8, or weight-only int8 with x in 15-bit fixed point) with every thread along K,
-    # as kgemv_i4: a step is (BLOCK_N rows, BW words), each thread four consecutive words (16
-    # columns) per row and chunk of 4 x 32 x warps words; x's codes are made once per thread and
-    # step for all rows, the int32 sums stay per thread until one reduction at the end.
+def kgemv_i8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, M: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+             HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, ASM: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # gemv_i8's weight-only mode (x in 15-bit fixed point, its high and low bytes) with every
+    # thread along K, as kgemv_i4: a step is (BLOCK_N rows, BW words), each thread four
+    # consecutive words (16 columns) per row and chunk of 4 x 32 x warps words; x's codes are made
+    # once per thread and step for all rows, the int32 sums stay per thread until one reduction at
+    # the end. (W8A8 stays on gemv_i8: its one dp4a per word left nothing for this layout to win.)
     BW: tl.constexpr = BLOCK_K // 4
     rm = tl.arange(0, BLOCK_M)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -806,53 +807,36 @@ def kgemv_i8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, act_scale, M: tl
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
     wait_for_input(PDL)
-    if STATIC:  # one calibrated scale: no pass over x (no norm prologue either)
-        s_rows = tl.zeros((BLOCK_M,), dtype=tl.float32) + act_scale
-        nan = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    else:
-        s_rows, nan, ss = row_scales(x, pr, pg, ps, rm, sxm, sxk, M, PRO, K, KP, WEIGHT_ONLY)
-    safe = tl.where(s_rows == 0.0, 1.0, s_rows)
+    shift, nan, ss = row_scales(x, pr, pg, ps, rm, sxm, sxk, M, PRO, K, KP, True)
     acc = tl.zeros((BLOCK_M, BLOCK_N, BW // 4), dtype=tl.int32)
     acc_hi = tl.zeros((BLOCK_M, BLOCK_N, BW // 4), dtype=tl.int32)
-    acc, acc_hi = kgemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, kx, safe, sxm, sxk, M, PRO, K, WEIGHT_ONLY, ASM)
+    acc, acc_hi = kgemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, kx, shift, sxm, sxk, M, PRO, K, ASM)
 {loop:k0:BLOCK_K:K}
         wp += BW
         words = tl.load(wp, mask=nmask[:, None] & (rw[None, :] < (K - k0) // 4))
-        acc, acc_hi = kgemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, k0 + kx, safe, sxm, sxk, M, PRO, K, WEIGHT_ONLY,
-                                    ASM)
-{step:k0}    if WEIGHT_ONLY:
-        total = tl.sum(acc_hi.to(tl.float32) * 256.0 + acc.to(tl.float32), axis=2)
-        out = norm_rows(unfix(total, safe, nan), ss, eps, PRO, K) * scale[None, :]
-        if HAS_BIAS:
-            out += bias[None, :]
-    else:
-        dt = y.dtype.element_ty
-        out = (norm_rows(tl.sum(acc, axis=2).to(tl.float32), ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
-        if HAS_BIAS:
-            out = (out + bias[None, :]).to(dt).to(tl.float32)
+        acc, acc_hi = kgemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, k0 + kx, shift, sxm, sxk, M, PRO, K, ASM)
+{step:k0}    total = tl.sum(acc_hi.to(tl.float32) * 256.0 + acc.to(tl.float32), axis=2)
+    out = norm_rows(unfix(total, shift, nan), ss, eps, PRO, K) * scale[None, :]
+    if HAS_BIAS:
+        out += bias[None, :]
     epilogue(out, rm, rn, M, N, b, y, False)
 
 
 @triton.jit
-def kgemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, kx, safe, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr,
-                  K: tl.constexpr, WEIGHT_ONLY: tl.constexpr, ASM: tl.constexpr):
-    # acc[i] (and acc_hi[i], weight-only) += the step's (BLOCK_N, chunks) int32 sums of row i: one
-    # dp4a chain of four per row and chunk (two weight-only: x's low and high bytes)
+def kgemv_rows_i8(acc, acc_hi, words, x, pr, pg, ps, rm, kx, shift, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr,
+                  K: tl.constexpr, ASM: tl.constexpr):
+    # acc[i] and acc_hi[i] += the step's (BLOCK_N, chunks) int32 sums of row i against x's low and
+    # high bytes: one dp4a chain of four per row, chunk and byte
     R: tl.constexpr = words.shape[0]
     C: tl.constexpr = words.shape[1] // 4
     w = quarters(tl.reshape(words, (R, C, 4)))  # (R, C) x 4 words
     for i in tl.static_range(M):
-        si = tl.sum(tl.where(rm == i, safe, 0.0), axis=0)
+        si = tl.sum(tl.where(rm == i, shift, 0.0), axis=0)
         xv, _ = load_x(x, pr, pg, ps, i, kx, kx < K, sxm, sxk, PRO, K, False)
-        if WEIGHT_ONLY:
-            f = xv * si + 12582912.0  # low 16 bits of the bits: the fixed-point code
-        else:
-            f = round_int8(xv, tl.zeros_like(xv) + si) + 12582912.0  # low byte: the int8 code
-        lo, hi = fixed_words(tl.reshape(f.to(tl.int32, bitcast=True), (C, 4, 4)), ASM)
+        f = (xv * si + 12582912.0).to(tl.int32, bitcast=True)  # low 16 bits: the fixed-point code
+        lo, hi = fixed_words(tl.reshape(f, (C, 4, 4)), ASM)
         acc = dp4a_rows(acc, w, quarters(lo), rm, i, ASM)
-        if WEIGHT_ONLY:
-            acc_hi = dp4a_rows(acc_hi, w, quarters(hi), rm, i, ASM)
+        acc_hi = dp4a_rows(acc_hi, w, quarters(hi), rm, i, ASM)
     return acc, acc_hi
 
 

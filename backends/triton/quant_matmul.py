@@ -130,14 +130,20 @@ DMV_W4 = (DotMatvecConfig(32, 128, 8, 4, 3), DotMatvecConfig(64, 128, 8, 4, 3), 
 # programs of fewer registers each: more of a matvec's loads are in flight at once. int8 4 x 8192
 # with 4 warps: all of a 1.1B down projection's K (5632) in one step, every code loaded before the
 # PDL wait (7.01 -> 5.22 us; bench/tiling_probe.py, 2026-11-22, session 3).
-GEMV_W8 = gemv_configs(GEMV_TILINGS + ((4, 4096, 2), (8, 1024, 2), (4, 8192, 4)))
-GEMV_W4 = gemv_configs(GEMV_TILINGS + ((16, 1024, 4),))
-IGEMV_W8 = tuple(IntGemvConfig(c.block_n, c.block_k, c.warps, c.pdl) for c in GEMV_W8)
-IGEMV_W4 = tuple(IntGemvConfig(c.block_n, c.block_k, c.warps, c.pdl) for c in GEMV_W4)
+W8_TILINGS = GEMV_TILINGS + ((4, 4096, 2), (8, 1024, 2), (4, 8192, 4))
+W4_TILINGS = GEMV_TILINGS + ((16, 1024, 4),)
+GEMV_W8 = gemv_configs(W8_TILINGS)
+GEMV_W4 = gemv_configs(W4_TILINGS)
+# the integer gemvs take the same tilings plus 16 x 1024 with 2 warps, which won the 1.1B gate/up
+# for both (int8 6.66 us, int4 5.66; bench/tiling_run.sh, 2026-11-22 session 6)
+IGEMV_W8 = tuple(IntGemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in W8_TILINGS + ((16, 1024, 2),))
+IGEMV_W4 = tuple(IntGemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in W4_TILINGS + ((16, 1024, 2),))
+# the kgemv tilings that won on an H200 (bench/gemv_sweep.py, 2026-11-22 session 6): int4 8 x 1024
+# / 1 warp (1.1B gate/up), 8 x 4096 / 4 (1.1B down), 8 x 2048 / 2 (7B q/k/v, down), 16 x 1024 / 1
+# (7B gate/up); int8 8 x 1024 / 2 (1.1B gate/up), 16 x 1024 / 2 (7B q/k/v, gate/up), 8 x 2048 / 4 (7B down)
 KGEMV_W4 = tuple(KGemvConfig(n, k, w, pdl) for pdl in (True, False)
-                 for n, k, w in ((8, 2048, 2), (8, 1024, 1), (16, 1024, 1), (4, 2048, 2), (8, 4096, 4), (4, 4096, 4)))
-KGEMV_W8 = tuple(KGemvConfig(n, k, w, pdl) for pdl in (True, False)
-                 for n, k, w in ((16, 512, 1), (8, 1024, 2), (16, 1024, 2), (8, 2048, 4)))
+                 for n, k, w in ((8, 1024, 1), (8, 4096, 4), (8, 2048, 2), (16, 1024, 1)))
+KGEMV_W8 = tuple(KGemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in ((8, 1024, 2), (16, 1024, 2), (8, 2048, 4)))
 INT_GEMV_K = 1 << 17  # gemv_i8's int32 sums hold K products of 127 x 128 below 2^31
 # the two that won among seven tilings on an H200 (bench/gemv_sweep.py --quant int4, 2026-11-22):
 # 16 x 512 at 1.1B q/k/v and gate/up, 7B q/k/v and gate/up; 8 x 1024 at 1.1B o and down, 7B o and
@@ -284,11 +290,9 @@ class QuantLinearLauncher:
         gemv configs, weight-only int8's igemv ones) reads the codes as int32 words (K % 4 == 0)
         and sums below INT_GEMV_K products in int32; igemv is symmetric int8 with bf16 / fp16 x only
         (its fixed-point x is exact to 2^-15 of the row's largest element, beyond fp32's 1e-5), and
-        takes symmetric int4 too (`gemv_i4`)."""
+        takes symmetric int4 too (`gemv_i4`); so do the kgemv configs (`kgemv_i8` / `kgemv_i4`)."""
         if m > GEMV_M:
             return False
-        if isinstance(cfg, KGemvConfig) and self.op == "linear_w8a8":
-            return k % 4 == 0 and k < INT_GEMV_K
         if isinstance(cfg, IntGemvConfig):  # int4: K is whole groups of >= 32, so whole words
             return self.op in ("linear_w8", "linear_w4") and not self.asymmetric and dtype in (torch.bfloat16, torch.float16) \
                 and k % 4 == 0 and k < INT_GEMV_K
@@ -393,8 +397,7 @@ class QuantLinearLauncher:
         if words is None and (self.op == "linear_w8a8" or isinstance(cfg, IntGemvConfig)):  # a direct call (benchmarks)
             words = _words(q)
         if isinstance(cfg, KGemvConfig) and self.op != "linear_w4":  # four codes per word, 16 columns per thread and row
-            mod.kgemv_i8[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), self.act_scale, KP=_pow2(k),
-                               WEIGHT_ONLY=self.op == "linear_w8", STATIC=self.act_scale > 0,
+            mod.kgemv_i8[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), KP=_pow2(k),
                                ASM=x2.is_cuda and not debug.TRITON_INTERPRET, BLOCK_K=cfg.block_k, **flags)
         elif isinstance(cfg, KGemvConfig):  # eight codes per word, 32 columns per thread and row in a step
             mod.kgemv_i4[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), *scale.stride(), KP=_pow2(k),
@@ -512,8 +515,7 @@ class QuantLinearLauncher:
                 return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
             small = [GEMM_CONFIGS[3].name, GEMM_CONFIGS[0].name]
             pdl = self._pdl_ok(on_cuda)
-            ints = KGEMV_W8 if on_cuda else ()
-            gemv = [c.name for c in ints + GEMV_W8 if (pdl or not c.pdl) and self._gemv_applies(c, m, k or 4, torch.float32)]
+            gemv = [c.name for c in GEMV_W8 if (pdl or not c.pdl) and self._gemv_applies(c, m, k or 4, torch.float32)]
             return (gemv + small if on_cuda else small + gemv) + [TORCH]
         if m <= SMALL_M:
             dmv = [c.name for c in (DMV_W4 if self.op == "linear_w4" else DMV_W8)]
