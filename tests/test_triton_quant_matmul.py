@@ -736,12 +736,13 @@ def test_gemv_f8_matches_the_fp8_reference(config: str, k: int, m: int, dtype: t
 
 def test_fp8_rounding_matches_torch_on_every_e4m3_neighbourhood() -> None:
     """round_e4m3 against torch's float8_e4m3fn cast on values around every e4m3 number (ties,
-    subnormals, the 448 limit, signs), interpreted."""
+    subnormals, the 448 limit, signs): interpreted on CPU, compiled where CUDA is (the tensors
+    live on DEVICE: a compiled kernel cannot take CPU tensors)."""
     from kiln.backends.triton.cache import load_module
     from kiln.backends.triton.quant_kernels import kernel_source
 
     probe = "\n\n@triton.jit\ndef rounded(x, y, N: tl.constexpr):\n    r = tl.arange(0, N)\n    tl.store(y + r, round_e4m3(tl.load(x + r)))\n"
-    rounded = load_module(kernel_source("none", False, True) + probe).rounded
+    rounded = load_module(kernel_source("none", False, DEVICE == "cpu") + probe).rounded
 
     grid = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
     grid = grid[grid.isfinite()]
@@ -750,8 +751,9 @@ def test_fp8_rounding_matches_torch_on_every_e4m3_neighbourhood() -> None:
     x = torch.cat([vals, ties, ties.nextafter(torch.tensor(float("inf"))), ties.nextafter(torch.tensor(float("-inf"))),
                    torch.tensor([500.0, -1e4, 1e-12, -3e-3])])
     x = torch.cat([x, torch.zeros(4096 - x.numel())])
-    y = torch.empty_like(x)
-    rounded[(1,)](x, y, N=4096)
+    y = torch.empty_like(x, device=DEVICE)
+    rounded[(1,)](x.to(DEVICE), y, N=4096)
+    y = y.cpu()
     ref = x.clamp(-448, 448).to(torch.float8_e4m3fn).float()
     assert torch.equal(y, ref), (x[y != ref][:8], y[y != ref][:8], ref[y != ref][:8])
 
