@@ -62,6 +62,15 @@ constant, so `(code - zero)` costs nothing extra.
   and each group takes off 8 * (its sum of x's codes) for the offset, then its scale. H200: 1.1B
   q/k/v 3.63 -> 2.82 us, o 3.75 -> 2.66, down 6.18 -> 5.63, 7B down 15.9 -> 14.0; gate/up stays
   with `hgemv_w4` (6.50 vs 7.24).
+* `kgemv_i4` / `kgemv_i8` (weight-only, the same arithmetic with every thread along K): a step is
+  (BLOCK_N rows, BW words) and each thread holds one 16-byte vector (four words) per row and
+  chunk, so the rows are registers. x's bytes are made once per thread and step for all rows (the
+  code is the low 16 bits of x * 2^shift + 1.5 * 2^23; `prmt` packs four bytes), each row and
+  chunk is one dp4a chain (int4: started from -8 x the chunk's sum of x's bytes, so the offset
+  costs nothing per row), and threads reduce once at the end. gemv_i4's tile split groups over
+  threads and rows over warps: per step it reduced every group across threads and recomputed x
+  per warp, ~40 instructions per int4 word; here ~16 (sm90 SASS), and the 7B int4 gate/up goes
+  22.1 -> 14.6 us (3.2 TB/s), q/k/v to 10.3 (H200, bench/RESULTS.md session 6).
 * `gemm_w8` / `gemm_w4` (prefill): the W.T tile's codes are dequantized to the activation dtype in
   registers and fed to `tl.dot` (int8: integers (q - zero), exact in bf16, channel scale on the fp32
   accumulator at the end; int4: (q - zero) * group scale, rounded once to the activation dtype,
