@@ -686,6 +686,31 @@ def test_gemv_i4_compiles_for_hopper_to_unsigned_dp4a() -> None:
     assert _sm90_counts("gemv_i4", sig, consts, 4, [r"dp4a\.u32\.s32", r"dp4a\.s32"]) == [128, 0]
 
 
+def test_kgemv_compiles_for_hopper_with_no_shuffle_per_step_and_x_bytes_once_for_all_rows() -> None:
+    """kgemv's structure, from its sm90 PTX without a GPU: int4 four dp4a.u32 per word and row (a
+    16 x 1024 step with one warp is four words per thread and row; K = 2048 is two steps) plus
+    four per word for the chunk's offset, not per row; int8 two per word and row. Its shuffles
+    are the final reductions only (as many at K = 4096 as at 2048; gemv_i4 reduced every step),
+    and x's byte packing (prmt) is the same for 8 rows as for 16: once per thread and step."""
+    sig = {"x": "*bf16", "w": "*i32", "sc": "*bf16", "b": "*bf16", "y": "*bf16", "pr": "*bf16", "pg": "*bf16", "ps": "*bf16",
+           "eps": "fp32", "N": "i32", "sxm": "i32", "swn": "i32", "ssn": "i32"}
+    base = {"sxk": 1, "ssg": 1, "M": 1, "HAS_BIAS": True, "PDL": False, "PRO": 0, "ASM": True, "GS": 128, "BLOCK_M": 1, "BLOCK_K": 1024}
+
+    def counts(kernel: str, k: int, rows: int, warps: int, patterns: list[str]) -> list[int]:
+        consts = {**base, "K": k, "KP": k, "BLOCK_N": rows}
+        if kernel == "kgemv_i8":
+            consts = {c: v for c, v in consts.items() if c not in ("ssg", "GS")}
+        return _sm90_counts(kernel, {a: t for a, t in sig.items() if kernel != "kgemv_i8" or a != "ssn"}, consts, warps, patterns)
+
+    pats = [r"dp4a\.u32\.s32", r"dp4a\.s32\.s32", r"shfl\.sync", r"prmt\.b32"]
+    u4, s4, shfl, prmt = counts("kgemv_i4", 2048, 16, 1, pats)
+    assert (u4, s4) == (2 * 16 * 4 * 4, 2 * 4 * 4)
+    assert counts("kgemv_i4", 4096, 16, 1, pats[2:3]) == [shfl]
+    assert counts("kgemv_i4", 2048, 8, 1, pats[3:]) == [prmt] and prmt > 0
+    assert counts("gemv_i4", 2048, 16, 1, pats[2:3])[0] > 10 * shfl
+    assert counts("kgemv_i8", 2048, 16, 2, pats[1:2]) == [2 * 16 * 4 * 2]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize(("n", "k", "group", "bias", "act", "x_scale"),
                          [(1000, 2048, 128, True, "gelu_tanh", 1.0), (70, 1280, 32, False, "none", 3e3), (64, 5632, 64, True, "silu", 1e-5)],
