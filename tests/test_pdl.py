@@ -33,6 +33,16 @@ def test_each_named_kernel_starts_with_its_wait_then_its_trigger(name: str) -> N
     assert "from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait" in out
 
 
+def test_every_quantized_kernel_with_a_pdl_wait_lets_the_next_one_launch() -> None:
+    """Each kernel of the quantized source that waits on the previous kernel (calls
+    wait_for_input) is in the trigger list, so a chain's next kernel can start early after it too."""
+    src = quant_kernels.kernel_source("none", False)
+    kernels = {f.name for f in ast.parse(src).body if isinstance(f, ast.FunctionDef)
+               and any(isinstance(c, ast.Call) and ast.unparse(c.func) == "wait_for_input" for c in ast.walk(f))}
+    assert {"gemv_i8", "kgemv_i4", "kgemv_i8"} <= kernels
+    assert kernels <= set(quant_matmul._KERNELS), kernels - set(quant_matmul._KERNELS)
+
+
 def test_disabled_leaves_the_source_and_the_launch_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     src = norms._RMS
     assert pdl.with_pdl(src, trigger=("kernel",), wait=("kernel",), enabled=False) == src

@@ -55,8 +55,10 @@ from .pdl import with_pdl
 from .prologue import PRO_NONE, Prologue, no_prologue
 from .quant_kernels import kernel_source
 
-_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemv_i8", "gemv_i4", "gemm_w8", "gemm_w4",
-            "finish", "quant_rows")
+# every kernel lets the next one launch as its first statement (pdl.with_pdl's trigger): a kernel
+# missing here holds a PDL chain's next kernel until it ends
+_KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemv_i8", "gemv_i4", "kgemv_i4",
+            "kgemv_i8", "gemm_w8", "gemm_w4", "finish", "quant_rows")
 
 OPS = ("linear_w8", "linear_w4", "linear_w8a8", "linear_fp8")
 _KNOWN_ATTRS = frozenset({"activation", "group_size", "asymmetric", "act_scale"})
@@ -93,7 +95,8 @@ class IntGemvConfig(GemvConfig):
 class KGemvConfig(IntGemvConfig):
     """A tiling of `kgemv_i4` / `kgemv_i8`: the integer gemvs with every thread along K (rows in
     registers, x's codes made once per thread and step). Each thread takes four words per row
-    and chunk: BLOCK_K is a multiple of 1024 x warps (int4) or 512 x warps (int8)."""
+    and chunk where BLOCK_K is a multiple of 1024 x warps (int4) or 512 x warps (int8), as every
+    offered tiling is; other tilings are correct, with threads repeating chunks or sharing them."""
 
     @property
     def name(self) -> str:
