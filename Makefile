@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kiln-installed
+# pytest-xdist workers for `make test` (0: one process); the suite is mostly interpreted Triton
+# kernels, one core each, so two workers on the 2-core CI machine roughly halve its time
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test lint bench clean
 
@@ -18,7 +21,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n $(TEST_WORKERS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -9,8 +9,9 @@ launch per weight copy (enough copies for 256 MB, so L2 (50 MB) never holds the 
 the time is per launch (autotune also reads 2 x L2 before each call and subtracts that read's
 time). GB/s counts the weight, x and y bytes.
 
-`--quant int8 int4 w8a8` adds, per shape, the quantized linears (`QuantLinearLauncher`:
-int8 per channel, int4 groups of 128, W8A8: the int8 codes with x quantized per token) from the same bf16 copies: every candidate the launcher
+`--quant int8 int4 w8a8 fp8` adds, per shape, the quantized linears (`QuantLinearLauncher`:
+int8 per channel, int4 groups of 128, W8A8: the int8 codes with x quantized per token, fp8 e4m3
+per channel with x per token) from the same bf16 copies: every candidate the launcher
 offers plus `--extra` gemv tilings (BLOCK_N x BLOCK_K x warps, PDL; an `i` prefix for the
 integer gemvs) that it does not, the GB/s of
 the quantized bytes, and the time against the best bf16 kiln kernel (the decode speed-up the
@@ -28,16 +29,17 @@ from probe_common import SHAPES, quantized, weight_copies
 
 from kiln.backends.triton import autotune
 from kiln.backends.triton.matmul import GemvConfig, LinearLauncher
-from kiln.backends.triton.quant_matmul import IntGemvConfig
+from kiln.backends.triton.quant_matmul import IntGemvConfig, TensorGemvConfig
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--m", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
-    ap.add_argument("--quant", nargs="*", default=[], choices=["int8", "int4", "w8a8"])
+    ap.add_argument("--quant", nargs="*", default=[], choices=["int8", "int4", "w8a8", "fp8"])
     ap.add_argument("--extra", nargs="*", default=[],
-                    help="extra quantized gemv tilings, NxKxWARPS (iNxKxWARPS: the integer gemv_i8 / gemv_i4)")
+                    help="extra quantized gemv tilings, NxKxWARPS (iNxKxWARPS: the integer gemv_i8 / gemv_i4; "
+                         "tNxKxWARPSxSTAGESxIMPRECISE: fp8's tgemv_f8)")
     args = ap.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
     print(f"kiln gemv sweep | {torch.cuda.get_device_name()} | torch {torch.__version__} | bf16, per launch, "
@@ -86,8 +88,12 @@ def quant_rows(name: str, scheme: str, m: int, x: torch.Tensor, copies: list, bf
         times[cand] = autotune.time_ms(chain, reps=2) * 1e3 / len(qs)
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     for spec in extra if m <= 4 else []:
-        bn, bk, w = (int(v) for v in spec.lstrip("i").split("x"))
-        cfg = (IntGemvConfig if spec.startswith("i") else GemvConfig)(bn, bk, w, True)
+        if spec.startswith("t"):
+            bn, bk, w, st, acc = (int(v) for v in spec[1:].split("x"))
+            cfg = TensorGemvConfig(bn, bk, w, True, st, acc)
+        else:
+            bn, bk, w = (int(v) for v in spec.lstrip("i").split("x"))
+            cfg = (IntGemvConfig if spec.startswith("i") else GemvConfig)(bn, bk, w, True)
 
         def chain_extra(cfg: GemvConfig = cfg) -> None:
             for q, s in qs:

@@ -65,8 +65,14 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 def quantized(scheme: str, copies: list[torch.Tensor]) -> tuple[list[tuple], QuantLinearLauncher, Callable]:
     """The copies as `scheme` ("int8" per channel, "w8a8": the same codes with x quantized per
-    token, "int4" in groups of 128) codes and scales, kiln's launcher for them (constant weights)
+    token, "fp8": e4m3 per channel with x per token, "int4" in groups of 128) codes and scales, kiln's launcher for them (constant weights)
     and the scheme's weight dequantize (codes, scales -> fp32 weight)."""
+    if scheme == "fp8":
+        from kiln.ir.opset.quant_fp8 import dequantize_fp8, quantize_fp8_per_channel
+
+        return ([quantize_fp8_per_channel(w) for w in copies],
+                QuantLinearLauncher("linear_fp8", {"activation": "none"}, False, constant_weights=True),
+                lambda q, s: dequantize_fp8(q, s, torch.float32))
     if scheme in ("int8", "w8a8"):
         op = "linear_w8" if scheme == "int8" else "linear_w8a8"
         return ([quantize_int8_per_channel(w) for w in copies],

@@ -267,14 +267,23 @@ def test_igemv_reads_the_prologue(op: str, attrs: dict, kind: str, m: int, monke
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("op", "attrs", "config", "m"), [(*OPS[2], "kgemv_8x1024_w2", 1), (*OPS[4], "kgemv_8x1024_w1", 3)],
-                         ids=["int8-1row", "int4-3rows"])
+@pytest.mark.parametrize(("op", "attrs", "config", "m"), [(*OPS[2], "kgemv_8x1024_w2", 1), (*OPS[4], "kgemv_8x1024_w1", 2)],
+                         ids=["int8-1row", "int4-2rows"])
 def test_kgemv_reads_the_prologue(op: str, attrs: dict, config: str, m: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The integer gemvs with every thread along K read each prologue as igemv does (x's codes
     from the prologue's output, made once per thread and step)."""
     monkeypatch.setattr(prologue.PrologueLinearLauncher, "materialize",
                         lambda *a: pytest.fail("materialized the prologue instead of fusing it"))
     _check(kind, op, attrs, m, torch.bfloat16, config)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tgemv_f8_reads_the_prologue(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp8 on tensor cores reads each prologue as gemv_f8 does (token scales of the prologue's
+    output; a norm's 1 / rms on the sums), two rows."""
+    monkeypatch.setattr(prologue.PrologueLinearLauncher, "materialize",
+                        lambda *a: pytest.fail("materialized the prologue instead of fusing it"))
+    _check(kind, *OPS[6], 2, torch.bfloat16, "tgemv_64x128_w4_s4_a32")
 
 
 def test_static_w8a8_groups_run_unfused_and_match_the_graph() -> None:
@@ -307,7 +316,8 @@ def test_static_w8a8_groups_run_unfused_and_match_the_graph() -> None:
     ("linear_w4", {"activation": "none", "asymmetric": False, "group_size": 128}, "igemv_16x1024_w4_pdl"),
     ("linear_w8", {"activation": "none", "asymmetric": False}, "kgemv_8x2048_w4_pdl"),
     ("linear_w4", {"activation": "none", "asymmetric": False, "group_size": 128}, "kgemv_8x4096_w4_pdl"),
-], ids=["int4", "int8", "dense", "w8a8", "int8-igemv", "int4-igemv", "int8-kgemv", "int4-kgemv"])
+    ("linear_fp8", {"activation": "none"}, "tgemv_64x256_w4_s4_a256_pdl"),
+], ids=["int4", "int8", "dense", "w8a8", "int8-igemv", "int4-igemv", "int8-kgemv", "int4-kgemv", "fp8-tgemv"])
 def test_pdl_gemvs_read_the_prologue_on_cuda(op: str, attrs: dict, config: str, kind: str, dtype: torch.dtype,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """PDL gemvs (weights loaded before the wait, the prologue's operands after it) with the
@@ -323,6 +333,6 @@ def test_pdl_gemvs_read_the_prologue_on_cuda(op: str, attrs: dict, config: str, 
     refs = ir.run_graph(g, [v.cpu() for v in vals])
     got = launcher(*vals)
     got = got if isinstance(got, tuple) else (got,)
-    tol = 2e-2 if op == "linear_w8a8" else 1e-2  # int8 codes of the unrounded norm output: see _check
+    tol = 2e-2 if op in ("linear_w8a8", "linear_fp8") else 1e-2  # codes of the unrounded norm output: see _check
     for a, b in zip(got, refs):
         assert _err(a, b) <= tol, _err(a, b)

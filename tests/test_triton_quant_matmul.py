@@ -32,9 +32,9 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 VARIANTS = [("linear_w8", False, 0), ("linear_w8", True, 0), ("linear_w4", False, 32), ("linear_w4", True, 64),
             ("linear_w4", False, 128), ("linear_w4", True, 128)]
 GEMMS = [c.name for c in GEMM_CONFIGS]
-# every config but hgemv_w4's (inline PTX: CUDA only) and the integer gemvs' igemv / kgemv ones
-# (symmetric codes, bf16 / fp16 x only): their own tests below
-PORTABLE = sorted(c for c in CONFIGS if not c.startswith(("hgemv", "igemv", "kgemv")))
+# every config but hgemv_w4's (inline PTX: CUDA only), the integer gemvs' igemv / kgemv ones
+# (symmetric codes, bf16 / fp16 x only) and fp8's tgemv (fp8 only): their own tests below
+PORTABLE = sorted(c for c in CONFIGS if not c.startswith(("hgemv", "igemv", "kgemv", "tgemv")))
 GEMV_ONE_STEP, GEMV_LOOP = "gemv_16x2048_w8", "gemv_32x512_w4"  # K in one tile; K in 512-column steps
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # sigmoid(-large) in numpy
 
@@ -319,7 +319,7 @@ def test_igemv_matches_the_int4_reference(config: str, group: int, k: int, x_sca
 
 @pytest.mark.parametrize(("op", "config", "group", "m", "k", "dtype", "x_scale", "bias"), [
     ("linear_w4", "kgemv_8x1024_w1", 32, 1, 288, torch.bfloat16, 1.0, True),
-    ("linear_w4", "kgemv_8x1024_w1", 128, 3, 2304, torch.float16, 300.0, False),
+    ("linear_w4", "kgemv_8x1024_w1", 128, 3, 1152, torch.float16, 300.0, False),
     ("linear_w4", "kgemv_8x2048_w2", 64, 1, 1088, torch.bfloat16, 1e-4, True),
     ("linear_w8", "kgemv_8x1024_w2", 0, 1, 1100, torch.bfloat16, 1.0, True),
     ("linear_w8", "kgemv_8x1024_w2", 0, 3, 300, torch.float16, 300.0, False),
@@ -783,12 +783,41 @@ def test_fp8_rounding_matches_torch_on_every_e4m3_neighbourhood() -> None:
     assert torch.equal(y, ref), (x[y != ref][:8], y[y != ref][:8], ref[y != ref][:8])
 
 
-def test_fp8_candidates_are_the_gemv_tilings_at_decode_rows_and_the_reference_beyond() -> None:
-    from kiln.backends.triton.quant_matmul import GEMV_M, GEMV_W8, QuantLinearLauncher
+@pytest.mark.parametrize(("config", "m", "k", "dtype", "x_scale", "bias"), [
+    ("tgemv_64x256_w4_s3_a32", 1, 300, torch.bfloat16, 1.0, True),
+    ("tgemv_64x128_w4_s4_a32", 3, 1100, torch.float16, 300.0, False),
+    ("tgemv_64x256_w4_s4_a256", 2, 512, torch.bfloat16, 1e-4, False),
+], ids=["one-ragged-step", "rows3-loop-ragged-x300", "rows2-even-steps-tiny-x"])
+def test_tgemv_f8_matches_the_fp8_reference(config: str, m: int, k: int, dtype: torch.dtype, x_scale: float, bias: bool,
+                                            no_torch_fallback: None) -> None:
+    """tgemv_f8 (fp8 on tensor cores): x's rows as the MMA's 16 columns (the columns past M repeat
+    row 0 and are never stored), each row's token scale and e4m3 codes as the reference's, the
+    channel scale on the sums. N = 70 ragged; K in one ragged step, looped with a ragged last
+    step, or whole steps; large and tiny activations."""
+    g, node, vals = _node("linear_fp8", {"activation": "gelu_tanh" if bias else "none"}, m, 70, k, dtype, bias, seed=m + k)
+    vals[0] = (vals[0].float() * x_scale).to(dtype)
+    vals[0][0, :5] = 0.0
+    _check(g, quant_linear_kernel(node, config), vals, dtype)
+
+
+def test_fp8_candidates_are_the_gemv_tilings_at_decode_rows_and_the_reference_beyond(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode rows: tgemv_f8 first on CUDA for bf16 / fp16 x (its fp8 MMA sums are not IEEE fp32,
+    so fp32 x keeps gemv_f8 only), then gemv_f8; on CPU gemv_f8 alone; more rows: the reference.
+    A pinned tgemv config for fp32 x runs the reference."""
+    from kiln.backends.triton.quant_matmul import GEMV_M, GEMV_W8, TGEMV_F8, QuantLinearLauncher
 
     f8 = QuantLinearLauncher("linear_fp8", {"activation": "none"}, False)
-    assert f8.candidates(1, on_cuda=True) == [c.name for c in GEMV_W8 if not c.pdl] + [TORCH]
+    gemv = [c.name for c in GEMV_W8 if not c.pdl]
+    tgemv = [c.name for c in TGEMV_F8 if not c.pdl]
+    assert f8.candidates(1, True, 2048, torch.bfloat16) == tgemv + gemv + [TORCH] == f8.candidates(GEMV_M, True, 64, torch.float16)
+    assert f8.candidates(1, True, 2048, torch.float32) == gemv + [TORCH] == f8.candidates(1, False, 2048, torch.bfloat16)
     assert f8.candidates(GEMV_M + 1, on_cuda=True) == [TORCH] == f8.candidates(300)
+    _, node, vals = _node("linear_fp8", {"activation": "none"}, 1, 24, 64, torch.float32, False)
+    ran: list[bool] = []
+    reference = quant_matmul.torch_reference
+    monkeypatch.setattr(quant_matmul, "torch_reference", lambda *a: ran.append(True) or reference(*a))
+    quant_linear_kernel(node, tgemv[0])(*vals)
+    assert ran == [True]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
@@ -804,6 +833,27 @@ def test_cuda_gemv_f8_matches_the_reference_at_a_model_shape(m: int, dtype: torc
         if cfg.pdl and not quant_matmul.pdl_available():
             continue
         _check(g, quant_linear_kernel(node, cfg.name), vals, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 2560, 2048), (4, 1000, 5632)], ids=["1row-qkv", "4rows-ragged"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tgemv_f8_matches_the_reference_at_model_shapes(m: int, n: int, k: int, dtype: torch.dtype,
+                                                             no_torch_fallback: None) -> None:
+    """Every tgemv_f8 tiling compiled for the GPU (PDL where it runs; the fp8 MMA with its
+    accumulator promoted to fp32) against the reference, large activations (x300 in bf16, x3 in
+    f16, whose outputs would overflow)."""
+    from kiln.backends.triton.quant_matmul import TGEMV_F8
+
+    g, node, vals = _node("linear_fp8", {"activation": "silu"}, m, n, k, dtype, True)
+    vals[0] = vals[0] * (300 if dtype == torch.bfloat16 else 3)
+    for cfg in TGEMV_F8:
+        if cfg.pdl and not quant_matmul.pdl_available():
+            continue
+        launcher = quant_linear_kernel(node, cfg.name)
+        launcher.constant_weights = True
+        _check(g, launcher, vals, dtype)
 
 
 @pytest.mark.parametrize(("op", "attrs"), [("linear_w8a8", {}), ("linear_w8a8", {"act_scale": 0.02}), ("linear_w8", {"asymmetric": False})],

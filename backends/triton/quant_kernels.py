@@ -47,6 +47,13 @@ constant, so `(code - zero)` costs nothing extra.
   gemv: each program finds its rows' token scales, rounds x / s to e4m3 in fp32 arithmetic
   (`round_e4m3`: ties to even like torch's cast, and the same on the interpreter), widens the fp8
   weights and sums the exact products in fp32.
+* `tgemv_f8` (batch-1 fp8 with bf16 / fp16 x, CUDA): gemv_f8's per-weight widening (~3 instructions
+  per weight) bounds it near 1.1-1.4 TB/s; here the products run on fp8 tensor cores. The dot is
+  y^T = W x^T: BLOCK_N = 64 weight rows per four warps (the wgmma M side) against x's rows as the
+  MMA's 16 columns (the columns past M repeat row 0, never stored), the weight stream pipelined
+  through shared memory by Triton. Hopper's fp8 MMA sums with fewer accumulator bits than fp32,
+  so the accumulator is promoted to fp32 every IMPRECISE products (32 or 256); fp32 x keeps
+  gemv_f8. H200: 7B gate/up 23.8 us (3.8 TB/s), q/k/v 16.3, 1.1B gate/up 9.6 (bench/RESULTS.md).
 * `gemv_i8` (batch-1 symmetric int8 codes, M <= 4, CUDA cores in integer arithmetic): the codes
   are read as int32 words and multiplied four at a time by `dp4a.s32.s32` (emulated with shifts
   where interpreted), summed exactly in int32. Each program quantizes its x itself: for W8A8 the
@@ -456,6 +463,64 @@ def gemv_rows_f8(acc, wf, x, pr, pg, ps, rm, kx, kin, safe, sxm, sxk, M: tl.cons
         xq = round_e4m3(tl.math.div_rn(xv, tl.zeros_like(xv) + si))
         acc += tl.where(rm[:, None] == i, tl.sum(wf * xq[None, :], axis=1)[None, :], 0.0)
     return acc
+
+
+@triton.jit
+def mm8(a, b, acc, IMPRECISE: tl.constexpr):
+    # fp8 codes a (BLOCK_N, BLOCK_K) times b (BLOCK_K, 16), exact e4m3 values in fp32 (cast to
+    # e4m3 here: exact), on tensor cores; the accumulator is promoted to fp32 every IMPRECISE
+    # products (Hopper's fp8 MMA keeps fewer accumulator bits)
+    return {dot8}
+
+
+@triton.jit
+def x_tile_f8(x, pr, pg, ps, rt, kx, safe, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr, K: tl.constexpr):
+    # x's rows at columns kx as the (BLOCK_K, 16) right-hand side of the fp8 dot: column i holds
+    # e4m3(x[i, kx] / s_i) for i < M, the columns past M repeat row 0 (their products are never
+    # stored); x read through the prologue (a norm's 1 / rms is applied to the reduced sums)
+    s0 = tl.sum(tl.where(rt == 0, safe, 0.0), axis=0)
+    xv, _ = load_x(x, pr, pg, ps, 0, kx, kx < K, sxm, sxk, PRO, K, False)
+    xt = tl.broadcast_to(round_e4m3(tl.math.div_rn(xv, tl.zeros_like(xv) + s0))[:, None], (kx.shape[0], 16))
+    for i in tl.static_range(1, M):
+        si = tl.sum(tl.where(rt == i, safe, 0.0), axis=0)
+        xv, _ = load_x(x, pr, pg, ps, i, kx, kx < K, sxm, sxk, PRO, K, False)
+        xt = tl.where(rt[None, :] == i, round_e4m3(tl.math.div_rn(xv, tl.zeros_like(xv) + si))[:, None], xt)
+    return xt
+
+
+@triton.jit
+def tgemv_f8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+             HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_K: tl.constexpr, IMPRECISE: tl.constexpr):
+    # batch-1 fp8 decode on tensor cores: gemv_f8's arithmetic (per-token e4m3 x, exact fp8
+    # products, per-channel scale at the end) with the products summed by the MMA instead of
+    # widened per weight on CUDA cores. The dot is y^T = W x^T: BLOCK_N weight rows against x's
+    # rows as 16 columns (the MMA's smallest width); the weight stream is software-pipelined
+    rt = tl.arange(0, 16)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    nmask = rn < N
+    wp = w + rn[:, None] * swn + rk[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
+    scale = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
+    wait_for_input(PDL)
+    s_rows, _, ss = row_scales(x, pr, pg, ps, rt, sxm, sxk, M, PRO, K, KP, False, 448.0)
+    safe = tl.where(s_rows == 0.0, 1.0, s_rows)
+    acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+{loop:k0:0:K}
+        kx = k0 + rk
+        if K % BLOCK_K == 0:
+            code = tl.load(wp, mask=nmask[:, None], other=0.0)
+        else:
+            code = tl.load(wp, mask=nmask[:, None] & (kx[None, :] < K), other=0.0)
+        acc = mm8(code, x_tile_f8(x, pr, pg, ps, rt, kx, safe, sxm, sxk, M, PRO, K), acc, IMPRECISE)
+        wp += BLOCK_K * swk
+{step:k0}    dt = y.dtype.element_ty
+    out = (norm_rows(tl.trans(acc), ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
+    if HAS_BIAS:
+        out = (out + bias[None, :]).to(dt).to(tl.float32)
+    epilogue(out, rt, rn, M, N, b, y, False)
 
 
 @triton.jit
@@ -1076,6 +1141,13 @@ def gemm_a8(xq, w, s, sc, b, y, M, N, K, swn, swk,
 '''
 
 
+# mm8's dot: fp8 x fp8 on tensor cores; interpreted, the same exact values in fp32 (the
+# interpreter multiplies fp8 tiles as raw bytes)
+_DOT8 = {False: "tl.dot(a, b.to(tl.float8e4nv), acc, max_num_imprecise_acc=IMPRECISE)",
+         True: 'tl.dot(a.to(tl.float32), b, acc, input_precision="ieee")'}
+
+
 def kernel_source(activation: str, fp32: bool, interpreted: bool = False) -> str:
     """The Triton module for one activation (fp32 activations get IEEE-exact float dots)."""
-    return _loops(_SOURCE.replace("{gemv_common}", GEMV_COMMON).replace("{act}", _ACT[activation]).replace("{dot}", dot_expr("a", "b", fp32, interpreted)), interpreted)
+    return _loops(_SOURCE.replace("{gemv_common}", GEMV_COMMON).replace("{act}", _ACT[activation]).replace("{dot}", dot_expr("a", "b", fp32, interpreted))
+                  .replace("{dot8}", _DOT8[interpreted]), interpreted)

@@ -11,7 +11,8 @@ Batch-1 decode (M <= GEMV_M) also gets the CUDA-core `gemv` kernels; on Hopper t
 variants launch with programmatic dependent launch and read the weights before waiting on the
 previous kernel, so they are offered only when every operand but x is a graph constant (the
 quantize pass's codes / scales / zeros, a constant bias): nothing a kernel in flight writes.
-`linear_fp8` has only the gemv (`gemv_f8`, M <= GEMV_M: x quantized per token in the kernel);
+`linear_fp8` has only the gemvs (`gemv_f8`, M <= GEMV_M: x quantized per token in the kernel;
+with bf16 / fp16 x on CUDA also `tgemv_f8`, the same on fp8 tensor cores, offered first);
 `linear_w8a8` at M <= GEMV_M also gets one (`gemv_i8`: x quantized per token in the kernel, dp4a
 on the codes read as int32 words), beside quant_rows + the int8 GEMM it runs at every M, and
 symmetric `linear_w8` with bf16 / fp16 activations gets the same kernel with x in 15-bit fixed
@@ -58,7 +59,7 @@ from .quant_kernels import kernel_source
 # every kernel lets the next one launch as its first statement (pdl.with_pdl's trigger): a kernel
 # missing here holds a PDL chain's next kernel until it ends
 _KERNELS = ("mv_w8", "mv_w4", "dmv_w8", "dmv_w4", "gemv_w8", "gemv_w4", "hgemv_w4", "gemv_f8", "gemv_i8", "gemv_i4", "kgemv_i4",
-            "kgemv_i8", "gemm_w8", "gemm_w4", "finish", "quant_rows")
+            "kgemv_i8", "tgemv_f8", "gemm_w8", "gemm_w4", "finish", "quant_rows")
 
 OPS = ("linear_w8", "linear_w4", "linear_w8a8", "linear_fp8")
 _KNOWN_ATTRS = frozenset({"activation", "group_size", "asymmetric", "act_scale"})
@@ -101,6 +102,20 @@ class KGemvConfig(IntGemvConfig):
     @property
     def name(self) -> str:
         return "k" + GemvConfig.name.fget(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorGemvConfig(GemvConfig):
+    """A tiling of `tgemv_f8` (batch-1 fp8 with bf16 / fp16 x on tensor cores): weight rows per
+    program (the MMA's M side: 64 per four warps), K per software-pipelined step, warps, PDL, then
+    pipeline stages and the products the MMA sums before the accumulator is promoted to fp32."""
+
+    stages: int = 3
+    imprecise: int = 32
+
+    @property
+    def name(self) -> str:
+        return f"tgemv_{self.block_n}x{self.block_k}_w{self.warps}_s{self.stages}_a{self.imprecise}{'_pdl' if self.pdl else ''}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +162,12 @@ IGEMV_W4 = tuple(IntGemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, 
 KGEMV_W4 = tuple(KGemvConfig(n, k, w, pdl) for pdl in (True, False)
                  for n, k, w in ((8, 1024, 1), (8, 4096, 4), (8, 2048, 2), (16, 1024, 1)))
 KGEMV_W8 = tuple(KGemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in ((8, 1024, 2), (16, 1024, 2), (8, 2048, 4)))
+# the tgemv_f8 tilings that won on an H200 (bench/gemv_sweep.py --quant fp8, 2026-11-22 session 7):
+# 64 x 256, 4 stages, promoted every 256 products (1.1B gate/up 9.58 us, 7B q/k/v 16.3, down 21.9),
+# 64 x 128, 4 stages (7B gate/up 23.8), 64 x 256, 3 stages (1.1B gate/up 10.1). 16 / 32 rows
+# (MMA v2, more programs) never won: at 1.1B q/k/v, o and down gemv_f8 stays faster
+TGEMV_F8 = tuple(TensorGemvConfig(n, k, w, pdl, st, a) for pdl in (True, False)
+                 for n, k, w, st, a in ((64, 256, 4, 4, 256), (64, 128, 4, 4, 32), (64, 256, 4, 3, 32)))
 INT_GEMV_K = 1 << 17  # gemv_i8's int32 sums hold K products of 127 x 128 below 2^31
 # the two that won among seven tilings on an H200 (bench/gemv_sweep.py --quant int4, 2026-11-22):
 # 16 x 512 at 1.1B q/k/v and gate/up, 7B q/k/v and gate/up; 8 x 1024 at 1.1B o and down, 7B o and
@@ -165,7 +186,7 @@ GEMM_CONFIGS = (
 )
 CONFIGS: dict[str, GemmConfig | MatvecConfig | DotMatvecConfig | GemvConfig | HalfGemvConfig] = {
     c.name: c for c in GEMM_CONFIGS + MATVEC_CONFIGS + DMV_W8 + DMV_W4 + GEMV_W8 + GEMV_W4 + IGEMV_W8 + IGEMV_W4 + KGEMV_W4 + KGEMV_W8
-    + HGEMV_W4
+    + HGEMV_W4 + TGEMV_F8
 }
 
 
@@ -296,6 +317,8 @@ class QuantLinearLauncher:
         takes symmetric int4 too (`gemv_i4`); so do the kgemv configs (`kgemv_i8` / `kgemv_i4`)."""
         if m > GEMV_M:
             return False
+        if isinstance(cfg, TensorGemvConfig):  # fp8 MMA sums are not IEEE fp32: fp32 x keeps gemv_f8
+            return self.op == "linear_fp8" and dtype in (torch.bfloat16, torch.float16)
         if isinstance(cfg, IntGemvConfig):  # int4: K is whole groups of >= 32, so whole words
             return self.op in ("linear_w8", "linear_w4") and not self.asymmetric and dtype in (torch.bfloat16, torch.float16) \
                 and k % 4 == 0 and k < INT_GEMV_K
@@ -413,6 +436,10 @@ class QuantLinearLauncher:
             mod.gemv_i8[grid](x2, words, scale, *head, *x2.stride(), words.stride(0), self.act_scale, KP=_pow2(k),
                               WEIGHT_ONLY=self.op == "linear_w8", STATIC=self.act_scale > 0,
                               ASM=x2.is_cuda and not debug.TRITON_INTERPRET, BLOCK_K=block_k, **flags)
+        elif isinstance(cfg, TensorGemvConfig):  # x's rows are the MMA's 16 columns; K steps of at least one MMA
+            block_k = max(min(cfg.block_k, _pow2(k)), 32)
+            mod.tgemv_f8[grid](x2, q, scale, *head, *x2.stride(), q.stride(0), q.stride(1), KP=_pow2(k), BLOCK_K=block_k,
+                               IMPRECISE=min(cfg.imprecise, block_k), num_stages=cfg.stages, **flags)
         elif self.op == "linear_fp8":  # no zero points; every program reads each row's whole x for its token scale
             mod.gemv_f8[grid](x2, q, scale, *tail, KP=_pow2(k), BLOCK_K=block_k, **flags)
         elif self.op == "linear_w4":  # a step is whole groups
@@ -510,9 +537,14 @@ class QuantLinearLauncher:
         The GEMM kernels (prefill, and all other W8A8) take every shape: their edges are masked (an
         H200 misaligned-address fault on ragged shapes, 2026-11-21, came from false
         `tl.multiple_of` hints on wrapped indices; the ragged GPU tests pass since, 2026-11-22)."""
-        if self.op == "linear_fp8":  # batch-1 decode: gemv_f8; more rows: the reference's torch._scaled_mm
+        if self.op == "linear_fp8":  # batch-1 decode: gemv_f8 (tgemv_f8 on CUDA); more rows: the reference's torch._scaled_mm
+            if m > GEMV_M:
+                return [TORCH]
             pdl = self._pdl_ok(on_cuda)
-            return [c.name for c in GEMV_W8 if pdl or not c.pdl] + [TORCH] if m <= GEMV_M else [TORCH]
+            gemv = [c.name for c in GEMV_W8 if pdl or not c.pdl]
+            if on_cuda:
+                gemv = [c.name for c in TGEMV_F8 if (pdl or not c.pdl) and self._gemv_applies(c, m, k, dtype or torch.bfloat16)] + gemv
+            return gemv + [TORCH]
         if self.op == "linear_w8a8":
             if m > SMALL_M:
                 return [GEMM_CONFIGS[2].name, GEMM_CONFIGS[1].name, GEMM_CONFIGS[4].name, TORCH]
