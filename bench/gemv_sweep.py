@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--quant", nargs="*", default=[], choices=["int8", "int4", "w8a8", "fp8"])
     ap.add_argument("--extra", nargs="*", default=[],
                     help="extra quantized gemv tilings, NxKxWARPS (iNxKxWARPS: the integer gemv_i8 / gemv_i4; "
-                         "tNxKxWARPSxSTAGESxIMPRECISE: fp8's tgemv_f8)")
+                         "tNxKxWARPSxSTAGESxIMPRECISE[xSPLIT]: fp8's tgemv_f8)")
     args = ap.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
     print(f"kiln gemv sweep | {torch.cuda.get_device_name()} | torch {torch.__version__} | bf16, per launch, "
@@ -89,8 +89,8 @@ def quant_rows(name: str, scheme: str, m: int, x: torch.Tensor, copies: list, bf
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     for spec in extra if m <= 4 else []:
         if spec.startswith("t"):
-            bn, bk, w, st, acc = (int(v) for v in spec[1:].split("x"))
-            cfg = TensorGemvConfig(bn, bk, w, True, st, acc)
+            bn, bk, w, st, acc, *sp = (int(v) for v in spec[1:].split("x"))
+            cfg = TensorGemvConfig(bn, bk, w, True, st, acc, *sp)
         else:
             bn, bk, w = (int(v) for v in spec.lstrip("i").split("x"))
             cfg = (IntGemvConfig if spec.startswith("i") else GemvConfig)(bn, bk, w, True)

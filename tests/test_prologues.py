@@ -280,10 +280,10 @@ def test_kgemv_reads_the_prologue(op: str, attrs: dict, config: str, m: int, kin
 @pytest.mark.parametrize("kind", KINDS)
 def test_tgemv_f8_reads_the_prologue(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """fp8 on tensor cores reads each prologue as gemv_f8 does (token scales of the prologue's
-    output; a norm's 1 / rms on the sums), two rows."""
+    output; a norm's 1 / rms on the sums), two rows, K split over three programs per block."""
     monkeypatch.setattr(prologue.PrologueLinearLauncher, "materialize",
                         lambda *a: pytest.fail("materialized the prologue instead of fusing it"))
-    _check(kind, *OPS[6], 2, torch.bfloat16, "tgemv_64x128_w4_s4_a32")
+    _check(kind, *OPS[6], 2, torch.bfloat16, "tgemv_64x256_w4_s4_a256_k4")
 
 
 def test_static_w8a8_groups_run_unfused_and_match_the_graph() -> None:
@@ -316,7 +316,7 @@ def test_static_w8a8_groups_run_unfused_and_match_the_graph() -> None:
     ("linear_w4", {"activation": "none", "asymmetric": False, "group_size": 128}, "igemv_16x1024_w4_pdl"),
     ("linear_w8", {"activation": "none", "asymmetric": False}, "kgemv_8x2048_w4_pdl"),
     ("linear_w4", {"activation": "none", "asymmetric": False, "group_size": 128}, "kgemv_8x4096_w4_pdl"),
-    ("linear_fp8", {"activation": "none"}, "tgemv_64x256_w4_s4_a256_pdl"),
+    ("linear_fp8", {"activation": "none"}, "tgemv_64x256_w4_s4_a256_k4_pdl"),
 ], ids=["int4", "int8", "dense", "w8a8", "int8-igemv", "int4-igemv", "int8-kgemv", "int4-kgemv", "fp8-tgemv"])
 def test_pdl_gemvs_read_the_prologue_on_cuda(op: str, attrs: dict, config: str, kind: str, dtype: torch.dtype,
                                              monkeypatch: pytest.MonkeyPatch) -> None:

@@ -787,17 +787,27 @@ def test_fp8_rounding_matches_torch_on_every_e4m3_neighbourhood() -> None:
     ("tgemv_64x256_w4_s3_a32", 1, 300, torch.bfloat16, 1.0, True),
     ("tgemv_64x128_w4_s4_a32", 3, 1100, torch.float16, 300.0, False),
     ("tgemv_64x256_w4_s4_a256", 2, 512, torch.bfloat16, 1e-4, False),
-], ids=["one-ragged-step", "rows3-loop-ragged-x300", "rows2-even-steps-tiny-x"])
+    ("tgemv_64x256_w4_s4_a256_k4", 3, 1100, torch.bfloat16, 1.0, True),
+    ("tgemv_64x256_w4_s4_a256_k2", 1, 512, torch.float16, 300.0, False),
+], ids=["one-ragged-step", "rows3-loop-ragged-x300", "rows2-even-steps-tiny-x", "split4-rows3-ragged", "split2-even"])
 def test_tgemv_f8_matches_the_fp8_reference(config: str, m: int, k: int, dtype: torch.dtype, x_scale: float, bias: bool,
                                             no_torch_fallback: None) -> None:
     """tgemv_f8 (fp8 on tensor cores): x's rows as the MMA's 16 columns (the columns past M repeat
     row 0 and are never stored), each row's token scale and e4m3 codes as the reference's, the
     channel scale on the sums. N = 70 ragged; K in one ragged step, looped with a ragged last
-    step, or whole steps; large and tiny activations."""
+    step, or whole steps; large and tiny activations. Split K (programs per column block adding
+    their partials in order, the last to arrive running the epilogue): every arrival counter is
+    back at 0 after each call, and a second call gives the same bits."""
     g, node, vals = _node("linear_fp8", {"activation": "gelu_tanh" if bias else "none"}, m, 70, k, dtype, bias, seed=m + k)
     vals[0] = (vals[0].float() * x_scale).to(dtype)
     vals[0][0, :5] = 0.0
-    _check(g, quant_linear_kernel(node, config), vals, dtype)
+    launcher = quant_linear_kernel(node, config)
+    _check(g, launcher, vals, dtype)
+    if "_k" in config:
+        first = launcher(*vals)
+        assert torch.equal(launcher(*vals), first)
+        counters = [c for key, (_, c) in launcher._split_ws.items() if key[0] != "none"]
+        assert len(counters) == 1 and counters[0].numel() == 2 and not counters[0].any()
 
 
 def test_fp8_candidates_are_the_gemv_tilings_at_decode_rows_and_the_reference_beyond(monkeypatch: pytest.MonkeyPatch) -> None:

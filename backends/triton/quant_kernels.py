@@ -53,7 +53,11 @@ constant, so `(code - zero)` costs nothing extra.
   MMA's 16 columns (the columns past M repeat row 0, never stored), the weight stream pipelined
   through shared memory by Triton. Hopper's fp8 MMA sums with fewer accumulator bits than fp32,
   so the accumulator is promoted to fp32 every IMPRECISE products (32 or 256); fp32 x keeps
-  gemv_f8. H200: 7B gate/up 23.8 us (3.8 TB/s), q/k/v 16.3, 1.1B gate/up 9.6 (bench/RESULTS.md).
+  gemv_f8. Where N gives too few column blocks, K is split over SPLIT programs per block: each
+  stores its fp32 partial, and the last to arrive (an acq_rel counter per block, which it resets)
+  adds them in a fixed order and runs the epilogue, so no second launch. H200: 7B gate/up 23.8 us
+  (3.8 TB/s), q/k/v 16.4, down 21.9 -> 15.8 with split 4, 1.1B gate/up 9.6-9.8, down 10.0 ->
+  7.9 (bench/RESULTS.md).
 * `gemv_i8` (batch-1 symmetric int8 codes, M <= 4, CUDA cores in integer arithmetic): the codes
   are read as int32 words and multiplied four at a time by `dp4a.s32.s32` (emulated with shifts
   where interpreted), summed exactly in int32. Each program quantizes its x itself: for W8A8 the
@@ -489,26 +493,35 @@ def x_tile_f8(x, pr, pg, ps, rt, kx, safe, sxm, sxk, M: tl.constexpr, PRO: tl.co
 
 
 @triton.jit
-def tgemv_f8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-             HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             BLOCK_K: tl.constexpr, IMPRECISE: tl.constexpr):
+def tgemv_f8(x, w, sc, b, y, pr, pg, ps, eps, ws, cnt, N, sxm, sxk, swn, swk, M: tl.constexpr, K: tl.constexpr,
+             KP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRO: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IMPRECISE: tl.constexpr, SPLIT: tl.constexpr,
+             K_SPLIT: tl.constexpr):
     # batch-1 fp8 decode on tensor cores: gemv_f8's arithmetic (per-token e4m3 x, exact fp8
     # products, per-channel scale at the end) with the products summed by the MMA instead of
     # widened per weight on CUDA cores. The dot is y^T = W x^T: BLOCK_N weight rows against x's
-    # rows as 16 columns (the MMA's smallest width); the weight stream is software-pipelined
+    # rows as 16 columns (the MMA's smallest width); the weight stream is software-pipelined.
+    # SPLIT > 1: program (n, k) sums K_SPLIT columns (a multiple of BLOCK_K) into ws[k] (fp32
+    # [SPLIT, N, M]); the last of a column block's programs to arrive (cnt, one counter per block,
+    # left at 0) adds the SPLIT partials in order (deterministic) and runs the epilogue
     rt = tl.arange(0, 16)
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_n = tl.program_id(0)
+    k_lo = tl.program_id(1) * K_SPLIT
+    k_hi = tl.minimum(k_lo + K_SPLIT, K)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     nmask = rn < N
-    wp = w + rn[:, None] * swn + rk[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
+    wp = w + rn[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
     scale = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
+    else:
+        bias = scale  # unused
     wait_for_input(PDL)
     s_rows, _, ss = row_scales(x, pr, pg, ps, rt, sxm, sxk, M, PRO, K, KP, False, 448.0)
     safe = tl.where(s_rows == 0.0, 1.0, s_rows)
     acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
-{loop:k0:0:K}
+{loop:k0:k_lo:k_hi}
         kx = k0 + rk
         if K % BLOCK_K == 0:
             code = tl.load(wp, mask=nmask[:, None], other=0.0)
@@ -516,7 +529,27 @@ def tgemv_f8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, M: tl.const
             code = tl.load(wp, mask=nmask[:, None] & (kx[None, :] < K), other=0.0)
         acc = mm8(code, x_tile_f8(x, pr, pg, ps, rt, kx, safe, sxm, sxk, M, PRO, K), acc, IMPRECISE)
         wp += BLOCK_K * swk
-{step:k0}    dt = y.dtype.element_ty
+{step:k0}    if SPLIT == 1:
+        f8_epilogue(acc, s_rows, ss, scale, bias, eps, rt, rn, M, N, b, y, HAS_BIAS, PRO, K)
+    else:
+        part = ws + rn[:, None] * M + rt[None, :]
+        pmask = nmask[:, None] & (rt[None, :] < M)
+        tl.store(part + tl.program_id(1) * N * M, acc, mask=pmask)
+        tl.debug_barrier()  # every thread's partial is stored before the arrival is counted
+        if tl.atomic_add(cnt + pid_n, 1, sem="acq_rel") == SPLIT - 1:
+            acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+            for i in tl.static_range(SPLIT):
+                acc += tl.load(part + i * N * M, mask=pmask, other=0.0, cache_modifier=".cg")
+            tl.atomic_xchg(cnt + pid_n, 0)  # for the next launch
+            f8_epilogue(acc, s_rows, ss, scale, bias, eps, rt, rn, M, N, b, y, HAS_BIAS, PRO, K)
+
+
+@triton.jit
+def f8_epilogue(acc, s_rows, ss, scale, bias, eps, rt, rn, M, N, b, y, HAS_BIAS: tl.constexpr, PRO: tl.constexpr,
+                K: tl.constexpr):
+    # tgemv_f8's y from its (BLOCK_N, 16) sums: token and channel scales (a norm's 1 / rms), each
+    # step rounded to y's dtype as the reference rounds it, then bias and activation
+    dt = y.dtype.element_ty
     out = (norm_rows(tl.trans(acc), ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
     if HAS_BIAS:
         out = (out + bias[None, :]).to(dt).to(tl.float32)

@@ -112,10 +112,12 @@ class TensorGemvConfig(GemvConfig):
 
     stages: int = 3
     imprecise: int = 32
+    split: int = 1  # K splits: programs per column block, the last to finish adds the partials
 
     @property
     def name(self) -> str:
-        return f"tgemv_{self.block_n}x{self.block_k}_w{self.warps}_s{self.stages}_a{self.imprecise}{'_pdl' if self.pdl else ''}"
+        ks = f"_k{self.split}" if self.split > 1 else ""
+        return f"tgemv_{self.block_n}x{self.block_k}_w{self.warps}_s{self.stages}_a{self.imprecise}{ks}{'_pdl' if self.pdl else ''}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +164,15 @@ IGEMV_W4 = tuple(IntGemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, 
 KGEMV_W4 = tuple(KGemvConfig(n, k, w, pdl) for pdl in (True, False)
                  for n, k, w in ((8, 1024, 1), (8, 4096, 4), (8, 2048, 2), (16, 1024, 1)))
 KGEMV_W8 = tuple(KGemvConfig(n, k, w, pdl) for pdl in (True, False) for n, k, w in ((8, 1024, 2), (16, 1024, 2), (8, 2048, 4)))
-# the tgemv_f8 tilings that won on an H200 (bench/gemv_sweep.py --quant fp8, 2026-11-22 session 7):
-# 64 x 256, 4 stages, promoted every 256 products (1.1B gate/up 9.58 us, 7B q/k/v 16.3, down 21.9),
-# 64 x 128, 4 stages (7B gate/up 23.8), 64 x 256, 3 stages (1.1B gate/up 10.1). 16 / 32 rows
-# (MMA v2, more programs) never won: at 1.1B q/k/v, o and down gemv_f8 stays faster
-TGEMV_F8 = tuple(TensorGemvConfig(n, k, w, pdl, st, a) for pdl in (True, False)
-                 for n, k, w, st, a in ((64, 256, 4, 4, 256), (64, 128, 4, 4, 32), (64, 256, 4, 3, 32)))
+# the tgemv_f8 tilings that won on an H200 (bench/gemv_sweep.py --quant fp8, 2026-11-22 session 7,
+# us per launch): 64 x 256, 4 stages, promoted every 256 products (7B q/k/v 16.4); the same with
+# K split over 2 programs per column block (1.1B gate/up 9.8) or 4 (1.1B down 7.9, 7B down 15.8);
+# 64 x 128, 4 stages (7B gate/up 23.8); 64 x 256, 3 stages (7B gate/up 25.5 in a later run);
+# 128 x 256 with 8 warps, split 4 (7B o 7.9). 16 / 32 rows (MMA v2) never won; at 1.1B q/k/v and
+# o gemv_f8 stays faster
+TGEMV_F8 = tuple(TensorGemvConfig(n, k, w, pdl, st, a, sp) for pdl in (True, False)
+                 for n, k, w, st, a, sp in ((64, 256, 4, 4, 256, 1), (64, 256, 4, 4, 256, 2), (64, 256, 4, 4, 256, 4),
+                                            (64, 128, 4, 4, 32, 1), (64, 256, 4, 3, 32, 1), (128, 256, 8, 4, 256, 4)))
 INT_GEMV_K = 1 << 17  # gemv_i8's int32 sums hold K products of 127 x 128 below 2^31
 # the two that won among seven tilings on an H200 (bench/gemv_sweep.py --quant int4, 2026-11-22):
 # 16 x 512 at 1.1B q/k/v and gate/up, 7B q/k/v and gate/up; 8 x 1024 at 1.1B o and down, 7B o and
@@ -237,7 +242,7 @@ class QuantLinearLauncher:
     """
 
     __slots__ = ("op", "activation", "group_size", "asymmetric", "act_scale", "has_bias", "config", "chosen",
-                 "constant_weights", "_attrs", "_mod", "_by_shape", "_half_scales")
+                 "constant_weights", "_attrs", "_mod", "_by_shape", "_half_scales", "_split_ws")
 
     def __init__(self, op: str, attrs: dict[str, Any], has_bias: bool, config: str | None = None,
                  constant_weights: bool = False):
@@ -257,6 +262,7 @@ class QuantLinearLauncher:
         self._mod: dict[bool, Any] = {}  # fp32? -> loaded kernel module
         self._by_shape: dict[tuple, str] = {}  # (x shape, dtype) -> choice: no key string per call
         self._half_scales: dict[tuple, tuple[torch.Tensor, float] | None] = {}  # hgemv_w4's f16 scales per weight
+        self._split_ws: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # tgemv_f8's split-K partials and counters
 
     def __call__(self, *ins: torch.Tensor) -> torch.Tensor:
         x = ins[0]
@@ -438,8 +444,11 @@ class QuantLinearLauncher:
                               ASM=x2.is_cuda and not debug.TRITON_INTERPRET, BLOCK_K=block_k, **flags)
         elif isinstance(cfg, TensorGemvConfig):  # x's rows are the MMA's 16 columns; K steps of at least one MMA
             block_k = max(min(cfg.block_k, _pow2(k)), 32)
-            mod.tgemv_f8[grid](x2, q, scale, *head, *x2.stride(), q.stride(0), q.stride(1), KP=_pow2(k), BLOCK_K=block_k,
-                               IMPRECISE=min(cfg.imprecise, block_k), num_stages=cfg.stages, **flags)
+            split, k_split = split_k(k, block_k, cfg.split)
+            ws, cnt = self._split_buffers(split, n, m, -(-n // cfg.block_n), y.device)
+            mod.tgemv_f8[(grid[0], split)](x2, q, scale, *head[:-1], ws, cnt, n, *x2.stride(), q.stride(0), q.stride(1),
+                                           KP=_pow2(k), BLOCK_K=block_k, IMPRECISE=min(cfg.imprecise, block_k), SPLIT=split,
+                                           K_SPLIT=k_split, num_stages=cfg.stages, **flags)
         elif self.op == "linear_fp8":  # no zero points; every program reads each row's whole x for its token scale
             mod.gemv_f8[grid](x2, q, scale, *tail, KP=_pow2(k), BLOCK_K=block_k, **flags)
         elif self.op == "linear_w4":  # a step is whole groups
@@ -447,6 +456,19 @@ class QuantLinearLauncher:
                               BLOCK_K=max(block_k, self.group_size), **flags)
         else:
             mod.gemv_w8[grid](x2, q, scale, zeros, *tail, ASYM=self.asymmetric, BLOCK_K=block_k, **flags)
+
+    def _split_buffers(self, split: int, n: int, m: int, blocks: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """tgemv_f8's split-K partials (fp32 [split, n, m]) and its per-column-block arrival counters
+        (int32, zero between launches: the last program of a block resets its own), made once per
+        shape and device and kept by this node's launcher (one launch at a time on its stream)."""
+        if split == 1:
+            return self._split_ws.setdefault(("none", device), (torch.empty(1, dtype=torch.float32, device=device),
+                                                                 torch.zeros(1, dtype=torch.int32, device=device)))
+        key = (split, n, m, blocks, device)
+        if key not in self._split_ws:
+            self._split_ws[key] = (torch.empty(split * n * m, dtype=torch.float32, device=device),
+                                   torch.zeros(blocks, dtype=torch.int32, device=device))
+        return self._split_ws[key]
 
     def _half(self, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, float] | None:
         """hgemv_w4's operands for this weight: (group scales times a power of two, in f16, and the
