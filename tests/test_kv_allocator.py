@@ -492,7 +492,7 @@ def test_random_operations_keep_invariants_and_contents() -> None:
     run_state_machine_as_test(
         AllocatorMachine,
         settings=settings(
-            max_examples=250, stateful_step_count=200, deadline=None, suppress_health_check=list(HealthCheck)
+            max_examples=500, stateful_step_count=200, deadline=None, suppress_health_check=list(HealthCheck)
         ),
     )
     print(f"{operations - start} random allocator operations; reached {reached}")
