@@ -333,6 +333,8 @@ def test_pdl_gemvs_read_the_prologue_on_cuda(op: str, attrs: dict, config: str, 
     refs = ir.run_graph(g, [v.cpu() for v in vals])
     got = launcher(*vals)
     got = got if isinstance(got, tuple) else (got,)
-    tol = 2e-2 if op in ("linear_w8a8", "linear_fp8") else 1e-2  # codes of the unrounded norm output: see _check
+    # codes of the unrounded norm output, a step from the reference's (see _check): W8A8, and fp8
+    # in bf16 (H200: tgemv and gemv_f8 both 1.6e-2 / 1.7e-2 after a norm, 4.6e-3 in f16)
+    tol = 2e-2 if op == "linear_w8a8" or (op == "linear_fp8" and dtype == torch.bfloat16) else 1e-2
     for a, b in zip(got, refs):
         assert _err(a, b) <= tol, _err(a, b)

@@ -438,6 +438,8 @@ def gemv_f8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, M: tl.conste
     scale = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
+    else:
+        bias = scale  # unused
     wait_for_input(PDL)
     # each row's token scale s and its reciprocal divisor (1 where s is 0: that row's x is all 0),
     # of x as the prologue gives it (a norm's 1 / rms, one factor per row, is applied at the end:
@@ -450,11 +452,7 @@ def gemv_f8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, M: tl.conste
         wp += BLOCK_K * swk
         code = load_step(wp, nmask, rk, K - k0, K % BLOCK_K == 0)
         acc = gemv_rows_f8(acc, code.to(tl.float32), x, pr, pg, ps, rm, k0 + rk, rk < K - k0, safe, sxm, sxk, M, PRO, K)
-{step:k0}    dt = y.dtype.element_ty
-    out = (norm_rows(acc, ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
-    if HAS_BIAS:
-        out = (out + bias[None, :]).to(dt).to(tl.float32)
-    epilogue(out, rm, rn, M, N, b, y, False)
+{step:k0}    f8_epilogue(acc, s_rows, ss, scale, bias, eps, rm, rn, M, N, b, y, HAS_BIAS, PRO, K)
 
 
 @triton.jit
@@ -462,11 +460,18 @@ def gemv_rows_f8(acc, wf, x, pr, pg, ps, rm, kx, kin, safe, sxm, sxk, M: tl.cons
     # acc[i, :] += wf . e4m3(x[i, kx] / s_i) for each of the M rows (products of e4m3 values are
     # exact in fp32), x read through the prologue (its sum stored by the scale pass)
     for i in tl.static_range(M):
-        si = tl.sum(tl.where(rm == i, safe, 0.0), axis=0)
-        xv, _ = load_x(x, pr, pg, ps, i, kx, kin, sxm, sxk, PRO, K, False)
-        xq = round_e4m3(tl.math.div_rn(xv, tl.zeros_like(xv) + si))
+        xq = x_row_e4m3(x, pr, pg, ps, i, kx, kin, safe, rm, sxm, sxk, PRO, K)
         acc += tl.where(rm[:, None] == i, tl.sum(wf * xq[None, :], axis=1)[None, :], 0.0)
     return acc
+
+
+@triton.jit
+def x_row_e4m3(x, pr, pg, ps, i, kx, kin, safe, rm, sxm, sxk, PRO: tl.constexpr, K: tl.constexpr):
+    # e4m3(x[i, kx] / s_i) as exact fp32 values (s_i: row i of `safe`, the token scales with 0
+    # replaced by 1), x read through the prologue
+    si = tl.sum(tl.where(rm == i, safe, 0.0), axis=0)
+    xv, _ = load_x(x, pr, pg, ps, i, kx, kin, sxm, sxk, PRO, K, False)
+    return round_e4m3(tl.math.div_rn(xv, tl.zeros_like(xv) + si))
 
 
 @triton.jit
@@ -482,13 +487,9 @@ def x_tile_f8(x, pr, pg, ps, rt, kx, safe, sxm, sxk, M: tl.constexpr, PRO: tl.co
     # x's rows at columns kx as the (BLOCK_K, 16) right-hand side of the fp8 dot: column i holds
     # e4m3(x[i, kx] / s_i) for i < M, the columns past M repeat row 0 (their products are never
     # stored); x read through the prologue (a norm's 1 / rms is applied to the reduced sums)
-    s0 = tl.sum(tl.where(rt == 0, safe, 0.0), axis=0)
-    xv, _ = load_x(x, pr, pg, ps, 0, kx, kx < K, sxm, sxk, PRO, K, False)
-    xt = tl.broadcast_to(round_e4m3(tl.math.div_rn(xv, tl.zeros_like(xv) + s0))[:, None], (kx.shape[0], 16))
+    xt = tl.broadcast_to(x_row_e4m3(x, pr, pg, ps, 0, kx, kx < K, safe, rt, sxm, sxk, PRO, K)[:, None], (kx.shape[0], 16))
     for i in tl.static_range(1, M):
-        si = tl.sum(tl.where(rt == i, safe, 0.0), axis=0)
-        xv, _ = load_x(x, pr, pg, ps, i, kx, kx < K, sxm, sxk, PRO, K, False)
-        xt = tl.where(rt[None, :] == i, round_e4m3(tl.math.div_rn(xv, tl.zeros_like(xv) + si))[:, None], xt)
+        xt = tl.where(rt[None, :] == i, x_row_e4m3(x, pr, pg, ps, i, kx, kx < K, safe, rt, sxm, sxk, PRO, K)[:, None], xt)
     return xt
 
 
@@ -522,15 +523,11 @@ def tgemv_f8(x, w, sc, b, y, pr, pg, ps, eps, ws, cnt, N, sxm, sxk, swn, swk, M:
     safe = tl.where(s_rows == 0.0, 1.0, s_rows)
     acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
 {loop:k0:k_lo:k_hi}
-        kx = k0 + rk
-        if K % BLOCK_K == 0:
-            code = tl.load(wp, mask=nmask[:, None], other=0.0)
-        else:
-            code = tl.load(wp, mask=nmask[:, None] & (kx[None, :] < K), other=0.0)
-        acc = mm8(code, x_tile_f8(x, pr, pg, ps, rt, kx, safe, sxm, sxk, M, PRO, K), acc, IMPRECISE)
+        code = load_step(wp, nmask, rk, K - k0, K % BLOCK_K == 0)
+        acc = mm8(code, x_tile_f8(x, pr, pg, ps, rt, k0 + rk, safe, sxm, sxk, M, PRO, K), acc, IMPRECISE)
         wp += BLOCK_K * swk
 {step:k0}    if SPLIT == 1:
-        f8_epilogue(acc, s_rows, ss, scale, bias, eps, rt, rn, M, N, b, y, HAS_BIAS, PRO, K)
+        f8_epilogue(tl.trans(acc), s_rows, ss, scale, bias, eps, rt, rn, M, N, b, y, HAS_BIAS, PRO, K)
     else:
         part = ws + rn[:, None] * M + rt[None, :]
         pmask = nmask[:, None] & (rt[None, :] < M)
@@ -541,16 +538,17 @@ def tgemv_f8(x, w, sc, b, y, pr, pg, ps, eps, ws, cnt, N, sxm, sxk, swn, swk, M:
             for i in tl.static_range(SPLIT):
                 acc += tl.load(part + i * N * M, mask=pmask, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(cnt + pid_n, 0)  # for the next launch
-            f8_epilogue(acc, s_rows, ss, scale, bias, eps, rt, rn, M, N, b, y, HAS_BIAS, PRO, K)
+            f8_epilogue(tl.trans(acc), s_rows, ss, scale, bias, eps, rt, rn, M, N, b, y, HAS_BIAS, PRO, K)
 
 
 @triton.jit
 def f8_epilogue(acc, s_rows, ss, scale, bias, eps, rt, rn, M, N, b, y, HAS_BIAS: tl.constexpr, PRO: tl.constexpr,
                 K: tl.constexpr):
-    # tgemv_f8's y from its (BLOCK_N, 16) sums: token and channel scales (a norm's 1 / rms), each
-    # step rounded to y's dtype as the reference rounds it, then bias and activation
+    # gemv_f8's / tgemv_f8's y from the sums acc (rows of x, columns of y): token and channel scales
+    # (a norm's 1 / rms), each step rounded to y's dtype as the reference rounds it, then bias and
+    # activation
     dt = y.dtype.element_ty
-    out = (norm_rows(tl.trans(acc), ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
+    out = (norm_rows(acc, ss, eps, PRO, K) * s_rows[:, None] * scale[None, :]).to(dt).to(tl.float32)
     if HAS_BIAS:
         out = (out + bias[None, :]).to(dt).to(tl.float32)
     epilogue(out, rt, rn, M, N, b, y, False)

@@ -445,7 +445,8 @@ class QuantLinearLauncher:
         elif isinstance(cfg, TensorGemvConfig):  # x's rows are the MMA's 16 columns; K steps of at least one MMA
             block_k = max(min(cfg.block_k, _pow2(k)), 32)
             split, k_split = split_k(k, block_k, cfg.split)
-            ws, cnt = self._split_buffers(split, n, m, -(-n // cfg.block_n), y.device)
+            # one program per block: no partials (y stands in for the unused pointers, nothing allocated per call)
+            ws, cnt = self._split_buffers(split, n, m, -(-n // cfg.block_n), y.device) if split > 1 else (y, y)
             mod.tgemv_f8[(grid[0], split)](x2, q, scale, *head[:-1], ws, cnt, n, *x2.stride(), q.stride(0), q.stride(1),
                                            KP=_pow2(k), BLOCK_K=block_k, IMPRECISE=min(cfg.imprecise, block_k), SPLIT=split,
                                            K_SPLIT=k_split, num_stages=cfg.stages, **flags)
@@ -458,12 +459,9 @@ class QuantLinearLauncher:
             mod.gemv_w8[grid](x2, q, scale, zeros, *tail, ASYM=self.asymmetric, BLOCK_K=block_k, **flags)
 
     def _split_buffers(self, split: int, n: int, m: int, blocks: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """tgemv_f8's split-K partials (fp32 [split, n, m]) and its per-column-block arrival counters
+        """tgemv_f8's split-K partials (fp32 [split, n, m], split > 1) and its per-column-block arrival counters
         (int32, zero between launches: the last program of a block resets its own), made once per
         shape and device and kept by this node's launcher (one launch at a time on its stream)."""
-        if split == 1:
-            return self._split_ws.setdefault(("none", device), (torch.empty(1, dtype=torch.float32, device=device),
-                                                                 torch.zeros(1, dtype=torch.int32, device=device)))
         key = (split, n, m, blocks, device)
         if key not in self._split_ws:
             self._split_ws[key] = (torch.empty(split * n * m, dtype=torch.float32, device=device),
