@@ -435,17 +435,9 @@ def gemv_f8(x, w, sc, b, y, pr, pg, ps, eps, N, sxm, sxk, swn, swk, M: tl.conste
     nmask = rn < N
     wp = w + rn[:, None] * swn + rk[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
     code = load_step(wp, nmask, rk, K, K % BLOCK_K == 0)
-    scale = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
-    else:
-        bias = scale  # unused
+    scale, bias = f8_channel(sc, b, rn, nmask, HAS_BIAS)
     wait_for_input(PDL)
-    # each row's token scale s and its reciprocal divisor (1 where s is 0: that row's x is all 0),
-    # of x as the prologue gives it (a norm's 1 / rms, one factor per row, is applied at the end:
-    # the scale is relative, so the e4m3 codes are the same); a norm's sums of squares alongside
-    s_rows, _, ss = row_scales(x, pr, pg, ps, rm, sxm, sxk, M, PRO, K, KP, False, 448.0)
-    safe = tl.where(s_rows == 0.0, 1.0, s_rows)
+    s_rows, ss, safe = f8_token_scales(x, pr, pg, ps, rm, sxm, sxk, M, PRO, K, KP)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = gemv_rows_f8(acc, code.to(tl.float32), x, pr, pg, ps, rm, rk, rk < K, safe, sxm, sxk, M, PRO, K)
 {loop:k0:BLOCK_K:K}
@@ -513,14 +505,9 @@ def tgemv_f8(x, w, sc, b, y, pr, pg, ps, eps, ws, cnt, N, sxm, sxk, swn, swk, M:
     rk = tl.arange(0, BLOCK_K)
     nmask = rn < N
     wp = w + rn[:, None] * swn + (k_lo + rk)[None, :] * swk  # (BLOCK_N, BLOCK_K), K contiguous
-    scale = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
-    else:
-        bias = scale  # unused
+    scale, bias = f8_channel(sc, b, rn, nmask, HAS_BIAS)
     wait_for_input(PDL)
-    s_rows, _, ss = row_scales(x, pr, pg, ps, rt, sxm, sxk, M, PRO, K, KP, False, 448.0)
-    safe = tl.where(s_rows == 0.0, 1.0, s_rows)
+    s_rows, ss, safe = f8_token_scales(x, pr, pg, ps, rt, sxm, sxk, M, PRO, K, KP)
     acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
 {loop:k0:k_lo:k_hi}
         code = load_step(wp, nmask, rk, K - k0, K % BLOCK_K == 0)
@@ -539,6 +526,26 @@ def tgemv_f8(x, w, sc, b, y, pr, pg, ps, eps, ws, cnt, N, sxm, sxk, swn, swk, M:
                 acc += tl.load(part + i * N * M, mask=pmask, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(cnt + pid_n, 0)  # for the next launch
             f8_epilogue(tl.trans(acc), s_rows, ss, scale, bias, eps, rt, rn, M, N, b, y, HAS_BIAS, PRO, K)
+
+
+@triton.jit
+def f8_channel(sc, b, rn, nmask, HAS_BIAS: tl.constexpr):
+    # gemv_f8's / tgemv_f8's channel scales and bias (constants: loaded before the PDL wait)
+    scale = tl.load(sc + rn, mask=nmask, other=0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b + rn, mask=nmask, other=0.0).to(tl.float32)
+    else:
+        bias = scale  # unused
+    return scale, bias
+
+
+@triton.jit
+def f8_token_scales(x, pr, pg, ps, rows, sxm, sxk, M: tl.constexpr, PRO: tl.constexpr, K: tl.constexpr, KP: tl.constexpr):
+    # each row's token scale s of x as the prologue gives it (a norm's 1 / rms, one factor per row,
+    # is applied at the end: the scale is relative, so the e4m3 codes are the same), a norm's sums
+    # of squares, and s with 0 as 1 (the divisor: that row's x is all 0)
+    s_rows, _, ss = row_scales(x, pr, pg, ps, rows, sxm, sxk, M, PRO, K, KP, False, 448.0)
+    return s_rows, ss, tl.where(s_rows == 0.0, 1.0, s_rows)
 
 
 @triton.jit
